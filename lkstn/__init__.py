@@ -1,0 +1,55 @@
+"""lkstn: the Lucas-Kanade family beside spatial transformer networks.
+
+Classical aligners (NumPy/SciPy): :class:`LK`, :class:`CompositionalLK`, :class:`ICLK`,
+:class:`SDM`.
+Learned aligners (PyTorch): :class:`STN`, :class:`CSTN`, :class:`ICSTN`.
+All follow the :class:`Aligner` contract and the conventions of :mod:`lkstn.warps`.
+
+``import lkstn`` stays fast: torch and the aligners are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lkstn.result import Aligner, AlignmentResult, corner_error, param_error
+from lkstn.warps import Affine, Homography, Similarity, Translation, Warp, warp_from_name
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "warp_image": "lkstn.sampling",
+    "perturb": "lkstn.perturb",
+    "LK": "lkstn.classical.lk",
+    "CompositionalLK": "lkstn.classical.lk",
+    "ICLK": "lkstn.classical.iclk",
+    "SDM": "lkstn.classical.sdm",
+    "STN": "lkstn.learned.stn",
+    "CSTN": "lkstn.learned.stn",
+    "ICSTN": "lkstn.learned.stn",
+}
+
+__all__ = [
+    "Affine",
+    "AlignmentResult",
+    "Aligner",
+    "Homography",
+    "Similarity",
+    "Translation",
+    "Warp",
+    "corner_error",
+    "param_error",
+    "warp_from_name",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lkstn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,125 @@
+"""The Aligner contract, the result every aligner returns, and the error measures.
+
+Glossary: ``p`` estimated warp parameters, ``p_true`` ground truth, ``history`` the iterates
+``(n_iter + 1, ..., P)`` with row 0 the start, ``cost`` mean squared residual per iterate.
+
+Errors follow [BM04]: the *corner error* is the RMS distance, in template pixels, between the
+template corners and their image under ``W(.; compose(inverse(p_true), p))``; an alignment has
+*converged* when it is below 1 px. The parameter L2 error in canonical units is reported beside
+it (the likely unit of [LL17] Table 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lkstn._backend import Array, asarray, namespace
+from lkstn.warps import Warp
+
+__all__ = ["AlignmentResult", "Aligner", "corner_error", "param_error", "CONVERGED_PX"]
+
+CONVERGED_PX = 1.0
+"""Corner error (template pixels) below which an alignment counts as converged [BM04]."""
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    """What every aligner returns.
+
+    Attributes
+    ----------
+    history : array, shape (n_iter + 1, ..., P)
+        Parameters per iteration; row 0 is ``p_init``.
+    cost : array, shape (n_iter + 1, ...), or None
+        Mean squared residual per iterate, where a template exists.
+    converged : bool array, shape (...)
+        Per alignment. For classical aligners: the update fell below ``tol`` with finite
+        parameters and a finite cost. Failure is data, never an exception.
+    """
+
+    history: Array
+    cost: Array | None
+    converged: Array
+
+    @property
+    def p(self) -> Array:
+        """The final estimate, ``history[-1]``."""
+        return self.history[-1]
+
+    @property
+    def n_iter(self) -> int:
+        """Number of iterations run."""
+        return int(self.history.shape[0]) - 1
+
+
+@runtime_checkable
+class Aligner(Protocol):
+    """Anything that aligns an image to a fixed model from a starting warp."""
+
+    warp: Warp
+    template_shape: tuple[int, int]
+
+    def align(self, image: Any, p_init: Any, n_iter: int | None = None) -> AlignmentResult:
+        """Align ``image`` starting at ``p_init``; see DESIGN.md Sec. 3."""
+        ...
+
+
+def _canonical_to_pixel_scale(template_shape: tuple[int, int], like: Array) -> Array:
+    h, w = template_shape
+    xp = namespace(like)
+    scale = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    return scale if xp is np else xp.as_tensor(scale, dtype=like.dtype, device=like.device)
+
+
+def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int]) -> Array:
+    """RMS corner distance in template pixels between the warps ``p`` and ``p_true``.
+
+    Parameters
+    ----------
+    warp : Warp
+    p, p_true : array, shape (..., P)
+        Estimate and truth; leading dimensions broadcast.
+    template_shape : (h, w)
+
+    Returns
+    -------
+    array, shape (...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn import Translation, corner_error
+    >>> # a shift of 0.1 canonical units on a 21-pixel-wide template is 1 pixel
+    >>> float(corner_error(Translation(), np.array([0.1, 0.0]), np.zeros(2), (21, 21)))
+    1.0
+    """
+    _check_shape(template_shape)
+    p, p_true = warp._check_p(p, "p"), warp._check_p(p_true, "p_true")
+    p_true = asarray(p_true, like=p)
+    xp = namespace(p, p_true)
+    rel = warp._compose(warp.inverse(p_true), p)  # (..., P)
+    corners = warp.corners(like=rel)  # (4, 2)
+    moved = warp._apply(rel, corners)  # (..., 4, 2)
+    d = (moved - corners) * _canonical_to_pixel_scale(template_shape, rel)
+    return xp.sqrt((d**2).sum(-1).mean(-1))
+
+
+def param_error(p: Any, p_true: Any) -> Array:
+    """L2 distance between parameter vectors (canonical units), shape ``(...)``."""
+    p, p_true = asarray(p), asarray(p_true)
+    p_true = asarray(p_true, like=p)
+    xp = namespace(p, p_true)
+    return xp.sqrt(((p - p_true) ** 2).sum(-1))
+
+
+def _check_shape(template_shape: Any) -> None:
+    ok = (
+        isinstance(template_shape, tuple | list)
+        and len(template_shape) == 2
+        and all(isinstance(s, int | np.integer) and s >= 2 for s in template_shape)
+    )
+    if not ok:
+        raise ValueError(f"template_shape must be (h, w) with h, w >= 2, got {template_shape!r}")

@@ -1,0 +1,352 @@
+"""Planar warp families, one implementation for NumPy arrays and torch tensors.
+
+Conventions (written once, here; every part of lkstn follows them)
+-------------------------------------------------------------------
+Coordinates
+    Points are ``(x, y)``, x to the right, y down, in the *canonical frame* ``[-1, 1]`` of an
+    image: the centres of the corner pixels sit at ``±1`` (PyTorch ``align_corners=True``, the
+    frame of the authors' code). Pixel to canonical: ``x_pix = (x + 1) (W - 1) / 2``.
+Direction
+    ``W(x; p)`` maps template (output) coordinates to image (input) coordinates: warping an image
+    samples it at ``W(x; p)``, written ``I(p)`` in [LL17] eq. (1).
+Parameters
+    ``p = 0`` is the identity and ``p`` is the row-major flattening of ``M(p) - I`` ([LL17]
+    eq. (9)): affine ``[[1+p1, p2, p3], [p4, 1+p5, p6]]``; a homography adds the bottom row
+    ``[p7, p8, 1]``; a translation is ``(p3, p6)`` alone, stored as ``(tx, ty)``; a similarity is
+    ``(a, b, tx, ty)`` with ``M = [[1+a, -b, tx], [b, 1+a, ty], [0, 0, 1]]``.
+Composition
+    ``compose(p, q)`` is ``M(p) @ M(q)`` (``q`` acts on the points first), normalised so that
+    ``M[2, 2] == 1``. IC-LK updates ``p <- compose(p, inverse(dp))`` ([BM04]); the c-STN/IC-STN
+    update of [LL17] eq. (10) is ``p_out = compose(dp, p_in)``.
+Shapes
+    Parameters ``(..., P)``, points ``(..., N, 2)``, matrices ``(..., 3, 3)``; leading batch
+    dimensions broadcast. Inputs are never mutated.
+
+Every family is a linear *basis* ``B`` of shape ``(P, 3, 3)`` with ``M(p) = I + sum_k p_k B_k``;
+matrix, params, composition, inverse, Jacobians and fitting are written once for any basis.
+
+Glossary: ``p`` warp parameters, ``dp`` an update, ``M`` the 3x3 matrix, ``xy`` points,
+``xh`` homogeneous points, ``B`` the basis, ``P`` the number of parameters.
+
+References: [LL17] Lin & Lucey, Inverse Compositional Spatial Transformer Networks, CVPR 2017.
+[BM04] Baker & Matthews, Lucas-Kanade 20 Years On: A Unifying Framework, IJCV 2004.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lkstn._backend import Array, all_finite, asarray, constant, is_torch, namespace
+
+__all__ = [
+    "Affine",
+    "Homography",
+    "Similarity",
+    "Translation",
+    "Warp",
+    "compose_jacobians",
+    "warp_from_name",
+]
+
+_EYE = np.eye(3)
+_SINGULAR_TOL = 1e-12
+
+
+def _same_kind(a: Array, b: Array) -> tuple[Array, Array]:
+    """Both as torch tensors (dtype/device of the tensor) when either one is."""
+    if is_torch(a) and not is_torch(b):
+        return a, asarray(b, like=a)
+    if is_torch(b) and not is_torch(a):
+        return asarray(a, like=b), b
+    return a, b
+
+
+def _unit(i: int, j: int) -> np.ndarray:
+    e = np.zeros((3, 3))
+    e[i, j] = 1.0
+    return e
+
+
+class Warp:
+    """A planar warp family ``M(p) = I + sum_k p_k B_k`` acting on canonical coordinates.
+
+    Warps are stateless values: ``Affine() == Affine()``; pass them as ``warp=Affine()``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn import Affine
+    >>> warp = Affine()
+    >>> p = np.array([0.1, 0.0, 0.2, 0.0, -0.1, 0.0])
+    >>> q = warp.compose(p, warp.inverse(p))
+    >>> bool(np.allclose(q, 0.0))
+    True
+    """
+
+    name: ClassVar[str] = "warp"
+    basis: ClassVar[np.ndarray]  # (P, 3, 3)
+    projective: ClassVar[bool] = False
+
+    # -- value semantics ----------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters ``P``."""
+        return self.basis.shape[0]
+
+    @classmethod
+    def _pinv(cls) -> np.ndarray:
+        """Pseudo-inverse of the flattened basis, ``(9, P)``, computed once per family."""
+        if "_pinv_cache" not in cls.__dict__:
+            cls._pinv_cache = np.linalg.pinv(cls.basis.reshape(-1, 9))
+        return cls._pinv_cache
+
+    # -- validation -----------------------------------------------------------------------------
+    def _check_p(self, p: Any, name: str = "p") -> Array:
+        p = asarray(p)
+        if p.ndim < 1 or p.shape[-1] != self.n_params:
+            raise ValueError(
+                f"{name} must have shape (..., {self.n_params}) for {self!r}, got {tuple(p.shape)}"
+            )
+        if not all_finite(p):
+            raise ValueError(f"{name} has non-finite entries (NaN or inf)")
+        return p
+
+    def _check_xy(self, xy: Any, like: Array | None = None) -> Array:
+        xy = asarray(xy, like=like)
+        if xy.ndim < 2 or xy.shape[-1] != 2:
+            raise ValueError(f"xy must have shape (..., N, 2), got {tuple(xy.shape)}")
+        return xy
+
+    # -- the family -----------------------------------------------------------------------------
+    def _flat_basis(self, like: Array) -> Array:
+        return constant(self.basis.reshape(self.n_params, 9), like)  # (P, 9)
+
+    def _matrix(self, p: Array) -> Array:
+        """``M(p)`` without validation, shape ``(..., 3, 3)``."""
+        flat = p @ self._flat_basis(p) + constant(_EYE.reshape(9), p)  # (..., 9)
+        return flat.reshape(*p.shape[:-1], 3, 3)
+
+    def _params(self, M: Array) -> Array:
+        """``p(M)`` without validation: normalise ``M[2, 2]``, then project on the basis."""
+        if self.projective:
+            M = M / M[..., 2:3, 2:3]
+        pinv = constant(self._pinv(), M)  # (9, P)
+        return (M - constant(_EYE, M)).reshape(*M.shape[:-2], 9) @ pinv
+
+    def matrix(self, p: Any) -> Array:
+        """The homogeneous matrix ``M(p)``, shape ``(..., 3, 3)`` ([LL17] eq. (9))."""
+        return self._matrix(self._check_p(p))
+
+    def params(self, M: Any) -> Array:
+        """Parameters of a matrix of this family, ``(..., 3, 3) -> (..., P)``.
+
+        Raises ``ValueError`` when ``M`` is singular, has ``M[2, 2] == 0`` (homography), or
+        is not in the family (e.g. a projective matrix given to ``Affine``).
+        """
+        M = asarray(M)
+        if M.ndim < 2 or tuple(M.shape[-2:]) != (3, 3):
+            raise ValueError(f"M must have shape (..., 3, 3), got {tuple(M.shape)}")
+        if not all_finite(M):
+            raise ValueError("M has non-finite entries (NaN or inf)")
+        xp = namespace(M)
+        if bool((xp.abs(M[..., 2, 2]) < _SINGULAR_TOL).any()):
+            raise ValueError("M has M[2, 2] == 0: the warp sends the origin to infinity")
+        if bool((xp.abs(xp.linalg.det(M)) < _SINGULAR_TOL).any()):
+            raise ValueError("M is singular (determinant ~ 0)")
+        p = self._params(M)
+        back = self._matrix(p)
+        scale = M[..., 2:3, 2:3] if self.projective else 1.0
+        if not bool((xp.abs(back - M / scale) < 1e-6 * (1 + xp.abs(M / scale))).all()):
+            raise ValueError(f"M is not a {type(self).__name__} matrix")
+        return p
+
+    def identity(self, batch_shape: tuple[int, ...] = (), like: Any = None) -> Array:
+        """Identity parameters (zeros), shape ``(*batch_shape, P)``, NumPy unless ``like``."""
+        if like is not None and is_torch(like):
+            xp = namespace(like)
+            return xp.zeros((*batch_shape, self.n_params), dtype=like.dtype, device=like.device)
+        return np.zeros((*batch_shape, self.n_params))
+
+    def _compose(self, p: Array, q: Array) -> Array:
+        return self._params(self._matrix(p) @ self._matrix(q))
+
+    def compose(self, p: Any, q: Any) -> Array:
+        """Parameters of ``M(p) @ M(q)``: ``q`` acts on the points first."""
+        p, q = _same_kind(self._check_p(p, "p"), self._check_p(q, "q"))
+        return self._compose(p, q)
+
+    def _inverse(self, p: Array) -> Array:
+        xp = namespace(p)
+        return self._params(xp.linalg.inv(self._matrix(p)))
+
+    def inverse(self, p: Any) -> Array:
+        """Parameters of ``M(p)^-1``; ``ValueError`` for a singular warp."""
+        p = self._check_p(p)
+        M = self._matrix(p)
+        xp = namespace(M)
+        if bool((xp.abs(xp.linalg.det(M)) < _SINGULAR_TOL).any()):
+            raise ValueError("p gives a singular warp matrix (determinant ~ 0): no inverse")
+        inv = self._params(xp.linalg.inv(M))
+        if not all_finite(inv):
+            raise ValueError("p gives a warp whose inverse sends points to infinity")
+        return inv
+
+    def _apply(self, p: Array, xy: Array) -> Array:
+        M = self._matrix(p)  # (..., 3, 3)
+        out = xy @ M[..., :2, :2].swapaxes(-1, -2) + M[..., None, :2, 2]  # (..., N, 2)
+        if self.projective:
+            w = xy @ M[..., 2:3, :2].swapaxes(-1, -2) + M[..., None, 2:3, 2]  # (..., N, 1)
+            out = out / w
+        return out
+
+    def apply(self, p: Any, xy: Any) -> Array:
+        """``W(xy; p)``: template points ``(..., N, 2)`` to image points ``(..., N, 2)``."""
+        p = self._check_p(p)
+        return self._apply(p, self._check_xy(xy, like=p))
+
+    def jacobian(self, xy: Any, p: Any = None) -> Array:
+        """``dW/dp`` at the points ``xy``, shape ``(..., N, 2, P)``; at the identity by default.
+
+        For ``W = (u / w, v / w)`` with ``(u, v, w) = M(p) xh``:
+        ``dW/dp_k = (B_k[:2] xh - W B_k[2] xh) / w`` ([BM04] Sec. 2.1).
+        """
+        xy = self._check_xy(xy)
+        p = self.identity(like=xy) if p is None else self._check_p(p)
+        xy = asarray(xy, like=p)
+        return self._jacobian(xy, p)
+
+    def _jacobian(self, xy: Array, p: Array) -> Array:
+        xp = namespace(xy, p)
+        ones = xp.ones_like(xy[..., :1])
+        xh = xp.concatenate([xy, ones], -1)  # (..., N, 3)
+        B = constant(self.basis, xy)  # (P, 3, 3)
+        Bx = xp.einsum("kij,...nj->...nik", B, xh)  # (..., N, 3, P)
+        M = self._matrix(p)  # (..., 3, 3)
+        h = xh @ M.swapaxes(-1, -2)  # (..., N, 3)
+        w = h[..., 2:3]  # (..., N, 1)
+        W = h[..., :2] / w  # (..., N, 2)
+        return (Bx[..., :2, :] - W[..., :, None] * Bx[..., 2:3, :]) / w[..., None]
+
+    def fit(self, src_xy: Any, dst_xy: Any) -> Array:
+        """Parameters with ``W(src; p) ~ dst``, points ``(..., N, 2) -> (..., P)``.
+
+        Exact for a homography from 4 points, least squares otherwise: the projective equation
+        ``dst * (B[2] xh . p + 1) = xy + B[:2] xh . p`` is linear in ``p`` for every family.
+        """
+        src = self._check_xy(src_xy)
+        dst = self._check_xy(dst_xy, like=src)
+        if src.shape[-2] != dst.shape[-2]:
+            raise ValueError(f"src_xy and dst_xy differ in N: {src.shape} vs {dst.shape}")
+        if 2 * src.shape[-2] < self.n_params:
+            raise ValueError(
+                f"{self!r} needs at least {(self.n_params + 1) // 2} points, got {src.shape[-2]}"
+            )
+        xp = namespace(src, dst)
+        ones = xp.ones_like(src[..., :1])
+        xh = xp.concatenate([src, ones], -1)  # (..., N, 3)
+        Bx = xp.einsum("kij,...nj->...nik", constant(self.basis, src), xh)  # (..., N, 3, P)
+        A = Bx[..., :2, :] - dst[..., :, None] * Bx[..., 2:3, :]  # (..., N, 2, P)
+        A = A.reshape(*A.shape[:-3], -1, self.n_params)  # (..., 2N, P)
+        r = (dst - src).reshape(*dst.shape[:-2], -1, 1)  # (..., 2N, 1)
+        At = A.swapaxes(-1, -2)
+        if A.shape[-2] == self.n_params:
+            A_, r_ = A, r
+        else:
+            A_, r_ = At @ A, At @ r
+        try:
+            p = xp.linalg.solve(A_, r_)[..., 0]
+        except Exception as exc:  # numpy LinAlgError / torch linalg error
+            raise ValueError(f"fit is degenerate (collinear or repeated points): {exc}") from None
+        if not all_finite(p):
+            raise ValueError("fit is degenerate (collinear or repeated points)")
+        return p
+
+    def corners(self, like: Any = None) -> Array:
+        """Template corners in the canonical frame, ``(4, 2)``: TL, TR, BR, BL."""
+        c = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+        return c if like is None else asarray(c, like=like)
+
+
+class Translation(Warp):
+    """Translation ``(tx, ty)``: ``M = [[1, 0, tx], [0, 1, ty], [0, 0, 1]]``."""
+
+    name = "translation"
+    basis = np.stack([_unit(0, 2), _unit(1, 2)])
+
+
+class Similarity(Warp):
+    """Similarity ``(a, b, tx, ty)``: ``M = [[1+a, -b, tx], [b, 1+a, ty], [0, 0, 1]]``."""
+
+    name = "similarity"
+    basis = np.stack(
+        [_unit(0, 0) + _unit(1, 1), _unit(1, 0) - _unit(0, 1), _unit(0, 2), _unit(1, 2)]
+    )
+
+
+class Affine(Warp):
+    """Affine, [LL17] eq. (9): ``M = [[1+p1, p2, p3], [p4, 1+p5, p6], [0, 0, 1]]``."""
+
+    name = "affine"
+    basis = np.stack([_unit(i, j) for i in range(2) for j in range(3)])
+
+
+class Homography(Warp):
+    """Homography: affine plus the bottom row ``[p7, p8, 1]``."""
+
+    name = "homography"
+    basis = np.stack([_unit(i, j) for i in range(3) for j in range(3) if (i, j) != (2, 2)])
+    projective = True
+
+
+_WARPS = {w.name: w for w in (Translation, Similarity, Affine, Homography)}
+
+
+def warp_from_name(name: str | Warp) -> Warp:
+    """``"affine"`` -> ``Affine()``; a Warp passes through."""
+    if isinstance(name, Warp):
+        return name
+    try:
+        return _WARPS[str(name).lower()]()
+    except KeyError:
+        raise ValueError(f"warp must be one of {sorted(_WARPS)}, got {name!r}") from None
+
+
+def compose_jacobians(warp: Warp, dp: Any, p_in: Any) -> tuple[Array, Array]:
+    """Closed-form derivatives of ``p_out = compose(dp, p_in)``, [LL17] eqs. (10)-(11).
+
+    Returns ``(d p_out / d p_in, d p_out / d dp)``, each ``(..., P, P)`` (rows: ``p_out``).
+    With ``M_out = M(dp) M(p_in)``: ``dM_out/dp_in_k = M(dp) B_k`` and
+    ``dM_out/d dp_k = B_k M(p_in)``, followed by the derivative of the normalisation
+    ``M / M[2, 2]``.
+
+    Note on the printed eq. (11): for affine warps its first matrix (entries ``dp``) is
+    ``d p_out / d p_in - I`` and its second (entries ``p_in``) is ``d p_out / d dp - I``. The
+    paper writes their sum as ``d p_out / d p_in``; the two Jacobians are in fact separate, and
+    ``tests/test_warps.py`` checks both against autograd and finite differences.
+    """
+    dp, p_in = _same_kind(warp._check_p(dp, "dp"), warp._check_p(p_in, "p_in"))
+    xp = namespace(dp, p_in)
+    B = constant(warp.basis, dp)  # (P, 3, 3)
+    A, C = warp._matrix(dp), warp._matrix(p_in)  # (..., 3, 3)
+    G_in = xp.einsum("...ij,kjl->...kil", A, B)  # (..., P, 3, 3)
+    G_dp = xp.einsum("kij,...jl->...kil", B, C)  # (..., P, 3, 3)
+    N = A @ C
+    s = N[..., None, 2:3, 2:3]  # (..., 1, 1, 1)
+    pinv = constant(warp._pinv(), dp)  # (9, P)
+
+    def d_params(G: Array) -> Array:
+        dN = G / s - N[..., None, :, :] * G[..., 2:3, 2:3] / s**2 if warp.projective else G
+        return (dN.reshape(*dN.shape[:-2], 9) @ pinv).swapaxes(-1, -2)  # (..., P_out, P_in)
+
+    return d_params(G_in), d_params(G_dp)
