@@ -93,7 +93,7 @@ def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int
     >>> import numpy as np
     >>> from lkstn import Translation, corner_error
     >>> # a shift of 0.1 canonical units on a 21-pixel-wide template is 1 pixel
-    >>> float(corner_error(Translation(), np.array([0.1, 0.0]), np.zeros(2), (21, 21)))
+    >>> round(float(corner_error(Translation(), np.array([0.1, 0.0]), np.zeros(2), (21, 21))), 6)
     1.0
     """
     _check_shape(template_shape)
