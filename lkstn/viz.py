@@ -1,0 +1,171 @@
+"""Figures with matplotlib: boxes on images, sample grids, error curves, mean/variance images.
+
+Every function draws into a given ``ax`` (or makes a figure) and returns the figure, so that
+notebooks show them inline and the experiments save them as small PNGs. matplotlib is imported
+with the non-interactive Agg backend when no backend was chosen.
+
+Glossary: ``box`` the template frame's corners mapped into the image (pixels), ``curves`` a
+mapping from a name to per-iteration mean errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lkstn.sampling import canonical_to_pixel
+from lkstn.warps import Warp
+
+__all__ = ["box_corners", "plot_boxes", "plot_error_curves", "plot_grid", "plot_mean_variance"]
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        try:
+            matplotlib.use("Agg")
+        except Exception:  # an interactive backend is already running: keep it
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def box_corners(warp: Warp, p: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The template corners under ``W(.; p)``, in image pixels, ``(..., 4, 2)``."""
+    p = np.asarray(p, dtype=float)
+    return canonical_to_pixel(warp.apply(p, warp.corners()), tuple(image_shape[:2]))
+
+
+def plot_boxes(
+    image: np.ndarray,
+    warp: Warp,
+    p_true: Any,
+    p_others: Any = None,
+    *,
+    ax: Any = None,
+    title: str | None = None,
+) -> Any:
+    """The image with the ground-truth box (red) and other boxes (yellow), [LL17] Fig. 6(a)."""
+    plt = _plt()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 4))
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    if p_others is not None:
+        for c in box_corners(warp, np.atleast_2d(p_others), image.shape):
+            ax.add_patch(plt.Polygon(c, fill=False, color="gold", lw=0.8))
+    ax.add_patch(plt.Polygon(box_corners(warp, p_true, image.shape), fill=False, color="red", lw=2))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_grid(
+    images: np.ndarray,
+    *,
+    n_cols: int = 8,
+    by_rows: bool = False,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    cmap: str = "gray",
+) -> Any:
+    """A grid of images: ``(N, h, w[, 3])`` wrapped at ``n_cols``, or with ``by_rows=True``
+    ``(R, N, h, w[, 3])``, one row per leading index (e.g. one row per recurrence)."""
+    plt = _plt()
+    images = np.asarray(images, dtype=float)
+    rows = images if by_rows else _as_rows(images, n_cols)  # (R, N, h, w[, 3])
+    n_rows, n_c = rows.shape[0], rows.shape[1]
+    fig, axes = plt.subplots(n_rows, n_c, figsize=(n_c * 1.0, n_rows * 1.0), squeeze=False)
+    lo, hi = float(np.nanmin(rows)), float(np.nanmax(rows))
+    for r in range(n_rows):
+        for c in range(n_c):
+            ax = axes[r, c]
+            ax.imshow(np.clip((rows[r, c] - lo) / max(hi - lo, 1e-12), 0, 1), cmap=cmap)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _as_rows(images: np.ndarray, n_cols: int) -> np.ndarray:
+    n = images.shape[0]
+    n_rows = -(-n // n_cols)
+    pad = n_rows * n_cols - n
+    if pad:
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]))], 0)
+    return images.reshape(n_rows, n_cols, *images.shape[1:])
+
+
+def plot_error_curves(
+    curves: Mapping[str, Sequence[float]],
+    *,
+    trained_depth: Mapping[str, int] | None = None,
+    ylabel: str = "mean corner error (px)",
+    xlabel: str = "number of warps / iterations",
+    title: str | None = None,
+    log: bool = True,
+    ax: Any = None,
+) -> Any:
+    """Mean error against the iteration count, one curve per aligner ([LL17] Fig. 7).
+
+    ``curves[name][k]`` is the error after ``k`` warps (index 0 is the start). A dot marks
+    ``trained_depth[name]``, where a network's unfolded training depth ends.
+    """
+    plt = _plt()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+    for name, ys in curves.items():
+        ys = np.asarray(ys, dtype=float)
+        (line,) = ax.plot(np.arange(len(ys)), ys, label=name, lw=1.5)
+        if trained_depth and name in trained_depth and trained_depth[name] < len(ys):
+            k = trained_depth[name]
+            ax.plot([k], [ys[k]], "o", color=line.get_color(), ms=6)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mean_variance(
+    aligned: Mapping[str, np.ndarray], labels: np.ndarray, *, classes: Sequence[int] | None = None
+) -> Any:
+    """Per-class mean and variance of aligned images, one row pair per model ([LL17] Fig. 9/11).
+
+    ``aligned[name]`` is ``(N, h, w)`` or ``(N, h, w, 3)``; ``labels`` is ``(N,)``.
+    """
+    plt = _plt()
+    labels = np.asarray(labels)
+    classes = list(np.unique(labels) if classes is None else classes)
+    names = list(aligned)
+    fig, axes = plt.subplots(
+        2 * len(names), len(classes), figsize=(len(classes) * 0.9, 2 * len(names) * 0.9),
+        squeeze=False,
+    )  # fmt: skip
+    for i, name in enumerate(names):
+        imgs = np.asarray(aligned[name], dtype=float)
+        for j, c in enumerate(classes):
+            sel = imgs[labels == c]
+            mean, var = sel.mean(0), sel.var(0)
+            if mean.ndim == 3:
+                var = var.mean(-1)
+            axes[2 * i, j].imshow(np.clip(mean / max(mean.max(), 1e-12), 0, 1), cmap="gray")
+            axes[2 * i + 1, j].imshow(var, cmap="magma")
+            for ax in (axes[2 * i, j], axes[2 * i + 1, j]):
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes[2 * i, 0].set_ylabel(f"{name}\nmean", fontsize=6)
+        axes[2 * i + 1, 0].set_ylabel("variance", fontsize=6)
+    fig.tight_layout()
+    return fig
