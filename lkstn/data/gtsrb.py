@@ -1,0 +1,382 @@
+"""GTSRB (German Traffic Sign Recognition Benchmark) from the official layout or a prepared npz.
+
+Searched in ``root/gtsrb`` then ``root`` (each also under ``GTSRB/``, as the official zips unpack),
+``root`` being the argument or the environment variable ``LKSTN_DATA``:
+
+- the official layout (https://benchmark.ini.rub.de/gtsrb_dataset.html):
+  ``Final_Training/Images/<5-digit class>/GT-<class>.csv`` with the ``.ppm`` images, and
+  ``Final_Test/Images/*.ppm`` with ``GT-final_test.csv`` (shipped separately in
+  ``GTSRB_Final_Test_GT.zip``; looked for next to the images, in ``Final_Test/`` and in the search
+  directories). CSV columns, ``;``-separated: ``Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;
+  ClassId``;
+- a prepared copy ``gtsrb*.npz`` with ``X_train`` (N, H, W, 3) uint8, ``y_train`` (N,), ``X_test``,
+  ``y_test`` (``root`` may also be the path of such a file).
+
+Decisions:
+
+- ``source="auto"`` prefers the official layout (the original images), else the npz.
+- Official images are cropped to ``image[y1:y2, x1:x2]`` (x2, y2 exclusive as in PIL's ``crop``,
+  which leaves the documented border of at least 5 pixels on every side) and resized to ``size``
+  (default 36, the paper's input). Npz images are returned as stored unless ``size`` is given.
+- Resizing is ``skimage.transform.resize(order=1, anti_aliasing=True, preserve_range=True)``,
+  rounded to uint8. It is linear and separable, so it is applied as ``R_y @ I @ R_x.T`` with 1-D
+  operators made by resizing an identity matrix with scikit-image: the same numbers (to float
+  rounding), several times faster than one call per image.
+- PPMs are read by a strict binary P6 parser written here rather than imageio (no plugin
+  dependency, sizes checked against the bytes present before any array exists, one-line errors):
+  ``P6``, width, height, maxval in 1..255 (rescaled to 0..255), ``#`` comments, one whitespace
+  byte, then exactly ``3 * width * height`` bytes.
+- The npz is read member by member with ``zipfile`` and ``numpy.lib.format``, validating each
+  header (dtype, shape) and reading the bytes in bounded chunks: ``numpy.load`` would allocate
+  whatever shape a forged header declares.
+
+Glossary: ``N`` number of images; ROI the sign's box ``(x1, y1, x2, y2)`` in pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import struct
+import zipfile
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from lkstn.data.errors import CorruptDataError, DatasetNotFoundError, read_bounded, resolve_root
+
+__all__ = ["DEFAULT_SIZE", "N_CLASSES", "load_gtsrb", "read_ppm", "resize_images"]
+
+N_CLASSES = 43
+DEFAULT_SIZE = 36
+_COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
+_SOURCES = (
+    "GTSRB comes from https://benchmark.ini.rub.de/gtsrb_dataset.html (unpack Final_Training, "
+    "Final_Test and GT-final_test.csv into <root>/gtsrb); a gtsrb*.npz with X_train, y_train, "
+    "X_test, y_test is a prepared copy of it. Pass root=... or set LKSTN_DATA"
+)
+_PPM_FIELD = re.compile(rb"(?:\s|#[^\n\r]*[\n\r])+([0-9]{1,9})(?![0-9])")  # separator, number
+_NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, struct.error, OverflowError, SyntaxError, KeyError)
+_INT = re.compile(r"[0-9]{1,9}")
+_FILENAME = re.compile(r"[A-Za-z0-9_.-]+\.ppm", re.IGNORECASE)
+
+
+def read_ppm(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a binary (P6) 8-bit PPM image.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.ppm`` file.
+
+    Returns
+    -------
+    numpy.ndarray, uint8, shape (H, W, 3)
+        RGB, rescaled to 0..255 when the file's maxval is below 255.
+
+    Raises
+    ------
+    CorruptDataError
+        On a header that is not ``P6 W H maxval`` with ``1 <= maxval <= 255``, a sample above
+        maxval, or pixel data shorter or longer than ``3 * W * H`` bytes.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.startswith(b"P6"):
+        raise CorruptDataError(path, f"not a binary PPM: starts with {data[:2]!r}, expected b'P6'")
+    values, pos = [], 2
+    for field in ("width", "height", "maxval"):
+        match = _PPM_FIELD.match(data, pos)
+        if match is None:
+            raise CorruptDataError(path, f"bad PPM header: no {field} after byte {pos}")
+        values.append(int(match.group(1)))
+        pos = match.end()
+    width, height, maxval = values
+    if data[pos : pos + 1] not in (b" ", b"\t", b"\n", b"\r"):
+        raise CorruptDataError(path, "bad PPM header: no whitespace byte after maxval")
+    if width < 1 or height < 1 or not 1 <= maxval <= 255:
+        raise CorruptDataError(
+            path, f"bad PPM header: width {width}, height {height}, maxval {maxval}"
+        )
+    n_bytes, n_have = 3 * width * height, len(data) - pos - 1
+    if n_have != n_bytes:  # checked before any array of the declared size exists
+        raise CorruptDataError(
+            path, f"PPM header declares {width}x{height} ({n_bytes} bytes), file has {n_have}"
+        )
+    image = np.frombuffer(data, dtype=np.uint8, count=n_bytes, offset=pos + 1)
+    if maxval < 255:
+        if image.max() > maxval:
+            raise CorruptDataError(path, f"PPM sample {image.max()} above maxval {maxval}")
+        image = np.rint(image * (255.0 / maxval)).astype(np.uint8)
+    return image.reshape(height, width, 3).copy()
+
+
+@lru_cache(maxsize=256)
+def _resize_operator(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of skimage's order-1 anti-aliased resize along one axis."""
+    from skimage.transform import resize  # deferred: keeps `import lkstn.data` light
+
+    eye = np.eye(n_in)
+    return resize(eye, (n_out, n_in), order=1, anti_aliasing=True, preserve_range=True)
+
+
+def resize_images(images: np.ndarray, size: int, *, chunk: int = 256) -> np.ndarray:
+    """Resize RGB images with scikit-image's bilinear, anti-aliased resize, rounded to uint8.
+
+    Parameters
+    ----------
+    images : numpy.ndarray, shape (N, H, W, 3) or (H, W, 3)
+        Images of one size, any real dtype in the 0..255 range.
+    size : int
+        Side of the square output.
+    chunk : int
+        Images resized at once (bounds the float64 working memory; small chunks stay in cache).
+
+    Returns
+    -------
+    numpy.ndarray, uint8, shape (N, size, size, 3) or (size, size, 3)
+        Equal, up to float rounding, to ``skimage.transform.resize(image, (size, size),
+        order=1, anti_aliasing=True, preserve_range=True)`` rounded and clipped to 0..255.
+    """
+    images = np.asarray(images)
+    if images.ndim not in (3, 4) or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape (N, H, W, 3) or (H, W, 3), got {images.shape}")
+    size = _check_size(size)
+    batch = images.reshape((-1, *images.shape[-3:]))  # (N, H, W, 3)
+    r_y = _resize_operator(batch.shape[1], size)  # (size, H)
+    r_x = _resize_operator(batch.shape[2], size)  # (size, W)
+    out = np.empty((len(batch), size, size, 3), dtype=np.uint8)
+    for start in range(0, len(batch), chunk):
+        channels = np.moveaxis(batch[start : start + chunk], 3, 1).astype(np.float64)  # (n,3,H,W)
+        resized = r_y @ channels @ r_x.T  # (n, 3, size, size)
+        out[start : start + chunk] = np.moveaxis(np.clip(np.rint(resized), 0, 255), 1, 3)
+    return out.reshape((*images.shape[:-3], size, size, 3))
+
+
+def _check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"size must be a positive int or None, got {size!r}")
+    return int(size)
+
+
+def _read_csv(path: Path) -> list[tuple[str, int, int, int, int, int, int, int]]:
+    """Rows (filename, width, height, x1, y1, x2, y2, class_id) of a GTSRB annotation CSV."""
+    if not path.is_file():
+        raise CorruptDataError(path, "annotation CSV missing from its image directory")
+    try:
+        lines = path.read_bytes().decode("utf-8-sig").splitlines()
+        table = [row for row in csv.reader(lines, delimiter=";") if any(f.strip() for f in row)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CorruptDataError(path, f"unreadable CSV ({type(exc).__name__}: {exc})") from exc
+    if not table:
+        raise CorruptDataError(path, "empty CSV: expected a header " + ";".join(_COLUMNS))
+    header = [f.strip() for f in table[0]]
+    missing = [c for c in _COLUMNS if c not in header]
+    if missing:
+        raise CorruptDataError(path, f"CSV header lacks the columns {missing}")
+    index = [header.index(c) for c in _COLUMNS]
+    rows = []
+    for line_no, row in enumerate(table[1:], start=2):
+        if len(row) != len(header):
+            raise CorruptDataError(
+                path, f"row {line_no}: {len(row)} fields, expected {len(header)}"
+            )
+        name, *fields = (row[i].strip() for i in index)
+        if not _FILENAME.fullmatch(name) or ".." in name:
+            raise CorruptDataError(path, f"row {line_no}: bad image file name {name[:40]!r}")
+        if not all(_INT.fullmatch(f) for f in fields):
+            raise CorruptDataError(path, f"row {line_no}: non-integer field in {fields!r:.80}")
+        w, h, x1, y1, x2, y2, label = map(int, fields)
+        if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+            raise CorruptDataError(
+                path, f"row {line_no}: ROI {(x1, y1, x2, y2)} empty or outside {w}x{h}"
+            )
+        if label >= N_CLASSES:
+            raise CorruptDataError(path, f"row {line_no}: ClassId {label} not in 0..42")
+        rows.append((name, w, h, x1, y1, x2, y2, label))
+    if not rows:
+        raise CorruptDataError(path, "CSV lists no images")
+    return rows
+
+
+def _load_official(entries: list[tuple[Path, Path, int | None]], size: int) -> tuple:
+    """Crop and resize the images listed by (image dir, CSV, class of the dir or None)."""
+    table = [
+        (d, csv_path, want, row) for d, csv_path, want in entries for row in _read_csv(csv_path)
+    ]
+    images = np.empty((len(table), size, size, 3), dtype=np.uint8)  # N from the CSV rows present
+    labels = np.empty(len(table), dtype=np.int64)
+    for i, (image_dir, csv_path, want, (name, w, h, x1, y1, x2, y2, label)) in enumerate(table):
+        if want is not None and label != want:
+            raise CorruptDataError(csv_path, f"{name} has ClassId {label} in class dir {want}")
+        if not (image_dir / name).is_file():
+            raise CorruptDataError(csv_path, f"lists {name}, missing from {image_dir}")
+        image = read_ppm(image_dir / name)
+        if image.shape[:2] != (h, w):
+            raise CorruptDataError(
+                image_dir / name, f"image is {image.shape[1]}x{image.shape[0]}, CSV says {w}x{h}"
+            )
+        images[i] = resize_images(image[y1:y2, x1:x2], size)  # ROI crop, x2 and y2 exclusive
+        labels[i] = label
+    return images, labels
+
+
+def _official_entries(dirs: list[Path], split: str) -> list[tuple[Path, Path, int | None]] | None:
+    bases = [b for d in dirs for b in (d, d / "GTSRB")]
+    if split == "train":
+        for base in bases:
+            images_dir = base / "Final_Training" / "Images"
+            if images_dir.is_dir():
+                class_dirs = sorted(
+                    d for d in images_dir.iterdir() if re.fullmatch(r"\d{5}", d.name)
+                )
+                if not class_dirs:
+                    raise CorruptDataError(images_dir, "no 5-digit class directories")
+                return [(d, d / f"GT-{d.name}.csv", int(d.name)) for d in class_dirs]
+        return None
+    for base in bases:
+        images_dir = base / "Final_Test" / "Images"
+        if images_dir.is_dir():
+            places = [images_dir, images_dir.parent, base, *dirs]
+            for place in places:
+                if (place / "GT-final_test.csv").is_file():
+                    return [(images_dir, place / "GT-final_test.csv", None)]
+            raise DatasetNotFoundError(
+                f"GTSRB test images found in {images_dir} but not their labels GT-final_test.csv "
+                f"(searched {', '.join(map(str, dict.fromkeys(places)))}); it ships separately "
+                f"as GTSRB_Final_Test_GT.zip. {_SOURCES}"
+            )
+    return None
+
+
+def _read_npy_member(zf: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
+    """One array of an npz, its header validated before its bytes are read."""
+    try:
+        info = zf.getinfo(f"{key}.npy")
+    except KeyError:
+        raise CorruptDataError(
+            path, f"npz has no array {key!r} (has {zf.namelist()[:8]})"
+        ) from None
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise CorruptDataError(path, f"{key}: unsupported .npy format version {version}")
+        if dtype.hasobject or dtype.kind not in "biu":
+            raise CorruptDataError(path, f"{key}: dtype {dtype} is not an integer type")
+        payload = read_bounded(f, math.prod(shape) * dtype.itemsize, path, f"array {key}")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            x = _read_npy_member(zf, f"X_{split}", path)
+            y = _read_npy_member(zf, f"y_{split}", path)
+    except CorruptDataError:
+        raise
+    except (*_NPZ_ERRORS, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise CorruptDataError(path, f"unreadable npz ({type(exc).__name__}: {exc})") from exc
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+        raise CorruptDataError(
+            path, f"X_{split} must be uint8 (N, H, W, 3), got {x.dtype} {x.shape}"
+        )
+    if y.shape != (len(x),):
+        raise CorruptDataError(path, f"y_{split} has shape {y.shape}, expected ({len(x)},)")
+    if len(y) and (y.min() < 0 or y.max() >= N_CLASSES):
+        raise CorruptDataError(path, f"y_{split} has labels outside 0..42")
+    return x, y.astype(np.int64)
+
+
+def _find_npz(dirs: list[Path]) -> Path | None:
+    for d in dirs:
+        found = sorted(d.glob("gtsrb*.npz"))
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise ValueError(f"several GTSRB npz files in {d} ({names}): pass root=<one file>")
+        if found:
+            return found[0]
+    return None
+
+
+def load_gtsrb(
+    root: str | os.PathLike[str] | None = None,
+    split: Literal["train", "test"] = "train",
+    size: int | None = None,
+    *,
+    source: Literal["auto", "official", "npz"] = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load the GTSRB images and labels of one split.
+
+    Parameters
+    ----------
+    root : str, os.PathLike or None
+        Directory holding the data, directly or under ``gtsrb/``, or the path of a prepared
+        ``.npz``. ``None`` reads the environment variable ``LKSTN_DATA``.
+    split : {"train", "test"}
+        39,209 training or 12,630 test images in the official release.
+    size : int or None
+        Side of the square output images. ``None``: 36 for the official layout (ROI crops of
+        various sizes), the stored size for an npz.
+    source : {"auto", "official", "npz"}
+        Which format to read; ``"auto"`` takes the official layout where present, else the npz.
+
+    Returns
+    -------
+    images : numpy.ndarray, uint8, shape (N, size, size, 3)
+        RGB.
+    labels : numpy.ndarray, int64, shape (N,)
+        Classes 0..42.
+
+    Raises
+    ------
+    ValueError
+        On a bad ``split``, ``size`` or ``source``, or several ``gtsrb*.npz`` in one directory.
+    DatasetNotFoundError
+        If no data directory is given or no data of the requested source are in it.
+    CorruptDataError
+        On malformed CSV rows, missing or malformed PPMs, a bad npz, missing keys or wrong shapes.
+
+    Examples
+    --------
+    >>> images, labels = load_gtsrb("/data", split="test", size=36)  # doctest: +SKIP
+    >>> images.shape, labels.shape  # doctest: +SKIP
+    ((12630, 36, 36, 3), (12630,))
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if source not in ("auto", "official", "npz"):
+        raise ValueError(f"source must be 'auto', 'official' or 'npz', got {source!r}")
+    if size is not None:
+        size = _check_size(size)
+    if root is not None and Path(root).suffix == ".npz":
+        if not Path(root).is_file():
+            raise DatasetNotFoundError(f"GTSRB npz {root} does not exist. {_SOURCES}")
+        if source == "official":
+            raise ValueError(f"source='official' but root is an npz file: {root}")
+        npz, entries = Path(root), None
+    else:
+        dirs = resolve_root(root, "gtsrb")
+        entries = _official_entries(dirs, split) if source != "npz" else None
+        npz = _find_npz(dirs) if source != "official" and entries is None else None
+        if entries is None and npz is None:
+            where = ", ".join(map(str, dirs)) or "(no existing directory)"
+            wanted = {"auto": "official layout or gtsrb*.npz", "official": "official layout"}
+            raise DatasetNotFoundError(
+                f"GTSRB {split} data ({wanted.get(source, 'gtsrb*.npz')}) not found in {where}. "
+                f"{_SOURCES}"
+            )
+    if entries is not None:
+        return _load_official(entries, DEFAULT_SIZE if size is None else size)
+    images, labels = _read_npz(npz, split)
+    if size is not None and images.shape[1:3] != (size, size):
+        images = resize_images(images, size)
+    return images, labels
