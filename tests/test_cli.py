@@ -1,0 +1,74 @@
+"""The ``lkstn`` command: recovers a known warp between two PNGs, refuses bad input with exit 2."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage import data, io
+from skimage.color import rgb2gray
+
+from lkstn.cli import main
+from lkstn.sampling import pixel_to_canonical, warp_image
+from lkstn.warps import Affine
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory):
+    """An image, and a 60x60 template cut from it by a known affine warp."""
+    root = tmp_path_factory.mktemp("pngs")
+    image = rgb2gray(data.chelsea())  # (300, 451)
+    warp = Affine()
+    box = pixel_to_canonical(np.array([[150.0, 60.0], [250.0, 60.0], [250, 160], [150, 160]]),
+                             image.shape)  # fmt: skip
+    p_box = warp.fit(warp.corners(), box)
+    p_true = warp.compose(p_box, np.array([0.05, 0.03, 0.04, -0.02, -0.04, 0.03]))
+    template = warp_image(image, warp, p_true, (60, 60))
+    io.imsave(root / "image.png", (image * 255).round().astype(np.uint8))
+    io.imsave(root / "template.png", (template * 255).round().astype(np.uint8))
+    return root, p_true
+
+
+def test_align_recovers_known_affine_warp(pngs, tmp_path, capsys):
+    root, p_true = pngs
+    code = main([
+        "align", str(root / "template.png"), str(root / "image.png"), "--warp", "affine",
+        "--box", "150", "60", "250", "160", "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    record = json.loads((tmp_path / "params.json").read_text())
+    from lkstn.result import corner_error
+
+    err = corner_error(Affine(), np.array(record["p"]), p_true, (60, 60))
+    assert err < 0.1  # pixels; the PNGs are quantised to 8 bits
+    assert record["converged"] is True
+    assert (tmp_path / "overlay.png").stat().st_size > 1000
+
+
+def test_missing_file_exit_2(tmp_path, capsys):
+    assert main(["align", str(tmp_path / "nope.png"), str(tmp_path / "nope2.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lkstn: error: TEMPLATE: no such file") and "\n" not in err
+
+
+def test_unreadable_image_exit_2(pngs, tmp_path, capsys):
+    root, _ = pngs
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert main(["align", str(root / "template.png"), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "IMAGE: cannot read" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("box", [["10", "10", "5", "50"], ["1000", "1000", "1100", "1100"]])
+def test_nonsense_box_exit_2(pngs, tmp_path, capsys, box):
+    root, _ = pngs
+    code = main(["align", str(root / "template.png"), str(root / "image.png"), "--box", *box,
+                 "--out", str(tmp_path)])  # fmt: skip
+    assert code == 2
+    assert "--box" in capsys.readouterr().err
+
+
+def test_bad_argument_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["align", "a.png", "b.png", "--warp", "bogus"])
+    assert exc.value.code == 2
