@@ -127,13 +127,16 @@ def _warp_numpy(image, warp, p, out_shape, channel_axis, mode) -> np.ndarray:
     xy = np.broadcast_to(xy, (*batch, xy.shape[-2], 2)).reshape(-1, xy.shape[-2], 2)
     col = (xy[..., 0] + 1.0) * ((W - 1) / 2.0)  # (Bn, h*w)
     row = (xy[..., 1] + 1.0) * ((H - 1) / 2.0)
-    col, row = _snap(col), _snap(row)
-    chans = image.reshape(*img_batch, H, W, -1)
-    chans = np.broadcast_to(chans, (*batch, H, W, chans.shape[-1])).reshape(
-        -1, H, W, chans.shape[-1]
-    )
+    if (H, W) == out_shape:  # the identity warp returns the image exactly
+        ident = np.broadcast_to((p == 0).all(-1), batch).reshape(-1)  # (Bn,)
+        if ident.any():
+            rr, cc = np.divmod(np.arange(H * W), W)
+            row[ident], col[ident] = rr, cc
+    chans = image.reshape(-1, H, W, 1 if channel_axis is None else image.shape[-1])  # (n_img, ...)
+    # source image of each output, without materialising one image copy per output
+    src = np.broadcast_to(np.arange(chans.shape[0]).reshape(img_batch), batch).reshape(-1)  # (n,)
     scipy_mode = "grid-constant" if mode == "zeros" else "nearest"
-    n, C = chans.shape[0], chans.shape[-1]
+    n, C = src.size, chans.shape[-1]
     out = np.empty((n, xy.shape[-2], C), dtype=image.dtype)
     if _single_source(image, img_batch, batch):
         for c in range(C):  # a loop over channels, never over alignments
@@ -141,19 +144,17 @@ def _warp_numpy(image, warp, p, out_shape, channel_axis, mode) -> np.ndarray:
                 chans[0, ..., c], (row, col), order=1, mode=scipy_mode, cval=0.0
             )
     else:
-        idx = np.broadcast_to(np.arange(n)[:, None], row.shape)
+        # a zero image after each one: the zero-weight neighbour along the batch axis of the
+        # 3-D interpolation is then finite, so a NaN/inf image cannot leak into the one before
+        spaced = np.zeros((2 * chans.shape[0], *chans.shape[1:]), dtype=chans.dtype)
+        spaced[::2] = chans
+        idx = np.broadcast_to(2 * src[:, None], row.shape)
         for c in range(C):
             out[..., c] = ndimage.map_coordinates(
-                chans[..., c], (idx, row, col), order=1, mode=scipy_mode, cval=0.0
+                spaced[..., c], (idx, row, col), order=1, mode=scipy_mode, cval=0.0
             )
     out = out.reshape(*batch, *out_shape, C)
     return out if channel_axis is not None else out[..., 0]
-
-
-def _snap(c: np.ndarray) -> np.ndarray:
-    """Round coordinates within 1e-9 px of a pixel centre, so the identity warp is exact."""
-    r = np.rint(c)
-    return np.where(np.abs(c - r) < 1e-9, r, c)
 
 
 def _single_source(image, img_batch, batch) -> bool:

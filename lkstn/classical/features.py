@@ -1,0 +1,144 @@
+"""Feature functions ``phi`` for SDM: warped samples ``I(p)`` to vectors ([LL17] eq. (7)).
+
+[LL17] Sec. 2: "the image appearance ``I`` is often replaced with a predefined feature extraction
+function (e.g. SIFT or HOG)". Every feature function here has the signature
+
+    ``phi(samples, *, channel_axis=None) -> ndarray (..., D)``
+
+for ``samples`` of shape ``(..., h, w)`` (grey) or ``(..., h, w, C)`` (``channel_axis=-1``); the
+leading dimensions are a batch and are kept. ``D`` depends only on ``(h, w[, C])``. A user callable
+with the same signature can be passed to ``SDM(features=...)`` instead of a name.
+
+Registry: ``"pixels"`` -> :func:`pixels`, ``"hog"`` -> :func:`hog` (see :func:`get_features`).
+
+Glossary: ``samples`` warped template-frame images ``I(p)``, ``phi`` a feature function, ``D`` the
+feature length, ``C`` channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FEATURES", "FeatureFn", "get_features", "hog", "pixels"]
+
+FeatureFn = Callable[..., np.ndarray]
+
+# HOG parameters for ~50x50 samples: 6x6 cells of 8x8 pixels (the last 2 rows/columns of a
+# 50-pixel side fall outside a whole cell and are ignored by skimage), 5x5 overlapping blocks
+# of 2x2 cells, 9 unsigned orientations: D = 5 * 5 * 2 * 2 * 9 = 900 for a 50x50 sample.
+HOG_ORIENTATIONS = 9
+HOG_PIXELS_PER_CELL = (8, 8)
+HOG_CELLS_PER_BLOCK = (2, 2)
+
+
+def _core_ndim(channel_axis: int | None) -> int:
+    if channel_axis not in (None, -1):
+        raise ValueError(f"channel_axis must be None or -1, got {channel_axis!r}")
+    return 2 if channel_axis is None else 3
+
+
+def pixels(samples: Any, *, channel_axis: int | None = None) -> np.ndarray:
+    """Raw intensities, ravelled: ``(..., h, w[, C]) -> (..., h * w [* C])``, float64.
+
+    With ``pixels`` the SDM regressor acts on ``I(p).ravel()`` exactly as IC-LK's linear
+    predictor does ([LL17] eq. (6)), so the two can be compared entry by entry.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pixels(np.zeros((7, 5, 4))).shape
+    (7, 20)
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    n_core = _core_ndim(channel_axis)
+    if samples.ndim < n_core:
+        raise ValueError(f"samples must have at least {n_core} dims, got shape {samples.shape}")
+    batch = samples.shape[: samples.ndim - n_core]
+    return samples.reshape(*batch, -1)  # (..., D)
+
+
+def hog(
+    samples: Any,
+    *,
+    channel_axis: int | None = None,
+    orientations: int = HOG_ORIENTATIONS,
+    pixels_per_cell: tuple[int, int] = HOG_PIXELS_PER_CELL,
+    cells_per_block: tuple[int, int] = HOG_CELLS_PER_BLOCK,
+) -> np.ndarray:
+    """Histograms of oriented gradients (``skimage.feature.hog``, ``L2-Hys`` block norm).
+
+    Parameters
+    ----------
+    samples : ndarray (..., h, w[, C])
+        Each sample must hold at least one block: ``h, w >= pixels_per_cell * cells_per_block``.
+    channel_axis : None or -1
+        For colour samples skimage keeps, per pixel, the channel with the largest gradient.
+    orientations, pixels_per_cell, cells_per_block
+        The defaults (9, (8, 8), (2, 2)) give ``D = 900`` for 50x50 samples.
+
+    Returns
+    -------
+    ndarray (..., D), float64
+
+    Notes
+    -----
+    ``skimage.feature.hog`` takes one image at a time, so this function loops over the flattened
+    batch: the only Python loop over samples in the SDM code path. Its cost is about 1.4 ms per
+    50x50 sample on one core (measured with skimage 0.25 on the development machine), i.e. ~6 s per
+    cascade stage for 4,000 training samples, against a few milliseconds for :func:`pixels`.
+    Non-finite samples give non-finite features (no warnings), so that SDM reports them as not
+    converged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hog(np.random.default_rng(0).random((3, 50, 50))).shape
+    (3, 900)
+    """
+    from skimage.feature import hog as sk_hog
+
+    samples = np.asarray(samples, dtype=np.float64)
+    n_core = _core_ndim(channel_axis)
+    if samples.ndim < n_core:
+        raise ValueError(f"samples must have at least {n_core} dims, got shape {samples.shape}")
+    batch = samples.shape[: samples.ndim - n_core]
+    core = samples.shape[samples.ndim - n_core :]
+    need = np.multiply(pixels_per_cell, cells_per_block)
+    if core[0] < need[0] or core[1] < need[1]:
+        raise ValueError(
+            f"samples must be at least {tuple(int(s) for s in need)} pixels for HOG with "
+            f"pixels_per_cell={pixels_per_cell}, cells_per_block={cells_per_block}, got {core[:2]}"
+        )
+    kwargs = dict(
+        orientations=orientations,
+        pixels_per_cell=pixels_per_cell,
+        cells_per_block=cells_per_block,
+        block_norm="L2-Hys",
+        feature_vector=True,
+        channel_axis=channel_axis,
+    )
+    flat = samples.reshape(-1, *core)  # (B, h, w[, C])
+    if flat.shape[0] == 0:
+        dim = sk_hog(np.zeros(core), **kwargs).shape[0]
+        return np.zeros((*batch, dim))
+    with np.errstate(all="ignore"):
+        out = np.stack([sk_hog(s, **kwargs) for s in flat])  # (B, D): skimage has no batch API
+    bad = ~np.isfinite(flat.reshape(flat.shape[0], -1)).all(-1)  # (B,)
+    out[bad] = np.nan  # a NaN sample must not look like a valid (normalised) descriptor
+    return out.reshape(*batch, -1)  # (..., D)
+
+
+FEATURES: dict[str, FeatureFn] = {"pixels": pixels, "hog": hog}
+"""Feature functions by name, for ``SDM(features="...")``."""
+
+
+def get_features(features: str | FeatureFn) -> FeatureFn:
+    """Resolve ``"pixels"``, ``"hog"`` or a callable ``phi(samples, *, channel_axis=None)``."""
+    if callable(features):
+        return features
+    if isinstance(features, str) and features.lower() in FEATURES:
+        return FEATURES[features.lower()]
+    raise ValueError(f"features must be one of {sorted(FEATURES)} or a callable, got {features!r}")
