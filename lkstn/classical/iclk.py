@@ -1,0 +1,159 @@
+"""Inverse compositional Lucas-Kanade ([BM04] Sec. 3.2, Fig. 4; [LL17] eqs. (3)-(6)).
+
+IC-LK swaps the roles of image and template in the linearisation ([LL17] eq. (3)):
+
+    min_dp || I(p) - T(dp) ||^2  ~  || I(p) - T - sd dp ||^2,   sd = dT(0)/dp = grad T . dW/dp(x; 0)
+
+so the steepest-descent images ``sd`` and the Gauss-Newton ``hessian = sd^T sd`` depend on the
+template alone and are computed once, at construction. Each iteration is then a warp and a fixed
+linear map ([LL17] eqs. (5)-(6)):
+
+    dp = H^-1 sd^T (I(p) - T) = R I(p) + b,       p <- compose(p, inverse(dp)).
+
+Glossary: ``T`` template; ``I(p)`` image sampled at ``W(x; p)``; ``sd_images`` steepest-descent
+images; ``hessian`` ``sd^T sd``; ``R, b`` the linear regressor of [LL17] eq. (6).
+Frames: ``p`` maps the template's canonical frame into the image's canonical frame; gradients are
+per canonical unit (:func:`lkstn.sampling.image_gradients`) so that they pair with
+:meth:`lkstn.warps.Warp.jacobian`.
+
+References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lkstn.classical._gauss_newton import GaussNewton, Level, singular
+from lkstn.sampling import image_gradients
+
+__all__ = ["ICLK"]
+
+
+@dataclass(frozen=True)
+class _ICLevel(Level):
+    sd: np.ndarray  # (h*w*C, P) steepest-descent images, flattened like T.ravel()
+    hessian: np.ndarray  # (P, P)
+    R: np.ndarray  # (P, h*w*C) = hessian^-1 sd^T
+
+
+def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+    """``grad T . dW/dp`` for ``template`` ``(h, w, C)`` and ``jacobian`` ``(h*w, 2, P)``.
+
+    Returns ``(h*w, C, P)``; rows follow ``template.ravel()`` order.
+    """
+    h, w, C = template.shape
+    gx, gy = image_gradients(template, channel_axis=-1)  # (h, w, C), per canonical unit
+    gx, gy = gx.reshape(h * w, C, 1), gy.reshape(h * w, C, 1)
+    return gx * jacobian[:, None, 0, :] + gy * jacobian[:, None, 1, :]  # [BM04] Fig. 4 step 5
+
+
+class ICLK(GaussNewton):
+    """Inverse compositional Lucas-Kanade: a fixed regressor applied to ``I(p)``, repeatedly.
+
+    Objective ``min_dp ||I(p) - T(dp)||^2`` ([LL17] eq. (3)); update
+    ``dp = H^-1 sd^T (I(p) - T)`` ([LL17] eq. (5)) and ``p <- compose(p, inverse(dp))`` ([BM04]).
+
+    Parameters
+    ----------
+    template : ndarray (h, w) or (h, w, C)
+        The template ``T``; its own ``(h, w)`` canonical frame is the template frame.
+    warp : Warp or str
+        Translation, Similarity, Affine (default) or Homography.
+    n_iter : int
+        Iterations (per pyramid level).
+    tol : float
+        An alignment converges (and stops) when ``||dp||`` (canonical units) falls below ``tol``.
+    channel_axis : None or -1
+        ``-1`` for a multi-channel template (and images).
+    pyramid : int
+        Number of coarse-to-fine levels (1: no pyramid); see :mod:`lkstn.classical.pyramid`.
+
+    Attributes
+    ----------
+    sd_images : ndarray (h, w, P) or (h, w, C, P)
+        ``dT(0)/dp`` at the finest level.
+    hessian : ndarray (P, P)
+
+    Raises
+    ------
+    ValueError
+        For a template whose Hessian is singular (flat or one-dimensional texture).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn import ICLK, Affine, warp_image
+    >>> yy, xx = np.mgrid[0:60, 0:80]
+    >>> image = np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    >>> p_true = np.array([-0.5, 0.0, 0.1, 0.0, -0.5, 0.0])  # the central half of the image
+    >>> template = warp_image(image, Affine(), p_true, (30, 40))
+    >>> p_init = p_true + np.array([0.0, 0.0, 0.03, 0.0, 0.0, -0.02])
+    >>> result = ICLK(template, Affine(), n_iter=30, tol=1e-8).align(image, p_init)
+    >>> bool(result.converged), bool(np.allclose(result.p, p_true, atol=1e-6))
+    (True, True)
+    """
+
+    def _prepare_level(self, level: Level) -> _ICLevel:
+        J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
+        sd = steepest_descent(level.template, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
+        hessian = sd.T @ sd  # [BM04] Fig. 4 step 6
+        if singular(hessian):
+            raise ValueError(
+                f"template of shape {self.template.shape} has a singular Gauss-Newton Hessian at "
+                f"{level.template.shape[:2]} pixels (flat or one-dimensional texture): it cannot "
+                f"be aligned with {self.warp!r}"
+            )
+        R = np.linalg.solve(hessian, sd.T)  # (P, h*w*C), [LL17] eq. (5)
+        return _ICLevel(level.template, level.grid, sd, hessian, R)
+
+    @property
+    def sd_images(self) -> np.ndarray:
+        """Steepest-descent images ``dT(0)/dp``, ``(h, w, P)`` or ``(h, w, C, P)``."""
+        sd = self._levels[0].sd.reshape(*self._T.shape, -1)
+        return sd[..., 0, :] if self.channel_axis is None else sd.copy()
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """Gauss-Newton Hessian ``sd^T sd``, ``(P, P)``, at the finest level."""
+        return self._levels[0].hessian.copy()
+
+    def regressor(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(R, b)`` with ``dp = R @ I(p).ravel() + b`` ([LL17] eq. (6)), finest level.
+
+        ``R = H^-1 sd^T`` is ``(P, h*w*C)`` and ``b = -R @ T.ravel()`` is ``(P,)``; ``I(p)`` is
+        ``warp_image(image, warp, p, template_shape, channel_axis=channel_axis)``.
+        """
+        R = self._levels[0].R
+        return R.copy(), -R @ self._T.ravel()  # [LL17] eq. (6)
+
+    def _measure(self, level: _ICLevel, sampler, p, index):
+        """Steps (1), (2), (7) and (8) fused block by block: I(p) is never stored whole."""
+        h, w, C = level.template.shape
+        T = level.template.reshape(1, h * w, C)
+        ssd, dp = np.zeros(len(p)), np.zeros((len(p), level.R.shape[0]))
+        for s, t, Ip in sampler.blocks(p, index):  # (1) I(W(x; p)), (na, nq, C)
+            Ip -= T[:, t]  # (2) error image I(p) - T
+            e = Ip.reshape(len(Ip), -1)  # (na, nq*C)
+            ssd[s] += np.einsum("nq,nq->n", e, e)
+            R = level.R[:, t.start * C : t.stop * C]  # (P, nq*C) columns of these pixels
+            dp[s] += (R @ e.T).T  # (7)-(8) H^-1 sd^T (I(p) - T)
+        return ssd / (h * w * C), (dp,)
+
+    def _step(self, level: _ICLevel, p, dp):
+        return dp, np.isfinite(dp).all(-1)  # computed in _measure, [BM04] Fig. 4 steps 7-8
+
+    def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        return compose_inverse(self.warp, p, dp)  # p <- p o dp^-1, [BM04] Fig. 4 step 9
+
+
+def compose_inverse(warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
+    """``compose(p, inverse(dp))`` for ``(n, P)`` arrays; NaN rows where ``M(dp)`` is singular."""
+    Mdp = warp._matrix(dp)  # (n, 3, 3)
+    det = np.linalg.det(Mdp)
+    bad = ~(np.abs(det) > 1e-12)
+    Mdp[bad] = np.eye(3)
+    out = warp._params(warp._matrix(p) @ np.linalg.inv(Mdp))
+    out[bad] = np.nan
+    return out

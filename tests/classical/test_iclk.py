@@ -1,0 +1,181 @@
+"""ICLK: exact ground truth on the cat, finite differences, and the regressor of [LL17] eq. (6)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from lkstn import ICLK, Affine, Homography, Similarity, Translation, corner_error, warp_image
+from lkstn.experiments.problems import planar_problem
+from lkstn.perturb import perturb
+
+WARPS = [Affine(), Homography()]
+
+
+@lru_cache
+def problem(shape=(50, 50), warp="affine", color=False):
+    return planar_problem(shape, warp=warp, color=color)
+
+
+def starts(prob, sigma, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return perturb(prob.warp, prob.p_true, sigma, prob.template_shape, rng, n=n)
+
+
+@pytest.mark.parametrize("color", [False, True])
+@pytest.mark.parametrize("warp", WARPS, ids=str)
+def test_no_motion_stays_at_truth(warp, color):
+    prob = problem(warp=warp, color=color)
+    p_init = np.tile(prob.p_true, (3, 1))
+    res = ICLK(prob.template, warp, n_iter=5, tol=0.0, channel_axis=prob.channel_axis).align(
+        prob.image, p_init
+    )
+    assert res.history.shape == (6, 3, warp.n_params)
+    np.testing.assert_allclose(
+        res.history, np.broadcast_to(prob.p_true, res.history.shape), atol=1e-12
+    )
+    assert res.cost.max() < 1e-24  # the template is I(p_true): zero residual up to rounding
+
+
+@pytest.mark.parametrize("color", [False, True])
+@pytest.mark.parametrize("warp", WARPS, ids=str)
+def test_recovers_known_warp(warp, color):
+    prob = problem(warp=warp, color=color)
+    p_init = starts(prob, sigma=1.0, n=12)
+    aligner = ICLK(prob.template, warp, n_iter=80, tol=1e-5, channel_axis=prob.channel_axis)
+    res = aligner.align(prob.image, p_init)
+    err = corner_error(warp, res.p, prob.p_true, prob.template_shape)
+    assert corner_error(warp, p_init, prob.p_true, prob.template_shape).min() > 0.3
+    assert err.max() < 0.05  # template pixels
+    assert res.converged.all()
+
+
+@pytest.mark.parametrize("warp", WARPS, ids=str)
+def test_cost_never_increases_on_small_perturbations(warp):
+    prob = problem((100, 100), warp=warp)
+    res = ICLK(prob.template, warp, n_iter=15, tol=0.0).align(prob.image, starts(prob, 0.5, 10))
+    rise = np.diff(res.cost, axis=0)
+    assert (rise <= 1e-12 * res.cost[0]).all()
+    assert (res.cost[-1] < 1e-3 * res.cost[0]).all()
+
+
+@pytest.mark.parametrize("warp", [Translation(), Similarity()], ids=str)
+def test_translation_and_similarity(warp):
+    image = problem().image
+    p_true = np.array([0.05, -0.04]) if warp == Translation() else np.array([-0.5, 0.05, 0.1, -0.1])
+    shape = image.shape if warp == Translation() else (60, 90)
+    template = warp_image(image, warp, p_true, shape)
+    p_init = perturb(warp, p_true, 1.0, shape, np.random.default_rng(1), n=8)
+    res = ICLK(template, warp, n_iter=60, tol=1e-6).align(image, p_init)
+    assert corner_error(warp, res.p, p_true, shape).max() < 0.05
+    assert res.converged.all()
+
+
+def test_batched_call_equals_one_at_a_time():
+    prob = problem()
+    aligner = ICLK(prob.template, Affine(), n_iter=25, tol=1e-3)
+    # one image, starts in a (2, 3) grid: same answers as six separate calls
+    p_init = starts(prob, 3.0, 6).reshape(2, 3, 6)
+    res = aligner.align(prob.image, p_init)
+    assert res.history.shape == (26, 2, 3, 6) and res.converged.shape == (2, 3)
+    for idx in np.ndindex(2, 3):
+        one = aligner.align(prob.image, p_init[idx])
+        np.testing.assert_allclose(res.history[(slice(None), *idx)], one.history, atol=1e-12)
+        np.testing.assert_allclose(res.cost[(slice(None), *idx)], one.cost, atol=1e-15)
+        assert res.converged[idx] == one.converged
+    # a batch of different images, one start each
+    images = np.stack([prob.image, 0.7 * prob.image + 0.1, prob.image[::-1]])
+    p_b = starts(prob, 3.0, 3, seed=5)
+    res_b = aligner.align(images, p_b)
+    for i in range(3):
+        one = aligner.align(images[i], p_b[i])
+        np.testing.assert_allclose(res_b.history[:, i], one.history, atol=1e-12)
+        assert res_b.converged[i] == one.converged
+    assert not res_b.converged[2]  # the flipped cat does not contain the template
+
+
+@pytest.mark.parametrize("color", [False, True])
+@pytest.mark.parametrize("warp", WARPS, ids=str)
+def test_regressor_gives_the_iclk_step(warp, color):
+    prob = problem(warp=warp, color=color)
+    aligner = ICLK(prob.template, warp, channel_axis=prob.channel_axis)
+    R, b = aligner.regressor()
+    C = 3 if color else 1
+    assert R.shape == (warp.n_params, 50 * 50 * C) and b.shape == (warp.n_params,)
+    p0 = starts(prob, 2.0, 4)
+    Ip = warp_image(prob.image, warp, p0, prob.template_shape, channel_axis=prob.channel_axis)
+    dp_regressor = Ip.reshape(4, -1) @ R.T + b  # [LL17] eq. (6)
+    p1 = (
+        ICLK(prob.template, warp, n_iter=1, tol=0.0, channel_axis=prob.channel_axis)
+        .align(prob.image, p0)
+        .p
+    )
+    # p1 = compose(p0, inverse(dp))  =>  dp = inverse(compose(inverse(p0), p1))
+    dp_step = warp.inverse(warp.compose(warp.inverse(p0), p1))
+    np.testing.assert_allclose(dp_regressor, dp_step, atol=1e-9)
+    assert np.abs(dp_step).max() > 1e-3  # a real step, not a trivial zero
+
+
+@pytest.mark.parametrize("channels", [None, 2])
+@pytest.mark.parametrize("warp", [Translation(), Similarity(), Affine(), Homography()], ids=str)
+def test_sd_images_match_finite_differences_of_warp_image(warp, channels):
+    """``sd = dT(p)/dp`` at 0, with ``T(p) = warp_image(T, warp, p)``: units and frames agree.
+
+    At pixel centres the symmetric difference of the bilinear interpolant is the central
+    difference, so interior pixels match for any template, even a random one.
+    """
+    rng = np.random.default_rng(3)
+    shape = (11, 14) if channels is None else (11, 14, channels)
+    T = rng.random(shape)
+    axis = None if channels is None else -1
+    aligner = ICLK(T, warp, channel_axis=axis)
+    eps = 1e-6
+    fd = np.stack(
+        [
+            warp_image(T, warp, eps * e, (11, 14), channel_axis=axis)
+            - warp_image(T, warp, -eps * e, (11, 14), channel_axis=axis)
+            for e in np.eye(warp.n_params)
+        ],
+        -1,
+    ) / (2 * eps)
+    assert aligner.sd_images.shape == (*shape, warp.n_params)
+    np.testing.assert_allclose(aligner.sd_images[1:-1, 1:-1], fd[1:-1, 1:-1], atol=1e-4)
+    sd = aligner.sd_images.reshape(-1, warp.n_params)
+    np.testing.assert_allclose(aligner.hessian, sd.T @ sd, rtol=1e-12)
+
+
+def test_pyramid_widens_the_basin():
+    prob = problem()
+    p_init = starts(prob, 8.0, 40, seed=2)
+    flat = ICLK(prob.template, Affine(), n_iter=30).align(prob.image, p_init)
+    pyr = ICLK(prob.template, Affine(), n_iter=30, pyramid=3).align(prob.image, p_init)
+    assert pyr.history.shape == (3 * 30 + 1, 40, 6)
+    ok = lambda r: corner_error(Affine(), r.p, prob.p_true, (50, 50)) < 1.0  # noqa: E731
+    assert ok(pyr).sum() >= ok(flat).sum() + 5
+    assert np.isfinite(pyr.cost[-1][pyr.converged]).all()
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=str)
+def test_fused_sampler_equals_warp_image_borders_included(warp, channels):
+    """The aligners' internal sampler is warp_image's arithmetic: inside, across the border
+    (zero padding), far outside, and across a homography's line at infinity."""
+    from lkstn.classical._gauss_newton import Sampler
+    from lkstn.sampling import canonical_grid
+
+    rng = np.random.default_rng(7)
+    shape = (23, 31) if channels is None else (23, 31, channels)
+    images = rng.random((2, *shape))
+    p = 0.6 * rng.standard_normal((40, warp.n_params))
+    p[:20, 2] += np.linspace(-2.5, 2.5, 20)  # from far left to far right of the image
+    axis = None if channels is None else -1
+    ref = warp_image(images[0], warp, p, (9, 12), channel_axis=axis)
+    sampler = Sampler(images.reshape(2, 23, 31, -1), warp, canonical_grid((9, 12)))
+    ours = sampler(p, None).reshape(ref.shape)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    index = np.arange(40) % 2  # a batch: alignment i reads image i % 2
+    ref_b = warp_image(images[index], warp, p, (9, 12), channel_axis=axis)
+    np.testing.assert_allclose(sampler(p, index).reshape(ref_b.shape), ref_b, atol=1e-12)
+    assert (ref == 0).any() and (ref != 0).any()  # the cases cover outside and inside
