@@ -1,0 +1,382 @@
+"""Planar alignment with one linear layer unfolded K times ([LL17] Sec. 5.1, Table 1, Figs. 6-7).
+
+The task: the 50 x 50 template ``CAT_BOX`` of ``skimage.data.chelsea()`` (grey; the paper used a
+Caffe example image), affine starts ``p_init = compose(p_true, delta)`` drawn with the paper's
+noise model at ``sigma`` in {2.5, 5, 7.5, 10} template pixels, and IC-STNs whose geometric
+predictor is a single linear layer on the pixels, unfolded K = 1 (= c-STN-1), 2, 3, 4 and 6 times
+during training ([LL17] eq. (10) update, ``p <- compose(dp, p)``), trained on the squared L2
+distance between the final warp and ``p_true`` with batches of 100 drawn on the fly.
+
+Our recipe (the paper states only "SGD, batch 100"; these are our choices, see docs/planar.md)
+    * Input standardisation folded into the linear layer: ``dp = W ((I(p) - mu) / s) + b`` with
+      ``mu`` the mean crop and ``s`` the pixel standard deviation of 1000 crops at the training
+      sigma (fixed buffers, still one affine map of the pixels).
+    * Adam (batch 100), learning rate ``lr / K``: the gradient through K compositions grows with
+      K, and a deep unfolding diverged at the shallow rate. A piecewise-constant schedule of
+      ``phases`` (x1, x0.3, x0.1, x0.03 of the rate, equal numbers of steps), one
+      :func:`lkstn.learned.train.train` call per phase with a fresh Adam, so each phase has its own
+      run directory and a killed run resumes where it stopped; a finished phase is skipped.
+    * ``torch.set_num_threads(1)`` in :func:`run`: on a loaded 2-core machine the per-op thread
+      overhead of these tiny tensors made two threads ~10x slower than one.
+Evaluation: a fixed test set per sigma (``fixed_starts``, 1000 starts, seed ``seed + 1``), shared
+by every model; Table 1 reports the mean parameter L2 error (canonical units) and the mean corner
+error (template px) after K warps; Fig. 7 continues every network, and LK, CompositionalLK, ICLK
+and SDM, past the trained depth (:mod:`lkstn.experiments.curves`).
+
+Glossary: ``K`` unfolded warps (depth), ``sigma`` perturbation in template pixels, ``mu, s`` the
+standardisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lkstn.experiments.convergence import _finite_or_none, fixed_starts
+from lkstn.experiments.curves import ErrorCurves, error_curves, plot_curves
+from lkstn.experiments.problems import PlanarProblem, planar_problem
+from lkstn.perturb import perturb
+from lkstn.sampling import warp_image
+from lkstn.warps import Affine
+
+__all__ = [
+    "PAPER_TABLE1",
+    "Recipe",
+    "add_arguments",
+    "build_model",
+    "model_name",
+    "run",
+    "run_experiment",
+    "train_model",
+]
+
+# Published values, for display only (never used in a computation): [LL17] Table 1, test error of
+# the planar experiment; the paper does not state the unit.
+PAPER_TABLE1 = {
+    "c-STN-1": {2.5: 2.699, 5.0: 5.576, 7.5: 9.491, 10.0: 9.218},
+    "IC-STN-2": {2.5: 0.615, 5.0: 2.268, 7.5: 5.283, 10.0: 5.502},
+    "IC-STN-3": {2.5: 0.434, 5.0: 1.092, 7.5: 2.877, 10.0: 3.020},
+    "IC-STN-4": {2.5: 0.292, 5.0: 0.481, 7.5: 1.476, 10.0: 2.287},
+    "IC-STN-6": {2.5: 0.027, 5.0: 0.125, 7.5: 0.245, 10.0: 1.305},
+}
+SHAPE = (50, 50)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training and evaluation settings of one run of the experiment (recorded in the JSON)."""
+
+    sigmas: tuple[float, ...] = (2.5, 5.0, 7.5, 10.0)
+    depths: tuple[int, ...] = (1, 2, 3, 4, 6)
+    n_steps: int = 4000
+    lr: float = 2.4e-5
+    phases: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)
+    batch_size: int = 100
+    n_stats: int = 1000
+    n_test: int = 1000
+    n_curve: int = 12
+    n_sdm: int = 2000
+    seed: int = 0
+
+
+QUICK = Recipe(
+    sigmas=(5.0,), depths=(1, 2, 4), n_steps=480, lr=4e-5, n_test=300, n_curve=8, n_sdm=500
+)
+
+
+def model_name(depth: int) -> str:
+    """``c-STN-1`` for one warp, ``IC-STN-K`` otherwise (the rows of [LL17] Table 1)."""
+    return "c-STN-1" if depth == 1 else f"IC-STN-{depth}"
+
+
+@functools.cache
+def _standardise_class():
+    """The module class ``(x - mu) / s`` (made on first use: torch is imported lazily)."""
+    import torch
+    from torch import nn
+
+    class Standardise(nn.Module):
+        """``(x - mu) / s`` with fixed buffers: with the next linear layer, one affine map."""
+
+        def __init__(self, mu: np.ndarray, s: float) -> None:
+            super().__init__()
+            self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32))  # (h, w)
+            self.register_buffer("s", torch.tensor(s, dtype=torch.float32))
+
+        def forward(self, x):
+            return (x - self.mu) / self.s
+
+    return Standardise
+
+
+def build_model(prob: PlanarProblem, depth: int, sigma: float, recipe: Recipe):
+    """An IC-STN with one (standardised) linear layer, ``n_warps = depth``, float32."""
+    from torch import nn
+
+    from lkstn.learned.predictors import LinearPredictor
+    from lkstn.learned.stn import ICSTN
+
+    rng = np.random.default_rng([recipe.seed, 7, int(sigma * 1000)])
+    starts = perturb(prob.warp, prob.p_true, sigma, SHAPE, rng, n=recipe.n_stats)  # (n, P)
+    crops = warp_image(prob.image, prob.warp, starts, SHAPE)  # (n, h, w)
+    standardise = _standardise_class()(crops.mean(0), float(crops.std()))
+    predictor = nn.Sequential(standardise, LinearPredictor(SHAPE, prob.warp.n_params))
+    return ICSTN(predictor, warp=prob.warp, n_warps=depth, template_shape=SHAPE, update="eq10")
+
+
+def train_model(
+    model, prob: PlanarProblem, sigma: float, recipe: Recipe, run_dir: Path, progress: bool = False
+) -> float:
+    """Train ``model`` in place, one :func:`train` call per phase (finished phases are loaded, not
+    rerun); returns the training wall time summed over every session, in seconds."""
+    import torch
+
+    from lkstn.learned.streams import AlignmentData
+    from lkstn.learned.train import TrainConfig, train
+
+    data = AlignmentData(
+        torch.as_tensor(prob.image, dtype=torch.float32)[None],
+        torch.as_tensor(prob.p_true, dtype=torch.float32),
+    )
+    steps = recipe.n_steps // len(recipe.phases)
+    start = time.perf_counter()
+    for i, factor in enumerate(recipe.phases):  # fresh Adam per phase, its own stream and run dir
+        config = TrainConfig(
+            n_steps=steps,
+            sigma=sigma,
+            batch_size=recipe.batch_size,
+            optimizer="adam",
+            lr_predictor=recipe.lr * factor / model.n_warps,
+            seed=recipe.seed * 100 + i,
+            n_test=recipe.batch_size,
+            eval_every=steps,
+            checkpoint_every=min(steps, 500),
+            progress=progress,
+        )
+        train(model, config, data, run_dir=run_dir / f"phase{i}", resume=True)
+    timing = run_dir / "seconds.json"  # wall time summed over the sessions that trained it
+    spent = time.perf_counter() - start
+    if timing.exists():
+        spent += json.loads(timing.read_text())["seconds"]
+    timing.write_text(json.dumps({"seconds": spent}))
+    return spent
+
+
+def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, Any]:
+    """The classical aligners of Fig. 7 on the same template (SDM fitted at ``sigma``)."""
+    from lkstn.classical.iclk import ICLK
+    from lkstn.classical.lk import LK, CompositionalLK
+    from lkstn.classical.sdm import SDM
+
+    kw = {"warp": prob.warp, "n_iter": recipe.n_curve, "tol": 1e-6}
+    sdm = SDM(template_shape=SHAPE, warp=prob.warp, n_stages=4, alpha=10.0)
+    sdm.fit_perturbed(
+        prob.image, prob.p_true, sigma, recipe.n_sdm, np.random.default_rng(recipe.seed)
+    )
+    return {
+        "LK": LK(prob.template, **kw),
+        "CompositionalLK": CompositionalLK(prob.template, **kw),
+        "ICLK": ICLK(prob.template, **kw),
+        "SDM-4": sdm,
+    }
+
+
+def run_experiment(
+    out: str | Path, recipe: Recipe = Recipe(), *, progress: bool = False, log=print
+) -> dict[str, Any]:
+    """Train every (sigma, depth), evaluate on fixed test sets, write figures and JSON to ``out``.
+
+    Returns the JSON-ready record (also written to ``out/planar.json``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prob = planar_problem(SHAPE, warp=Affine())
+    t0 = time.perf_counter()
+    _figure6(prob, out, recipe)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    curves: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for sigma in recipe.sigmas:
+        test = fixed_starts(prob.warp, prob.p_true, sigma, SHAPE, recipe.n_test, recipe.seed + 1)
+        models = {}
+        for depth in recipe.depths:
+            name = model_name(depth)
+            model = build_model(prob, depth, sigma, recipe)
+            seconds[f"{name} sigma={sigma:g}"] = train_model(
+                model, prob, sigma, recipe, out / "runs" / f"sigma{sigma:g}" / name, progress
+            )
+            models[name] = model
+            log(
+                f"trained {name} at sigma={sigma:g} px ({seconds[f'{name} sigma={sigma:g}']:.0f} s)"
+            )
+        nets = error_curves(models, prob.image, prob.p_true, test, recipe.n_curve)
+        classical = error_curves(
+            _aligners(prob, sigma, recipe),
+            prob.image,
+            prob.p_true,
+            test,
+            recipe.n_curve,
+            warp=prob.warp,
+            template_shape=SHAPE,
+        )
+        both = _merge(nets, classical)
+        curves[f"{sigma:g}"] = both.to_dict()
+        for depth in recipe.depths:
+            name = model_name(depth)
+            row = table.setdefault(name, {})
+            row[f"{sigma:g}"] = {
+                "param_l2": both.mean_param_l2[name][depth],
+                "corner_px": both.mean_corner_px[name][depth],
+                "paper": PAPER_TABLE1.get(name, {}).get(float(sigma)),
+            }
+        _figure7(both, {model_name(d): d for d in recipe.depths}, sigma, out)
+    total = time.perf_counter() - t0
+    record = {
+        "recipe": asdict(recipe),
+        "table1": table,
+        "paper_table1_published_values_for_display": {
+            k: {f"{s:g}": v for s, v in row.items()} for k, row in PAPER_TABLE1.items()
+        },
+        "curves": curves,
+        "train_seconds": seconds,
+        "total_seconds": total,
+        "machine": _machine(),
+    }
+    record = _finite_or_none(record)  # a diverged estimate is inf: null in the JSON
+    (out / "planar.json").write_text(json.dumps(record, indent=2))
+    (out / "table1.md").write_text(table1_markdown(record))
+    log(table1_markdown(record))
+    log(f"total {total:.0f} s -> {out}")
+    return record
+
+
+def _merge(a: ErrorCurves, b: ErrorCurves) -> ErrorCurves:
+    fields = (
+        "mean_corner_px",
+        "median_corner_px",
+        "mean_param_l2",
+        "fraction_converged",
+        "seconds",
+    )
+    return replace(a, **{f: {**getattr(a, f), **getattr(b, f)} for f in fields})
+
+
+def table1_markdown(record: dict[str, Any]) -> str:
+    """Ours (param L2 canonical / corner px) beside the paper's published values, per sigma."""
+    sigmas = [f"{s:g}" for s in record["recipe"]["sigmas"]]
+    head = "| model | " + " | ".join(f"sigma = {s}: ours L2 / px (paper)" for s in sigmas) + " |"
+    lines = [head, "|---|" + "---|" * len(sigmas)]
+    for name, row in record["table1"].items():
+        cells = []
+        for s in sigmas:
+            r = row[s]
+            paper = "—" if r["paper"] is None else f"{r['paper']:.3f}"
+            l2, px = (math.inf if r[k] is None else r[k] for k in ("param_l2", "corner_px"))
+            cells.append(f"{l2:.3g} / {px:.3g} ({paper})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _figure6(prob: PlanarProblem, out: Path, recipe: Recipe) -> None:
+    """[LL17] Fig. 6: the image, the true (red) and perturbed (yellow) boxes; crops at 7.5 px."""
+    from lkstn.viz import _plt, plot_boxes, plot_grid
+
+    rng = np.random.default_rng([recipe.seed, 6])
+    starts = perturb(prob.warp, prob.p_true, 7.5, SHAPE, rng, n=24)  # (24, P)
+    fig = plot_boxes(
+        prob.image,
+        prob.warp,
+        prob.p_true,
+        starts[:8],
+        title="ground truth (red), perturbed at sigma = 7.5 px (yellow)",
+    )
+    fig.savefig(out / "fig6a_boxes.png", dpi=90)
+    _plt().close(fig)
+    crops = warp_image(prob.image, prob.warp, starts, SHAPE)  # (24, h, w)
+    fig = plot_grid(crops, n_cols=8, title="perturbed 50x50 samples, sigma = 7.5 px")
+    fig.savefig(out / "fig6b_samples.png", dpi=90)
+    _plt().close(fig)
+
+
+def _figure7(curves: ErrorCurves, depth_of: dict[str, int], sigma: float, out: Path) -> None:
+    """[LL17] Fig. 7 for every aligner: mean (left) and median (right) corner error per warp."""
+    from lkstn.viz import _plt
+
+    fig, axes = _plt().subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("mean_corner_px", "median_corner_px"), strict=True):
+        plot_curves(
+            curves,
+            metric=metric,
+            trained_depth=depth_of,
+            ax=ax,
+            title=f"sigma = {sigma:g} px, {curves.n_trials} test starts",
+        )
+    fig.savefig(out / f"fig7_sigma{sigma:g}.png", dpi=80)
+    _plt().close(fig)
+
+
+def _machine() -> str:
+    import os
+
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__} "
+        f"({torch.get_num_threads()} thread), load average {load:.1f} at the end"
+    )
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (else exit code 2 with a one-line message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lkstn reproduce planar``."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one sigma (5 px), depths 1/2/4, 480 steps: about a minute",
+    )
+    parser.add_argument("--out", default="out/planar", help="output folder (runs/ inside)")
+    parser.add_argument(
+        "--steps",
+        type=_at_least(4),
+        default=None,
+        help="training steps per model, split evenly over the 4 learning-rate phases",
+    )
+    parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``lkstn reproduce planar``: the whole experiment (or ``--quick``); returns 0."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    recipe = replace(QUICK if args.quick else Recipe(), seed=args.seed)
+    if args.steps is not None:
+        recipe = replace(recipe, n_steps=args.steps)
+    run_experiment(args.out, recipe, progress=args.progress)
+    return 0
