@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from lkstn.chunks import align_in_chunks
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
@@ -264,7 +265,9 @@ class GaussNewton:
         raise NotImplementedError
 
     # -- alignment --------------------------------------------------------------------------------
-    def align(self, image: Any, p_init: Any, n_iter: int | None = None) -> AlignmentResult:
+    def align(
+        self, image: Any, p_init: Any, n_iter: int | None = None, *, chunk_size: int | None = None
+    ) -> AlignmentResult:
         """Align ``image`` to the template from ``p_init``; see the module docstring.
 
         Parameters
@@ -274,6 +277,9 @@ class GaussNewton:
         p_init : array (..., P) for one image, (B, P) or (P,) for a batch
         n_iter : int, optional
             Iterations per pyramid level (default: the constructor's).
+        chunk_size : int, optional
+            Align at most this many starts at a time (:func:`lkstn.chunks.align_in_chunks`):
+            memory bounded by the chunk, the same result.
 
         Returns
         -------
@@ -282,6 +288,8 @@ class GaussNewton:
             ...)``, ``converged`` ``(...)``. With a pyramid, cost row ``j`` is measured at the
             resolution of the level that iterates from history row ``j``.
         """
+        if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
+            return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         n_iter = self.n_iter if n_iter is None else _check_int(n_iter, "n_iter", 0)
         images, p, index, batch_shape = self._parse(image, p_init)
         pyr = gaussian_pyramid(images, self.pyramid, channel_axis=-1, batch_ndim=1)

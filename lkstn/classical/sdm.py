@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
+from lkstn.chunks import align_in_chunks
 from lkstn.classical.features import FeatureFn, get_features
 from lkstn.perturb import perturb
 from lkstn.result import AlignmentResult, _check_shape
@@ -111,8 +112,9 @@ class SDM:
         ``-1`` for colour images ``(..., H, W, C)``.
     tol : float
         Template pixels (IC-LK's ``tol`` is ``||dp||`` in canonical units). An alignment is
-        ``converged`` when its parameters and cost are finite and its last update moved the
-        template corners by less than ``tol`` (RMS, as :func:`lkstn.corner_error`). A weak test
+        ``converged`` when its parameters and cost are finite, its last update moved the
+        template corners by less than ``tol`` (RMS, as :func:`lkstn.corner_error`), and at least
+        half of the template frame lies inside the image (zero padding beyond). A weak test
         for a cascade: its last stage also makes small steps in a wrong basin (on the cat at
         sigma = 5 px the flag agrees with "corner error < 1 px" for ~96-98 % of the starts).
 
@@ -196,6 +198,12 @@ class SDM:
         p_init : ndarray (N, M, P), or (M, P) for one image
 
         Returns ``self``.
+
+        Raises
+        ------
+        ValueError
+            For bad shapes or non-finite input, for images whose features are the same at every
+            start (a flat image: no appearance to learn from), or when a stage diverges.
         """
         images, p_true, p = self._check_fit(images, p_true, p_init)  # (N, ...), (N, P), (N, M, P)
         warp, shape, ca = self.warp, self.template_shape, self.channel_axis
@@ -206,6 +214,12 @@ class SDM:
         for k in range(self.n_stages):  # sequential learning ([LL17] Sec. 2)
             samples = warp_image(images[:, None], warp, p, shape, channel_axis=ca)  # I_n(p_nj)
             phi = self._features(samples).reshape(N * M, -1)  # (NM, D)
+            spread = np.abs(phi - phi.mean(0)).max() if k == 0 and N * M > 1 else np.inf
+            if spread <= 1e-9 * np.abs(phi).max():  # flat up to rounding of the sampler
+                raise ValueError(
+                    "images give the same features at every training start (flat images, or "
+                    "identical starts): there is no appearance to regress the warp from"
+                )
             delta = warp._compose(p_true_inv, p).reshape(N * M, P)  # p = p_true o delta
             R, b = ridge_regression(phi, delta, self.alpha)  # [LL17] eq. (7)
             dp = (phi @ R.T + b).reshape(N, M, P)  # [LL17] eq. (6)
@@ -231,7 +245,9 @@ class SDM:
         return self.fit(image, p_true, np.moveaxis(p_init, 0, -2))  # (..., M, P)
 
     # -- alignment --------------------------------------------------------------------------------
-    def align(self, image: Any, p_init: Any, n_iter: int | None = None) -> AlignmentResult:
+    def align(
+        self, image: Any, p_init: Any, n_iter: int | None = None, *, chunk_size: int | None = None
+    ) -> AlignmentResult:
         """Apply the cascade: stage ``k`` at iteration ``k``, the last stage again beyond it.
 
         Parameters
@@ -241,6 +257,9 @@ class SDM:
         p_init : ndarray (..., P)
         n_iter : int, optional
             Defaults to ``n_stages``.
+        chunk_size : int, optional
+            Align at most this many starts at a time (:func:`lkstn.chunks.align_in_chunks`):
+            memory bounded by the chunk, the same result.
 
         Returns
         -------
@@ -248,6 +267,8 @@ class SDM:
             ``history (n_iter + 1, ..., P)``, ``cost (n_iter + 1, ...)`` against ``template``,
             ``converged (...)``.
         """
+        if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
+            return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         regressors = self.regressors
         n_iter = self.n_stages if n_iter is None else n_iter
         if not isinstance(n_iter, int | np.integer) or n_iter < 0:
@@ -264,19 +285,21 @@ class SDM:
             ) from None
         history, costs = [p], []
         update_px = np.zeros(p.shape[:-1])
-        for k in range(n_iter):
-            R, b = regressors[min(k, len(regressors) - 1)]
-            samples, cost = self._sample(image, p)  # I(p)
-            costs.append(cost)
-            dp = self._features(samples) @ R.T + b  # [LL17] eq. (6)
-            p = self.warp._compose(p, _inverse(self.warp, dp))  # p <- p o dp^-1 [BM04]
-            update_px = self._update_px(dp)
-            history.append(p)
-        costs.append(self._sample(image, p)[1])
+        with np.errstate(all="ignore"):  # NaN/inf pixels, points at infinity: flagged below
+            for k in range(n_iter):
+                R, b = regressors[min(k, len(regressors) - 1)]
+                samples, cost = self._sample(image, p)  # I(p)
+                costs.append(cost)
+                dp = self._features(samples) @ R.T + b  # [LL17] eq. (6)
+                p = self.warp._compose(p, _inverse(self.warp, dp))  # p <- p o dp^-1 [BM04]
+                update_px = self._update_px(dp)
+                history.append(p)
+            costs.append(self._sample(image, p)[1])
         cost = np.stack(costs)  # (n_iter + 1, ...)
         converged = np.isfinite(p).all(-1) & np.isfinite(cost[-1])
-        with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"):
             converged &= update_px < self.tol  # NaN compares False
+            converged &= self._coverage(image, p) >= 0.5  # a template off the image: failed
         return AlignmentResult(history=np.stack(history), cost=cost, converged=converged)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -298,6 +321,18 @@ class SDM:
         samples[~finite] = np.nan
         axes = tuple(range(finite.ndim, samples.ndim))
         return samples, ((samples - self.template) ** 2).mean(axes)
+
+    def _coverage(self, image: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Fraction of the template frame that ``W(.; p)`` puts inside the image, ``(...)``.
+
+        Outside the image the samples are zero padding, which no regressor can align: a last
+        stage that predicts a small step from them (its intercept) is no convergence.
+        """
+        n_core = 2 if self.channel_axis is None else 3
+        H, W = image.shape[image.ndim - n_core : image.ndim - n_core + 2]
+        p_safe = np.where(np.isfinite(p).all(-1)[..., None], p, 0.0)
+        inside = warp_image(np.ones((H, W)), self.warp, p_safe, self.template_shape)
+        return inside.mean((-2, -1))
 
     def _update_px(self, dp: np.ndarray) -> np.ndarray:
         """RMS displacement (template px) of the corners under ``W(.; dp)``."""
