@@ -1,0 +1,276 @@
+"""Training loop of the learned aligners ([LL17] Sec. 5): alignment or classification.
+
+:func:`train` runs SGD (the paper), momentum SGD or Adam on batches perturbed on the fly with the
+paper's noise model (:mod:`lkstn.learned.streams`):
+
+- with :class:`~lkstn.learned.streams.AlignmentData` (planar alignment, Sec. 5.1) the model is an
+  aligner (:class:`~lkstn.learned.stn.ICSTN`, ...) and the loss is the squared L2 distance between
+  its final warp and ``p_true``;
+- with :class:`~lkstn.learned.streams.ClassificationData` (MNIST/GTSRB, Secs. 5.2-5.3) the model
+  maps ``(images, p_init)`` to class scores (:class:`~lkstn.learned.stn.AlignThenClassify`) and the
+  loss is the cross-entropy; the aligner and the classifier get separate learning rates
+  (MNIST ``1e-4`` / ``1e-2``, GTSRB ``1e-5`` / ``1e-3``).
+
+Everything follows the model's device and dtype. Batch ``k`` is a function of ``(seed, k)`` and the
+checkpoint holds the model, the optimizer and the step, so ``resume=True`` continues a killed run
+bit for bit (on the same machine with the same ``torch.get_num_threads()``: the convolution
+kernels' floating-point reductions depend on it). The test perturbations are drawn once (fixed
+seed), so test errors are repeatable. A non-finite loss stops the run with
+:class:`TrainingDiverged` before the update, leaving the last checkpoint intact.
+
+Run directory: ``config.json`` (config and model), ``log.jsonl`` (one line per evaluation),
+``checkpoint.pt`` (latest, written atomically).
+
+Glossary: ``step`` optimizer steps taken; ``lr_predictor``/``lr_classifier`` the learning rates of
+the geometric predictor(s) and of the classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lkstn.learned._torch_warp import fast_convolutions
+from lkstn.learned.checkpoint import load_checkpoint, save_checkpoint
+from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
+
+_OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the model holds the parameters of the last good step."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (recorded in ``config.json`` and checkpoints).
+
+    Attributes
+    ----------
+    n_steps : int
+        Total optimizer steps (a resumed run continues up to it).
+    sigma : float
+        Perturbation scale in template pixels ([LL17]: 2.5-10 planar, 3.5 MNIST; the
+        authors' MNIST code uses 0.25 canonical units, 3.375 px at 28 x 28).
+    batch_size : int
+        Perturbed samples per step (the paper: 100).
+    optimizer : "sgd", "momentum" or "adam"
+        Plain SGD is the paper's.
+    lr_predictor, lr_classifier : float
+        Learning rates of the aligner's parameters and of the classifier's.
+    momentum : float
+        For ``"momentum"``.
+    seed : int
+        Seeds the training stream and the test perturbations.
+    n_test : int
+        Test starts of an alignment run (a classification run uses its whole test set).
+    eval_every, checkpoint_every : int
+        Steps between evaluations / checkpoints (the last step always gets both).
+    progress : bool
+        Show a tqdm progress bar with the loss and the training error.
+    fast_conv : bool
+        On CPU, switch the model's convolutions to their fast CPU form
+        (:func:`~lkstn.learned._torch_warp.fast_convolutions`: same function and gradients,
+        in place).
+    """
+
+    n_steps: int
+    sigma: float
+    batch_size: int = 100
+    optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+    lr_predictor: float = 1e-4
+    lr_classifier: float = 1e-2
+    momentum: float = 0.9
+    seed: int = 0
+    n_test: int = 1000
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    progress: bool = True
+    fast_conv: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_steps", "batch_size", "n_test", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("sigma", "lr_predictor", "lr_classifier", "momentum"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns: the final step and every evaluation record."""
+
+    step: int
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The final evaluation."""
+        return self.records[-1] if self.records else {}
+
+
+def train(
+    model: nn.Module,
+    config: TrainConfig,
+    data: AlignmentData | ClassificationData,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``model`` in place on ``data``; see the module docstring.
+
+    Parameters
+    ----------
+    model : nn.Module
+        An aligner (alignment) or ``(images, p_init) -> scores`` (classification).
+    config : TrainConfig
+    data : AlignmentData or ClassificationData
+    run_dir : path, optional
+        Where the log and checkpoints go (none without it).
+    resume : bool
+        Continue from ``run_dir/checkpoint.pt`` when it exists (model, optimizer, step and the
+        global torch RNG state saved with it); start afresh otherwise.
+
+    Raises
+    ------
+    TrainingDiverged
+        When the loss becomes NaN or infinite.
+    """
+    if not isinstance(data, AlignmentData | ClassificationData):
+        raise ValueError(f"data must be AlignmentData or ClassificationData, got {type(data)}")
+    aligner = getattr(model, "aligner", model)
+    if not hasattr(aligner, "warp") or not hasattr(aligner, "template_shape"):
+        raise ValueError("model must be an aligner or hold one as model.aligner")
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError("model has no parameters to train")
+    device, dtype = first.device, first.dtype
+    if config.fast_conv and device.type == "cpu":
+        fast_convolutions(model)
+    data = data.to(device, dtype)
+    warp, shape = aligner.warp, aligner.template_shape
+    optimizer = _optimizer(model, config)
+    run = None if run_dir is None else Path(run_dir)
+    start = 0
+    if run is not None:
+        if resume and (run / "checkpoint.pt").exists():
+            ckpt = load_checkpoint(run / "checkpoint.pt", model, optimizer)
+            start = ckpt.step
+            if ckpt.rng_state is not None:  # continue the process's global stream (dropout)
+                torch.set_rng_state(ckpt.rng_state)
+        _start_log(run, config, model, start)
+    test = data.test_set(warp, shape, config.sigma, config.batch_size, config.seed, config.n_test)
+    records: list[dict[str, float]] = []
+    last_saved = start or None
+    model.train()
+    bar = tqdm(range(start, config.n_steps), initial=start, total=config.n_steps,
+               disable=not config.progress, desc=type(aligner).__name__)  # fmt: skip
+    try:
+        for step in bar:
+            batch = data.batch(warp, shape, config.sigma, config.batch_size,
+                               step_generator(config.seed, step))  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            out = model(batch.images, batch.p_init)
+            loss = data.loss(out, batch)
+            if not torch.isfinite(loss):
+                where = "none (no run_dir)" if run is None else "none written yet"
+                if run is not None and last_saved is not None:
+                    where = f"{run / 'checkpoint.pt'} (step {last_saved})"
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {step}: training diverged. The model holds "
+                    f"the parameters of step {step}; last checkpoint: {where}. Lower the learning "
+                    f"rates (lr_predictor={config.lr_predictor}, "
+                    f"lr_classifier={config.lr_classifier})."
+                )
+            loss.backward()
+            optimizer.step()
+            done = step + 1
+            if done % 10 == 0 or done == config.n_steps:
+                err = data.errors(out, batch, warp, shape)["error"].mean()
+                bar.set_postfix(loss=f"{loss.item():.4g}", error=f"{err.item():.4g}", refresh=False)
+            if done % config.eval_every == 0 or done == config.n_steps:
+                record = {"step": done, "train_loss": loss.item(), **_evaluate(model, data, test)}
+                record["time"] = time.time()
+                records.append(record)
+                if run is not None:
+                    with open(run / "log.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+            if run is not None and (done % config.checkpoint_every == 0 or done == config.n_steps):
+                save_checkpoint(run / "checkpoint.pt", model, optimizer, step=done,
+                                config=asdict(config))  # fmt: skip
+                last_saved = done
+    finally:
+        bar.close()
+    return TrainResult(step=max(start, config.n_steps), records=records)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Two parameter groups when ``model`` has ``aligner`` and ``classifier``, else one."""
+    if hasattr(model, "aligner") and hasattr(model, "classifier"):
+        groups = [
+            {"params": list(model.aligner.parameters()), "lr": config.lr_predictor},
+            {"params": list(model.classifier.parameters()), "lr": config.lr_classifier},
+        ]
+    else:
+        groups = [{"params": list(model.parameters()), "lr": config.lr_predictor}]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    momentum = config.momentum if config.optimizer == "momentum" else 0.0
+    return torch.optim.SGD(groups, lr=config.lr_predictor, momentum=momentum)
+
+
+def _evaluate(model: nn.Module, data, test) -> dict[str, float]:
+    """Mean test loss and errors over the fixed test perturbations (eval mode, no gradients)."""
+    aligner = getattr(model, "aligner", model)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    try:
+        with torch.no_grad():
+            for batch in test:
+                out = model(batch.images, batch.p_init)
+                m = len(batch.target)
+                sums["test_loss"] = sums.get("test_loss", 0.0) + data.loss(out, batch).item() * m
+                for key, v in data.errors(out, batch, aligner.warp, aligner.template_shape).items():
+                    sums[f"test_{key}"] = sums.get(f"test_{key}", 0.0) + v.sum().item()
+                n += m
+    finally:
+        model.train(was_training)
+    return {key: value / n for key, value in sums.items()}
+
+
+def _start_log(run: Path, config: TrainConfig, model: nn.Module, start: int) -> None:
+    """Write ``config.json``; on resume drop log lines past the checkpoint (they will recur) and
+    any torn line."""
+    run.mkdir(parents=True, exist_ok=True)
+    meta = {"config": asdict(config), "model": getattr(model, "config", {})}
+    (run / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    log = run / "log.jsonl"
+    if log.exists():
+        kept = [ln for ln in log.read_text().splitlines() if _record_step(ln) <= start]
+        log.write_text("".join(ln + "\n" for ln in kept))
+
+
+def _record_step(line: str) -> float:
+    """The step of a log line; ``inf`` (dropped) for a torn or foreign line (a kill mid-write)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, TypeError, KeyError):
+        return math.inf
