@@ -104,6 +104,17 @@ def perturb(
 
     ``p_true`` is ``(..., P)``; with ``n`` the result is ``(n, ..., P)`` (``n`` starts for each
     truth), else it has the shape of ``p_true``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn import Affine, corner_error
+    >>> p_true = np.array([0.2, 0, 0.1, 0, 0.2, -0.1])
+    >>> starts = perturb(Affine(), p_true, 5.0, (50, 50), np.random.default_rng(0), n=1000)
+    >>> starts.shape
+    (1000, 6)
+    >>> 8 < float(np.sqrt(np.mean(corner_error(Affine(), starts, p_true, (50, 50)) ** 2))) < 12
+    True
     """
     p_true = warp._check_p(p_true, "p_true")
     shape = tuple(p_true.shape[:-1]) if n is None else (n, *p_true.shape[:-1])

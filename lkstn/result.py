@@ -38,6 +38,13 @@ class AlignmentResult:
     converged : bool array, shape (...)
         Per alignment. For classical aligners: the update fell below ``tol`` with finite
         parameters and a finite cost. Failure is data, never an exception.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = AlignmentResult(np.zeros((3, 4, 6)), None, np.ones(4, bool))
+    >>> r.p.shape, r.n_iter
+    ((4, 6), 2)
     """
 
     history: Array
@@ -57,7 +64,16 @@ class AlignmentResult:
 
 @runtime_checkable
 class Aligner(Protocol):
-    """Anything that aligns an image to a fixed model from a starting warp."""
+    """Anything that aligns an image to a fixed model from a starting warp.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn import ICLK
+    >>> template = np.random.default_rng(0).random((20, 20))
+    >>> isinstance(ICLK(template), Aligner)
+    True
+    """
 
     warp: Warp
     template_shape: tuple[int, int]
@@ -108,7 +124,12 @@ def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int
 
 
 def param_error(p: Any, p_true: Any) -> Array:
-    """L2 distance between parameter vectors (canonical units), shape ``(...)``."""
+    """L2 distance between parameter vectors (canonical units), shape ``(...)``.
+
+    >>> import numpy as np
+    >>> float(param_error(np.array([0.3, 0.4]), np.zeros(2)))
+    0.5
+    """
     p, p_true = asarray(p), asarray(p_true)
     p_true = asarray(p_true, like=p)
     xp = namespace(p, p_true)

@@ -279,14 +279,30 @@ class Warp:
 
 
 class Translation(Warp):
-    """Translation ``(tx, ty)``: ``M = [[1, 0, tx], [0, 1, ty], [0, 0, 1]]``."""
+    """Translation ``(tx, ty)``: ``M = [[1, 0, tx], [0, 1, ty], [0, 0, 1]]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Translation().apply(np.array([0.5, -0.25]), np.array([[0.0, 0.0]]))
+    array([[ 0.5 , -0.25]])
+    """
 
     name = "translation"
     basis = np.stack([_unit(0, 2), _unit(1, 2)])
 
 
 class Similarity(Warp):
-    """Similarity ``(a, b, tx, ty)``: ``M = [[1+a, -b, tx], [b, 1+a, ty], [0, 0, 1]]``."""
+    """Similarity ``(a, b, tx, ty)``: ``M = [[1+a, -b, tx], [b, 1+a, ty], [0, 0, 1]]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> theta = np.pi / 2  # a quarter turn: a = cos - 1, b = sin
+    >>> p = np.array([np.cos(theta) - 1, np.sin(theta), 0.0, 0.0])
+    >>> Similarity().apply(p, np.array([[1.0, 0.0]])).round(12) + 0.0
+    array([[0., 1.]])
+    """
 
     name = "similarity"
     basis = np.stack(
@@ -295,14 +311,34 @@ class Similarity(Warp):
 
 
 class Affine(Warp):
-    """Affine, [LL17] eq. (9): ``M = [[1+p1, p2, p3], [p4, 1+p5, p6], [0, 0, 1]]``."""
+    """Affine, [LL17] eq. (9): ``M = [[1+p1, p2, p3], [p4, 1+p5, p6], [0, 0, 1]]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Affine().matrix(np.array([1.0, 0, 0.5, 0, 0, 0]))  # scale x by 2, shift by 0.5
+    array([[2. , 0. , 0.5],
+           [0. , 1. , 0. ],
+           [0. , 0. , 1. ]])
+    """
 
     name = "affine"
     basis = np.stack([_unit(i, j) for i in range(2) for j in range(3)])
 
 
 class Homography(Warp):
-    """Homography: affine plus the bottom row ``[p7, p8, 1]``."""
+    """Homography: affine plus the bottom row ``[p7, p8, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> warp = Homography()
+    >>> corners = warp.corners()
+    >>> moved = corners + np.array([[0.1, 0.0], [0.0, 0.1], [-0.1, 0.0], [0.0, -0.1]])
+    >>> p = warp.fit(corners, moved)  # exact from four points
+    >>> bool(np.allclose(warp.apply(p, corners), moved))
+    True
+    """
 
     name = "homography"
     basis = np.stack([_unit(i, j) for i in range(3) for j in range(3) if (i, j) != (2, 2)])
@@ -313,7 +349,11 @@ _WARPS = {w.name: w for w in (Translation, Similarity, Affine, Homography)}
 
 
 def warp_from_name(name: str | Warp) -> Warp:
-    """``"affine"`` -> ``Affine()``; a Warp passes through."""
+    """``"affine"`` -> ``Affine()``; a Warp passes through.
+
+    >>> warp_from_name("homography").n_params
+    8
+    """
     if isinstance(name, Warp):
         return name
     try:

@@ -206,6 +206,15 @@ class STN(_Transformer):
         Frame of every output (and of the first crop ``I(p_init)``).
     template : Tensor (C, h, w), optional
         Only for the ``cost`` of :meth:`align`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.predictors import mnist_predictor
+    >>> stn = STN(mnist_predictor("a"), warp="homography", template_shape=(28, 28))
+    >>> out = stn(torch.rand(2, 1, 28, 28), torch.zeros(2, 8))
+    >>> out.image.shape, out.history.shape  # zero last layer: the identity warp
+    (torch.Size([2, 1, 28, 28]), torch.Size([2, 2, 8]))
     """
 
     def __init__(
@@ -254,6 +263,15 @@ class CSTN(_Transformer):
         ``p <- compose(dp, p)`` ([LL17] eq. (10)) or ``p <- compose(p, inverse(dp))`` ([BM04]).
     template : Tensor (C, h, w), optional
         Only for the ``cost`` of :meth:`align`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.predictors import mnist_predictor
+    >>> cstn = CSTN([mnist_predictor("a2"), mnist_predictor("a2")], template_shape=(28, 28))
+    >>> result = cstn.align(torch.rand(3, 1, 28, 28), torch.zeros(3, 8))
+    >>> tuple(result.history.shape), bool(result.converged.all())
+    ((3, 3, 8), True)
     """
 
     def __init__(
