@@ -17,14 +17,7 @@ from lkstn.learned.checkpoint import CheckpointError, load_checkpoint, save_chec
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor
 from lkstn.learned.stn import ICSTN, AlignThenClassify
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest, and immune to other load on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_and_optimizer(seed: int):

@@ -17,14 +17,7 @@ from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify, Transformed
 from lkstn.perturb import perturb
 from lkstn.result import Aligner
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest, and immune to other load on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 WARPS = [Translation(), Similarity(), Affine(), Homography()]

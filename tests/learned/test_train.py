@@ -21,14 +21,7 @@ from lkstn.learned.streams import AlignmentData, ClassificationData, step_genera
 from lkstn.learned.train import TrainConfig, TrainingDiverged, train
 from lkstn.result import corner_error
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest, and immune to other load on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def classifier_model(seed: int = 0) -> AlignThenClassify:

@@ -36,12 +36,7 @@ SHAPE = (16, 16)
 CLASSICAL = {"LK": LK, "CompositionalLK": CompositionalLK, "ICLK": ICLK}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @cache

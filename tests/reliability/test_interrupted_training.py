@@ -44,13 +44,7 @@ CONFIG = dict(n_steps=N_STEPS, sigma=1.5, batch_size=8, optimizer="momentum", lr
 CHILD_TIMEOUT_S = 120
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit identity across processes needs the same kernels: one thread here and in the child."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def task() -> tuple[ICSTN, AlignmentData]:
