@@ -1,8 +1,7 @@
 """Figures with matplotlib: boxes on images, sample grids, error curves, mean/variance images.
 
 Every function draws into a given ``ax`` (or makes a figure) and returns the figure, so that
-notebooks show them inline and the experiments save them as small PNGs. matplotlib is imported
-with the non-interactive Agg backend when no backend was chosen.
+notebooks show them inline and the experiments save them as small PNGs.
 
 Glossary: ``box`` the template frame's corners mapped into the image (pixels), ``curves`` a
 mapping from a name to per-iteration mean errors.
@@ -22,13 +21,8 @@ __all__ = ["box_corners", "plot_boxes", "plot_error_curves", "plot_grid", "plot_
 
 
 def _plt():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # an interactive backend is already running: keep it
-            pass
+    # No backend is forced: matplotlib picks Agg by itself where there is no display, and a
+    # notebook keeps its inline backend (forcing Agg there would hide every figure).
     import matplotlib.pyplot as plt
 
     return plt
