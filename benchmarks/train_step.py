@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
-    parser.add_argument("--out", default="train_step.json")
+    parser.add_argument("--out", default="out/train_step.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -282,6 +282,7 @@ def main() -> None:
         "args": vars(args),
         "runs": runs,
     }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
 
