@@ -210,4 +210,7 @@ def _figure(photo, p_crop, zoom_out, zoom_in, zoom: float, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=56)
     plt.close(fig)
+    from PIL import Image
+
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)  # a small PNG
     return path

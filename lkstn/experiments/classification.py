@@ -396,11 +396,14 @@ def figure_mean_variance(
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as a small PNG: 64 dpi, quantised to a 256-colour palette."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=64)
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
     return path
 
 
