@@ -19,13 +19,13 @@ lkstn-eager
 lkstn
     :class:`lkstn.learned.stn.ICSTN` (cached grid, one matmul per grid, composition on matrices)
     inside :class:`~lkstn.learned.stn.AlignThenClassify`, with
-    :func:`lkstn.learned._torch_warp.fast_convolutions` (what :func:`lkstn.learned.train.train`
+    :func:`lkstn.learned._fast_cpu.fast_cpu_layers` (what :func:`lkstn.learned.train.train`
     uses on CPU).
 lkstn-plainconv
     ``lkstn`` with the default ``nn.Conv2d`` kernels, to separate the two gains.
 lkstn-compiled (``--compile``)
     ``torch.compile`` of the ``lkstn-plainconv`` loss (NNPACK ops have no fake-tensor kernels, so
-    :class:`~lkstn.learned._torch_warp.FastConv2d` falls back to ``nn.Conv2d`` when traced);
+    :class:`~lkstn.learned._fast_cpu.FastConv2d` falls back to ``nn.Conv2d`` when traced);
     reports the compile time. Findings on the 2-core AMD EPYC dev machine (torch 2.13 CPU, gcc
     present): inductor works; the first step takes 50-60 s with a cold cache, ~12 s warm; it is
     ~1.3x faster than ``lkstn-plainconv`` but not faster than ``lkstn`` (also tried with the
@@ -64,9 +64,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_icstn  # noqa: E402
 
-from lkstn.learned._torch_warp import fast_convolutions  # noqa: E402
+from lkstn.learned._fast_cpu import fast_cpu_layers  # noqa: E402
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: E402
+from lkstn.learned.shards import ShardedStep  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
+from lkstn.learned.streams import Batch  # noqa: E402
 from lkstn.perturb import perturbation  # noqa: E402
 from lkstn.sampling import warp_image  # noqa: E402
 from lkstn.warps import Homography  # noqa: E402
@@ -118,18 +120,23 @@ def sgd(predictor, classifier):
     return torch.optim.SGD(groups)
 
 
-def lkstn_step(model, predictor, classifier, images, labels, gen, loss_fn=None):
-    """A training step of an lkstn model: perturbation draw included, as in the reference."""
+def lkstn_step(model, predictor, classifier, images, labels, gen, loss_fn=None, workers=1):
+    """A training step of an lkstn model: perturbation draw included, as in the reference.
+
+    With ``workers > 1`` the forward and backward go through :class:`ShardedStep`, as in
+    :func:`lkstn.learned.train.train`.
+    """
     optim = sgd(predictor, classifier)
+    sharded = ShardedStep(model, lambda out, b: F.cross_entropy(out, b.target), workers)
 
     def step():
         p_init = perturbation(Homography(), images.shape[0], SIGMA_PX, SHAPE, gen)
         optim.zero_grad()
         if loss_fn is None:
-            loss = F.cross_entropy(model(images, p_init), labels)
+            loss, _ = sharded(Batch(images, p_init, labels))
         else:
             loss = loss_fn(images, p_init, labels)
-        loss.backward()
+            loss.backward()
         optim.step()
         return loss.detach()
 
@@ -144,15 +151,15 @@ def lkstn_models(ref) -> dict:
     for name, fast in (("lkstn", True), ("lkstn-plainconv", False)):
         pred, clf = copy_reference_weights(ref)
         model = AlignThenClassify(ICSTN(pred, n_warps=4, template_shape=SHAPE), clf)
-        out[name] = (fast_convolutions(model) if fast else model, pred, clf)
+        out[name] = (fast_cpu_layers(model) if fast else model, pred, clf)
     return out
 
 
-def check_same_function(seed: int, images, labels) -> dict[str, dict[str, float]]:
+def check_same_function(seed: int, images, labels, threads: int) -> dict[str, dict[str, float]]:
     """Loss and gradient differences of each lkstn variant against the reference.
 
     Same weights (the predictor's last layer made non-zero so that every layer gets a gradient),
-    same batch, same ``p_init``.
+    same batch, same ``p_init``; with ``threads > 1`` also the sharded step (``lkstn``).
     """
     ref = reference_icstn.make_reference(n_warps=4, batch=images.shape[0], seed=seed)
     with torch.no_grad():
@@ -173,17 +180,37 @@ def check_same_function(seed: int, images, labels) -> dict[str, dict[str, float]
             for a, b in zip(grads, ref_grads, strict=True)
         )
         out[name] = {"loss_diff": abs(loss.item() - ref_loss.item()), "grad_rel_diff": rel}
+    if threads > 1:
+        model, pred, clf = lkstn_models(ref)["lkstn"]
+        sharded = ShardedStep(model, lambda o, b: F.cross_entropy(o, b.target), threads)
+        torch.set_num_threads(1)
+        loss, _ = sharded(Batch(images, p_init, labels))
+        torch.set_num_threads(threads)
+        grads = [q.grad for q in [*pred.parameters(), *clf.parameters()]]
+        rel = max(
+            ((a - b).abs().max() / b.abs().max()).item()
+            for a, b in zip(grads, ref_grads, strict=True)
+        )
+        out["lkstn-1worker"] = out["lkstn"]
+        out["lkstn"] = {"loss_diff": abs(loss.item() - ref_loss.item()), "grad_rel_diff": rel}
     return out
 
 
-def build(seed: int, with_compile: bool):
+def build(seed: int, with_compile: bool, threads: int):
+    """name -> (step function, intra-op threads it runs with)."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(100, 1, *SHAPE, generator=gen)
     labels = torch.randint(0, 10, (100,), generator=gen)
     ref = reference_icstn.make_reference(n_warps=4, batch=100, seed=seed)
-    variants = {"reference": lambda: ref.step(images, labels)}
+    variants = {"reference": (lambda: ref.step(images, labels), threads)}
     for name, (model, pred, clf) in lkstn_models(ref).items():
-        variants[name] = lkstn_step(model, pred, clf, images, labels, gen)
+        variants[name] = (lkstn_step(model, pred, clf, images, labels, gen), threads)
+    if threads > 1:  # what train() does with threads > 1: a shard per thread, 1 intra-op thread
+        model, pred, clf = lkstn_models(ref)["lkstn"]
+        variants["lkstn-1worker"] = variants["lkstn"]
+        variants["lkstn"] = (
+            lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1
+        )
     compile_s = None
     if with_compile:
         pred, clf = copy_reference_weights(ref)
@@ -193,19 +220,20 @@ def build(seed: int, with_compile: bool):
         start = time.perf_counter()
         step()
         compile_s = time.perf_counter() - start
-        variants["lkstn-compiled"] = step
+        variants["lkstn-compiled"] = (step, threads)
     return images, labels, variants, compile_s
 
 
-def measure(variants, threads: int, rounds: int, steps: int, warmup: int) -> dict:
-    torch.set_num_threads(threads)
-    for run in variants.values():
+def measure(variants, rounds: int, steps: int, warmup: int) -> dict:
+    for run, threads in variants.values():
+        torch.set_num_threads(threads)
         for _ in range(warmup):
             run()
     wall = {name: [] for name in variants}
     cpu = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, run in variants.items():
+        for name, (run, threads) in variants.items():
+            torch.set_num_threads(threads)
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 run()
@@ -216,6 +244,7 @@ def measure(variants, threads: int, rounds: int, steps: int, warmup: int) -> dic
             "steps_per_s": statistics.median(wall[name]),
             "steps_per_s_rounds": wall[name],
             "steps_per_cpu_s": statistics.median(cpu[name]),
+            "intra_op_threads": variants[name][1],
         }
         for name in variants
     }
@@ -224,9 +253,9 @@ def measure(variants, threads: int, rounds: int, steps: int, warmup: int) -> dic
 def worker(args) -> dict:
     """One thread count, in a fresh process (NNPACK sizes its thread pool once, at first use)."""
     torch.set_num_threads(args.threads[0])
-    images, labels, variants, compile_s = build(args.seed, args.compile)
-    check = check_same_function(args.seed, images, labels)
-    res = measure(variants, args.threads[0], args.rounds, args.steps, args.warmup)
+    images, labels, variants, compile_s = build(args.seed, args.compile, args.threads[0])
+    check = check_same_function(args.seed, images, labels, args.threads[0])
+    res = measure(variants, args.rounds, args.steps, args.warmup)
     return {"same_function_check": check, "compile_seconds": compile_s, "results": res}
 
 

@@ -38,8 +38,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lkstn.learned._torch_warp import fast_convolutions
+from lkstn.learned._fast_cpu import fast_cpu_layers
 from lkstn.learned.checkpoint import load_checkpoint, save_checkpoint
+from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
@@ -79,9 +80,14 @@ class TrainConfig:
     progress : bool
         Show a tqdm progress bar with the loss and the training error.
     fast_conv : bool
-        On CPU, switch the model's convolutions to their fast CPU form
-        (:func:`~lkstn.learned._torch_warp.fast_convolutions`: same function and gradients,
+        On CPU, switch the model's convolution and 2x2 pooling layers to their fast CPU form
+        (:func:`~lkstn.learned._fast_cpu.fast_cpu_layers`: same function and gradients,
         in place).
+    workers : int or None
+        Split each batch into this many shards, whose forward and backward run in parallel
+        threads with one intra-op thread each (:mod:`lkstn.learned.shards`: the batch's
+        gradient, summed in a fixed order). ``None``: ``torch.get_num_threads()`` on a CPU, 1 on
+        other devices. Results depend on it in the last bits, so resume with the same value.
     """
 
     n_steps: int
@@ -97,8 +103,13 @@ class TrainConfig:
     checkpoint_every: int = 1000
     progress: bool = True
     fast_conv: bool = True
+    workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.workers is not None and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
+        ):
+            raise ValueError(f"workers must be a positive integer or None, got {self.workers!r}")
         for name in ("n_steps", "batch_size", "n_test", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -161,7 +172,7 @@ def train(
         raise ValueError("model has no parameters to train")
     device, dtype = first.device, first.dtype
     if config.fast_conv and device.type == "cpu":
-        fast_convolutions(model)
+        fast_cpu_layers(model)
     data = data.to(device, dtype)
     warp, shape = aligner.warp, aligner.template_shape
     optimizer = _optimizer(model, config)
@@ -177,45 +188,53 @@ def train(
     test = data.test_set(warp, shape, config.sigma, config.batch_size, config.seed, config.n_test)
     records: list[dict[str, float]] = []
     last_saved = start or None
+    workers = config.workers or default_workers(model)
+    step_fn = ShardedStep(model, data.loss, workers)
     model.train()
     bar = tqdm(range(start, config.n_steps), initial=start, total=config.n_steps,
                disable=not config.progress, desc=type(aligner).__name__)  # fmt: skip
     try:
-        for step in bar:
-            batch = data.batch(warp, shape, config.sigma, config.batch_size,
-                               step_generator(config.seed, step))  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            out = model(batch.images, batch.p_init)
-            loss = data.loss(out, batch)
-            if not torch.isfinite(loss):
-                where = "none (no run_dir)" if run is None else "none written yet"
-                if run is not None and last_saved is not None:
-                    where = f"{run / 'checkpoint.pt'} (step {last_saved})"
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {step}: training diverged. The model holds "
-                    f"the parameters of step {step}; last checkpoint: {where}. Lower the learning "
-                    f"rates (lr_predictor={config.lr_predictor}, "
-                    f"lr_classifier={config.lr_classifier})."
-                )
-            loss.backward()
-            optimizer.step()
-            done = step + 1
-            if done % 10 == 0 or done == config.n_steps:
-                err = data.errors(out, batch, warp, shape)["error"].mean()
-                bar.set_postfix(loss=f"{loss.item():.4g}", error=f"{err.item():.4g}", refresh=False)
-            if done % config.eval_every == 0 or done == config.n_steps:
-                record = {"step": done, "train_loss": loss.item(), **_evaluate(model, data, test)}
-                record["time"] = time.time()
-                records.append(record)
-                if run is not None:
-                    with open(run / "log.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
-            if run is not None and (done % config.checkpoint_every == 0 or done == config.n_steps):
-                save_checkpoint(run / "checkpoint.pt", model, optimizer, step=done,
-                                config=asdict(config))  # fmt: skip
-                last_saved = done
+        with intra_op_threads(1 if workers > 1 else None):  # a core per shard
+            for step in bar:
+                batch = data.batch(warp, shape, config.sigma, config.batch_size,
+                                   step_generator(config.seed, step))  # fmt: skip
+                optimizer.zero_grad(set_to_none=True)
+                loss, outputs = step_fn(batch)
+                if not torch.isfinite(loss):
+                    where = "none (no run_dir)" if run is None else "none written yet"
+                    if run is not None and last_saved is not None:
+                        where = f"{run / 'checkpoint.pt'} (step {last_saved})"
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {step}: training diverged. The model "
+                        f"holds the parameters of step {step}; last checkpoint: {where}. Lower "
+                        f"the learning rates (lr_predictor={config.lr_predictor}, "
+                        f"lr_classifier={config.lr_classifier})."
+                    )
+                optimizer.step()
+                done = step + 1
+                if done % 10 == 0 or done == config.n_steps:
+                    err = torch.cat(
+                        [data.errors(o, b, warp, shape)["error"] for o, b in outputs]
+                    ).mean()
+                    bar.set_postfix(loss=f"{loss.item():.4g}", error=f"{err.item():.4g}",
+                                    refresh=False)  # fmt: skip
+                if done % config.eval_every == 0 or done == config.n_steps:
+                    record = {"step": done, "train_loss": loss.item(),
+                              **_evaluate(model, data, test)}  # fmt: skip
+                    record["time"] = time.time()
+                    records.append(record)
+                    if run is not None:
+                        with open(run / "log.jsonl", "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                if run is not None and (
+                    done % config.checkpoint_every == 0 or done == config.n_steps
+                ):
+                    save_checkpoint(run / "checkpoint.pt", model, optimizer, step=done,
+                                    config=asdict(config))  # fmt: skip
+                    last_saved = done
     finally:
         bar.close()
+        step_fn.close()
     return TrainResult(step=max(start, config.n_steps), records=records)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ from skimage import data as skdata
 from torch import nn
 
 from lkstn import ICLK, Affine, Homography, Similarity, Translation, warp_image
-from lkstn.learned._torch_warp import FastConv2d, WarpSampler, fast_convolutions
+from lkstn.learned._torch_warp import WarpSampler
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor
 from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify, Transformed
 from lkstn.perturb import perturb
@@ -244,30 +242,6 @@ def test_gradcheck_through_every_recurrence(update) -> None:
         linear.bias.copy_(bias)
     model(image, p_init).image.square().sum().backward()
     assert len(seen) == 3 and all(dp.grad.abs().sum() > 0 for dp in seen)
-
-
-def test_fast_convolutions_keep_values_gradients_and_state_dict() -> None:
-    gen = torch.Generator().manual_seed(5)
-    plain = nn.Sequential(
-        nn.Conv2d(1, 4, 7), nn.ReLU(), nn.Conv2d(4, 8, 7), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(8, 3, (3, 2)), nn.Conv2d(3, 2, 3, stride=2),
-    )  # fmt: skip
-    fast = fast_convolutions(copy.deepcopy(plain))
-    kinds = [FastConv2d, nn.ReLU, FastConv2d, nn.ReLU, nn.MaxPool2d, FastConv2d, nn.Conv2d]
-    assert [type(m) for m in fast] == kinds  # the strided convolution is left alone
-    assert list(fast.state_dict()) == list(plain.state_dict())
-    x = torch.rand(20, 1, 28, 28, generator=gen, requires_grad=True)
-    y1, y2 = plain(x), fast(x)
-    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
-    g = torch.randn(y1.shape, generator=gen)
-    grads1 = torch.autograd.grad(y1, [x, *plain.parameters()], g)
-    grads2 = torch.autograd.grad(y2, [x, *fast.parameters()], g)
-    for a, b in zip(grads1, grads2, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
-    conv = fast_convolutions(nn.Conv2d(2, 3, (3, 2))).double()  # float64: gradcheck
-    x = torch.rand(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
-    inputs = (x, conv.weight, conv.bias)
-    assert torch.autograd.gradcheck(lambda *a: conv._conv_forward(*a), inputs, fast_mode=True)
 
 
 # -- IC-LK as a one-linear-layer IC-STN ([LL17] eqs. (5)-(6)) --------------------------------

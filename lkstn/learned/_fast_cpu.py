@@ -1,0 +1,205 @@
+"""CPU kernels for the small layers of [LL17]'s networks: same function, same gradients, faster.
+
+:func:`fast_cpu_layers` switches, in place, the plain ``nn.Conv2d`` layers of a model to
+:class:`FastConv2d` and its 2x2 ``nn.MaxPool2d`` layers to :class:`FastMaxPool2d` (the instances
+change class, nothing is copied: parameters and ``state_dict`` keys stay). On other devices, and
+inside ``torch.compile``, both are their plain parents.
+
+- :class:`FastConv2d`: NNPACK for the forward pass and the input gradient, oneDNN for the weight
+  gradient. For 1-8 channels, PyTorch's default (oneDNN) input gradient is several times slower
+  than a forward convolution of the same size.
+- :class:`FastMaxPool2d`: 2x2, stride 2, as two elementwise maxima of strided views. PyTorch's
+  ``max_pool2d`` on contiguous ``(B, C, H, W)`` tensors takes ~5 ns per input element on this CPU,
+  the views ~0.5 ns. The gradient goes, as ``max_pool2d``'s, to the first maximum of each window in
+  row-major order.
+
+Measured in ``benchmarks/train_step.py`` (``lkstn`` against ``lkstn-plainconv``); values and
+gradients are checked against the plain layers in ``tests/learned/test_fast_cpu.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FastConv2d", "FastMaxPool2d", "fast_cpu_layers"]
+
+
+_NNPACK_READY = False
+
+
+def _nnpack_ready() -> bool:
+    """Whether NNPACK can run; on the first call, create PyTorch's NNPACK pool with one thread.
+
+    PyTorch creates that pool once, at NNPACK's first use, with ``torch.get_num_threads()``
+    threads, and never resizes it; concurrent callers of a pool of two or more threads wait for
+    one another (measured: two batch shards in two threads ran at half speed). A pool of one
+    thread runs each call on its caller's thread, so shards in parallel threads
+    (:mod:`lkstn.learned.shards`) each get a core; within one call NNPACK gained nothing from a
+    second thread on the 1-8 channel layers of [LL17] (``benchmarks/train_step.py``).
+    """
+    global _NNPACK_READY
+    if not _NNPACK_READY and torch._nnpack_available():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            one = torch.ones(1, 1, 2, 2)
+            torch._nnpack_spatial_convolution(one, one, torch.zeros(1), [0, 0], [1, 1])
+            _NNPACK_READY = True
+        except RuntimeError:  # NNPACK unusable on this CPU: the default backend will do
+            pass
+        finally:
+            torch.set_num_threads(before)
+    return _NNPACK_READY
+
+
+def _nnpack_conv(x: Tensor, weight: Tensor, bias: Tensor | None, pad=(0, 0)) -> Tensor:
+    """Unit-stride ``conv2d`` with zero padding ``pad = (ph, pw)``, through NNPACK where it can."""
+    if x.dtype == torch.float32 and max(weight.shape[-2:]) <= 16 and _nnpack_ready():
+        b = weight.new_zeros(weight.shape[0]) if bias is None else bias
+        try:
+            return torch._nnpack_spatial_convolution(x, weight, b, list(pad), [1, 1])
+        except RuntimeError:  # an NNPACK limit: the default backend will do
+            pass
+    return F.conv2d(x, weight, bias, padding=tuple(pad))
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """``conv2d`` (unit stride, no padding, one group) with the CPU kernels that are fastest here.
+
+    Same function, same gradients; only the kernels differ. For the 1-8 channel layers of [LL17]
+    Table 2 on CPU, oneDNN (PyTorch's default) is slowest at the input gradient, several times
+    slower than a forward convolution of the same size. So the forward pass and the input
+    gradient, ``dL/dx = conv2d(pad(g, k - 1), flip(w)^T)`` (the "full" correlation with the
+    flipped kernel), go through NNPACK, and ``dL/dw``, ``dL/db`` through oneDNN's
+    ``convolution_backward``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _nnpack_conv(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = grad_w = grad_b = None
+        grad = grad.contiguous()
+        if need_x:
+            kh, kw = weight.shape[-2:]
+            flipped = weight.flip(2, 3).transpose(0, 1).contiguous()  # (I, O, kh, kw)
+            grad_x = _nnpack_conv(grad, flipped, None, (kh - 1, kw - 1))  # (B, I, H, W)
+        if need_w or need_b:
+            bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+            mask = [False, need_w, need_b and ctx.has_bias]
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+            )
+        return grad_x, grad_w, grad_b
+
+
+class FastConv2d(nn.Conv2d):
+    """``nn.Conv2d`` computed by :class:`_Conv2dFunction` on CPU; same parameters and function.
+
+    Only for unit stride, no padding, no dilation and one group (every convolution of [LL17]);
+    on other devices, or inside ``torch.compile``, it is a plain ``nn.Conv2d``.
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if input.device.type != "cpu" or torch.compiler.is_compiling():
+            return super()._conv_forward(input, weight, bias)  # NNPACK has no fake kernels
+        return _Conv2dFunction.apply(input, weight, bias)
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    return (
+        type(m) is nn.Conv2d
+        and m.stride == (1, 1)
+        and m.padding in ((0, 0), "valid")
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+    )
+
+
+class _MaxPool2x2Function(torch.autograd.Function):
+    """2x2 max-pooling with stride 2 of ``(B, C, 2h, 2w)``, as ``F.max_pool2d(x, 2, 2)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        rows = x.view(B, C, H // 2, 2, W)
+        top = torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).view(B, C, H // 2, W // 2, 2)
+        y = torch.maximum(top[..., 0], top[..., 1])  # NaN propagates, as in max_pool2d
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, y = ctx.saved_tensors
+        B, C, H, W = x.shape
+        win = x.view(B, C, H // 2, 2, W // 2, 2)
+        corners = [win[:, :, :, i, :, j] for i in (0, 1) for j in (0, 1)]  # row-major order
+        grad_x = torch.zeros_like(x)
+        out = grad_x.view(B, C, H // 2, 2, W // 2, 2)
+        taken = torch.zeros_like(y, dtype=torch.bool)
+        for k, value in enumerate(corners):  # the first maximum of each window gets the gradient
+            hit = (value == y) | (value != value)  # a NaN window: the gradient goes to a NaN
+            first = hit & ~taken
+            out[:, :, :, k // 2, :, k % 2] = grad * first
+            taken |= first
+        return grad_x
+
+
+class FastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d(2, 2)`` computed by two elementwise maxima on CPU; same values and gradients.
+
+    Inputs with an odd height or width, other devices, and ``torch.compile`` use the parent.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if (
+            input.device.type != "cpu"
+            or input.ndim != 4
+            or input.shape[-2] % 2
+            or input.shape[-1] % 2
+            or not input.is_contiguous()
+            or torch.compiler.is_compiling()
+        ):
+            return super().forward(input)
+        return _MaxPool2x2Function.apply(input)
+
+
+def _plain_pool(m: nn.Module) -> bool:
+    return (
+        type(m) is nn.MaxPool2d
+        and m.kernel_size in (2, (2, 2))
+        and m.stride in (2, (2, 2))
+        and m.padding in (0, (0, 0))
+        and m.dilation in (1, (1, 1))
+        and not m.ceil_mode
+        and not m.return_indices
+    )
+
+
+def fast_cpu_layers(model: nn.Module) -> nn.Module:
+    """Switch the plain ``nn.Conv2d`` and 2x2 ``nn.MaxPool2d`` of ``model`` to their fast forms.
+
+    In place: the instances change class (:class:`FastConv2d`, :class:`FastMaxPool2d`), nothing
+    is copied, so parameters and ``state_dict`` keys are unchanged; values and gradients agree
+    with the plain layers to float rounding (pooling: exactly). Strided, padded, dilated or
+    grouped convolutions and other pools are left alone. Returns ``model``.
+
+    NNPACK's thread pool is created with one thread at the first forward pass
+    (:func:`_nnpack_ready`); :func:`~lkstn.learned.train.train` uses the other cores by running
+    batch shards in parallel threads.
+    """
+    for module in model.modules():
+        if _plain_conv(module):
+            module.__class__ = FastConv2d
+        elif _plain_pool(module):
+            module.__class__ = FastMaxPool2d
+    return model

@@ -1,0 +1,160 @@
+"""Forward and backward of one training batch, split into shards computed by parallel threads.
+
+The networks of [LL17] are small: 1-8 channel convolutions on 28x28 or 36x36 images. On a CPU
+such layers do not spread over cores inside one operator (NNPACK's thread pool serialises its
+callers, oneDNN's threads have too little work each), so :func:`~lkstn.learned.train.train` uses
+the cores the other way round: the batch of ``n`` samples is cut into ``workers`` shards, each
+shard's forward and backward runs in its own Python thread with one intra-op thread (PyTorch
+releases the GIL inside its operators), and the shard gradients are summed.
+
+The result is the gradient of the whole batch. The losses of :mod:`lkstn.learned.streams` are
+means over samples, so shard ``k`` contributes ``loss_k * n_k / n`` and the weighted shard losses
+sum to the batch loss; only the order of the floating-point sums changes. The shard gradients
+are added in shard order, whatever thread finishes first, so a run is deterministic and resumes
+bit for bit with the same ``workers``. This holds for models that treat samples independently:
+batch normalisation (batch statistics) and dropout (the global random stream, drawn in thread
+order) are refused.
+
+Glossary: ``n`` batch size, ``workers`` number of shards and threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lkstn.learned.streams import Batch
+
+__all__ = ["ShardedStep", "default_workers", "intra_op_threads", "split_batch"]
+
+
+def default_workers(model: nn.Module) -> int:
+    """``torch.get_num_threads()`` on a CPU (one shard per core PyTorch may use), 1 elsewhere."""
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type != "cpu":
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+def split_batch(batch: Batch, workers: int) -> list[Batch]:
+    """``batch`` cut into ``min(workers, n)`` consecutive shards of sizes differing by at most 1.
+
+    An image shared by the whole batch (alignment data: one ``(1, C, H, W)`` image, ``n``
+    starts) is shared by every shard.
+
+    >>> import torch
+    >>> b = Batch(torch.zeros(5, 1, 4, 4), torch.zeros(5, 6), torch.arange(5))
+    >>> [s.target.tolist() for s in split_batch(b, 2)]
+    [[0, 1, 2], [3, 4]]
+    """
+    n = batch.p_init.shape[0]
+    k = max(1, min(int(workers), n))
+    starts = torch.tensor_split(torch.arange(n), k)
+    shards = []
+    for idx in starts:
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        images = batch.images[lo:hi] if batch.images.shape[0] == n else batch.images
+        shards.append(Batch(images, batch.p_init[lo:hi], batch.target[lo:hi]))
+    return shards
+
+
+class ShardedStep:
+    """Forward and backward of one batch over ``workers`` shards; see the module docstring.
+
+    Parameters
+    ----------
+    model : nn.Module
+        ``model(images, p_init)`` gives what ``loss`` takes.
+    loss : callable
+        ``loss(out, batch) -> scalar``, a mean over the batch's samples.
+    workers : int
+        Shards (and threads). ``1`` runs the plain ``loss(model(...)).backward()``.
+
+    Calling the step with a :class:`~lkstn.learned.streams.Batch` leaves the batch's gradient in
+    ``.grad`` of every trainable parameter (added to what is there) and returns ``(loss,
+    outputs)``: the batch loss (detached) and the list of ``(out, shard)`` pairs. With
+    ``workers > 1`` each shard thread sets itself to one intra-op thread when it starts
+    (``torch.set_num_threads(1)``: the OpenMP thread count is per thread, and a new thread would
+    otherwise start its own team of OpenMP threads); call the step with one intra-op thread too, as
+    :func:`~lkstn.learned.train.train` does, so that the shards have the cores to themselves.
+    """
+
+    def __init__(self, model: nn.Module, loss: Callable[[Any, Batch], Tensor], workers: int):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if workers > 1:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd):
+                    raise ValueError(
+                        f"workers={workers} needs a model that treats samples independently; "
+                        f"{type(m).__name__} does not (use workers=1)"
+                    )
+        self.model, self.loss, self.workers = model, loss, workers
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._pool = (
+            ThreadPoolExecutor(workers, "lkstn-shard", initializer=torch.set_num_threads,
+                               initargs=(1,))  # fmt: skip
+            if workers > 1
+            else None
+        )
+
+    def __call__(self, batch: Batch) -> tuple[Tensor, list[tuple[Any, Batch]]]:
+        if self._pool is None:
+            out = self.model(batch.images, batch.p_init)
+            loss = self.loss(out, batch)
+            loss.backward()
+            return loss.detach(), [(out, batch)]
+        n = batch.p_init.shape[0]
+        shards = split_batch(batch, self.workers)
+        results = list(self._pool.map(lambda s: self._shard(s, n), shards))  # in shard order
+        loss = results[0][0]
+        for shard_loss, *_ in results[1:]:
+            loss = loss + shard_loss
+        for i, param in enumerate(self.params):
+            grads = [g[i] for _, _, g in results if g[i] is not None]
+            if not grads:
+                continue
+            total = grads[0]
+            for g in grads[1:]:
+                total = total + g
+            param.grad = total if param.grad is None else param.grad + total
+        return loss, [(out, shard) for (_, out, _), shard in zip(results, shards, strict=True)]
+
+    def _shard(self, shard: Batch, n: int):
+        out = self.model(shard.images, shard.p_init)
+        loss = self.loss(out, shard) * (shard.p_init.shape[0] / n)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        return loss.detach(), _detached(out), grads
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _detached(out: Any) -> Any:
+    """``out`` without its graph (a tensor, or a tuple such as ``Transformed``)."""
+    if isinstance(out, Tensor):
+        return out.detach()
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return type(out)(*(_detached(v) for v in out))
+    return out
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Set ``torch.set_num_threads(n)`` for the block (``None``: leave it), then restore it."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
