@@ -208,9 +208,7 @@ def build(seed: int, with_compile: bool, threads: int):
     if threads > 1:  # what train() does with threads > 1: a shard per thread, 1 intra-op thread
         model, pred, clf = lkstn_models(ref)["lkstn"]
         variants["lkstn-1worker"] = variants["lkstn"]
-        variants["lkstn"] = (
-            lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1
-        )
+        variants["lkstn"] = (lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1)
     compile_s = None
     if with_compile:
         pred, clf = copy_reference_weights(ref)

@@ -97,8 +97,9 @@ class ShardedStep:
         self.model, self.loss, self.workers = model, loss, workers
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._pool = (
-            ThreadPoolExecutor(workers, "lkstn-shard", initializer=torch.set_num_threads,
-                               initargs=(1,))  # fmt: skip
+            ThreadPoolExecutor(
+                workers, "lkstn-shard", initializer=torch.set_num_threads, initargs=(1,)
+            )  # fmt: skip
             if workers > 1
             else None
         )
