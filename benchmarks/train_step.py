@@ -17,12 +17,19 @@ lkstn-eager
     path: :func:`lkstn.sampling.warp_image` and :meth:`lkstn.warps.Warp.compose` (validated public
     functions) in a plain loop, default ``nn.Conv2d``.
 lkstn
-    :class:`lkstn.learned.stn.ICSTN` (cached grid, one matmul per grid, composition on matrices)
-    inside :class:`~lkstn.learned.stn.AlignThenClassify`, with
-    :func:`lkstn.learned._fast_cpu.fast_cpu_layers` (what :func:`lkstn.learned.train.train`
-    uses on CPU).
+    What :func:`lkstn.learned.train.train` runs: :class:`lkstn.learned.stn.ICSTN` (cached grid,
+    one matmul per grid, composition on matrices) inside
+    :class:`~lkstn.learned.stn.AlignThenClassify`, with the fast CPU layers of
+    :func:`lkstn.learned._fast_cpu.fast_cpu_layers` (NNPACK convolutions, 2x2 max-pool as
+    elementwise maxima) and, with ``T > 1`` threads, the batch cut into ``T`` shards whose
+    forward and backward run in ``T`` threads of one intra-op thread each
+    (:class:`lkstn.learned.shards.ShardedStep`, ``TrainConfig.workers``).
+lkstn-1worker (``T > 1`` only)
+    ``lkstn`` without shards: one forward and backward of the whole batch on ``T`` intra-op
+    threads.
 lkstn-plainconv
-    ``lkstn`` with the default ``nn.Conv2d`` kernels, to separate the two gains.
+    ``lkstn`` with PyTorch's default ``nn.Conv2d``/``nn.MaxPool2d`` kernels and no shards, to
+    separate the gains.
 lkstn-compiled (``--compile``)
     ``torch.compile`` of the ``lkstn-plainconv`` loss (NNPACK ops have no fake-tensor kernels, so
     :class:`~lkstn.learned._fast_cpu.FastConv2d` falls back to ``nn.Conv2d`` when traced);
@@ -32,11 +39,10 @@ lkstn-compiled (``--compile``)
     NNPACK convolution registered as a ``torch.library`` custom op so that it can be traced:
     16.2 vs 16.0 steps per CPU-second), so lkstn does not compile by default.
 
-Timing: each thread count runs in a fresh process (``torch.set_num_threads`` first: PyTorch
-creates NNPACK's thread pool once, with the thread count of its first use, and never resizes it).
-In it the variants are interleaved over ``--rounds`` rounds of ``--steps`` steps each (so that a
-change of machine load hits all of them), and the median steps/s over rounds is reported, with
-wall-clock and process CPU time. The machine's load average is recorded before and after: other
+Timing: each thread count ``T`` runs in a fresh process. In it the variants are interleaved over
+``--rounds`` rounds of ``--steps`` steps each (so that a change of machine load hits all of them;
+each round sets the variant's intra-op thread count: ``T``, or 1 for the sharded ``lkstn``), and
+the median steps/s over rounds is reported, with wall-clock and process CPU time. The machine's load average is recorded before and after: other
 processes on a shared machine slow every variant.
 
 Usage::

@@ -424,6 +424,12 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
     )
     parser.add_argument("--recipe", choices=sorted(exp.recipes), default="paper")
     parser.add_argument("--iters", type=int, default=None, help="steps per row (default: recipe)")
+    parser.add_argument(
+        "--lr-predictor", type=float, default=None, help="override the recipe's predictor rate"
+    )
+    parser.add_argument(
+        "--lr-classifier", type=float, default=None, help="override the recipe's classifier rate"
+    )
     parser.add_argument("--eval-every", type=int, default=None, help="default 1000 (quick: 100)")
     parser.add_argument(
         "--time-limit",
@@ -466,6 +472,12 @@ def run(exp: Experiment, args: Any) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     recipe = exp.recipes[args.recipe]
+    for name in ("lr_predictor", "lr_classifier"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            recipe = replace(recipe, **{name: value})  # recorded in run.json with the recipe
     n_steps = args.iters or (200 if args.quick else recipe.n_steps)
     eval_every = min(n_steps, args.eval_every or (100 if args.quick else 1000))
     if n_steps < 1 or eval_every < 1:

@@ -220,6 +220,19 @@ def test_quick_fast_recipe_decays_the_learning_rate(mnist_root, tmp_path):
     assert lr == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
 
 
+def test_learning_rate_overrides_are_used_and_recorded(mnist_root, tmp_path, capsys):
+    assert _quick("mnist", mnist_root, tmp_path, ["IC-STN-2(b)"], "--recipe", "fast",
+                  "--lr-predictor", "1e-5", "--no-figures") == 0  # fmt: skip
+    run = json.loads((tmp_path / "ic-stn-2b" / "run.json").read_text())
+    recipe = run["recipe"]
+    assert recipe["lr_predictor"] == 1e-5 and recipe["name"] == "fast"
+    ckpt = load_checkpoint(tmp_path / "ic-stn-2b" / "checkpoint.pt")
+    lr = ckpt.optimizer_state["param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-5 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert _quick("mnist", mnist_root, tmp_path / "bad", ["CNN(a)"], "--lr-predictor", "-1") == 2
+    assert "--lr-predictor must be positive" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def gtsrb_root(tmp_path_factory):
     """A 32x32 npz like the shared copy: a class-coloured square on noise."""
