@@ -42,8 +42,9 @@ lkstn-compiled (``--compile``)
 Timing: each thread count ``T`` runs in a fresh process. In it the variants are interleaved over
 ``--rounds`` rounds of ``--steps`` steps each (so that a change of machine load hits all of them;
 each round sets the variant's intra-op thread count: ``T``, or 1 for the sharded ``lkstn``), and
-the median steps/s over rounds is reported, with wall-clock and process CPU time. The machine's load average is recorded before and after: other
-processes on a shared machine slow every variant.
+the median steps/s over rounds is reported, with wall-clock and process CPU time. The machine's
+load average is recorded before and after: other processes on a shared machine slow every
+variant.
 
 Usage::
 

@@ -13,8 +13,10 @@ paper's noise model (:mod:`lkstn.learned.streams`):
 
 Everything follows the model's device and dtype. Batch ``k`` is a function of ``(seed, k)`` and the
 checkpoint holds the model, the optimizer and the step, so ``resume=True`` continues a killed run
-bit for bit (on the same machine with the same ``torch.get_num_threads()``: the convolution
-kernels' floating-point reductions depend on it). The test perturbations are drawn once (fixed
+bit for bit (on the same machine with the same ``torch.get_num_threads()`` and ``workers``: the
+kernels' floating-point reductions depend on them). On a CPU each batch is cut into ``workers``
+shards (default: one per thread) whose forward and backward run in parallel threads
+(:mod:`lkstn.learned.shards`). The test perturbations are drawn once (fixed
 seed), so test errors are repeatable. A non-finite loss stops the run with
 :class:`TrainingDiverged` before the update, leaving the last checkpoint intact.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -174,6 +176,7 @@ def train(
     if config.fast_conv and device.type == "cpu":
         fast_cpu_layers(model)
     data = data.to(device, dtype)
+    config = replace(config, workers=config.workers or default_workers(model))  # as logged
     warp, shape = aligner.warp, aligner.template_shape
     optimizer = _optimizer(model, config)
     run = None if run_dir is None else Path(run_dir)
@@ -188,7 +191,7 @@ def train(
     test = data.test_set(warp, shape, config.sigma, config.batch_size, config.seed, config.n_test)
     records: list[dict[str, float]] = []
     last_saved = start or None
-    workers = config.workers or default_workers(model)
+    workers = config.workers
     step_fn = ShardedStep(model, data.loss, workers)
     model.train()
     bar = tqdm(range(start, config.n_steps), initial=start, total=config.n_steps,
