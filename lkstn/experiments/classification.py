@@ -439,7 +439,12 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         help="stop each row after this much wall time (checked every eval)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads; on a CPU each batch is cut into one shard per thread",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
     parser.add_argument(
