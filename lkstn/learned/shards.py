@@ -33,12 +33,16 @@ from lkstn.learned.streams import Batch
 __all__ = ["ShardedStep", "default_workers", "intra_op_threads", "split_batch"]
 
 
-def default_workers(model: nn.Module) -> int:
-    """``torch.get_num_threads()`` on a CPU (one shard per core PyTorch may use), 1 elsewhere."""
+def default_workers(model: nn.Module, batch_size: int) -> int:
+    """One shard per intra-op thread on a CPU, with at least 25 samples a shard; 1 elsewhere.
+
+    Measured on 2 cores only (``benchmarks/train_step.py``); on a machine with many cores, time
+    a few values of ``TrainConfig.workers``.
+    """
     first = next(model.parameters(), None)
     if first is not None and first.device.type != "cpu":
         return 1
-    return max(1, torch.get_num_threads())
+    return max(1, min(torch.get_num_threads(), batch_size // 25))
 
 
 def split_batch(batch: Batch, workers: int) -> list[Batch]:

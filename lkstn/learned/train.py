@@ -15,8 +15,8 @@ Everything follows the model's device and dtype. Batch ``k`` is a function of ``
 checkpoint holds the model, the optimizer and the step, so ``resume=True`` continues a killed run
 bit for bit (on the same machine with the same ``torch.get_num_threads()`` and ``workers``: the
 kernels' floating-point reductions depend on them). On a CPU each batch is cut into ``workers``
-shards (default: one per thread) whose forward and backward run in parallel threads
-(:mod:`lkstn.learned.shards`). The test perturbations are drawn once (fixed
+shards (default: one per thread, 25 samples or more each) whose forward and backward run in
+parallel threads (:mod:`lkstn.learned.shards`). The test perturbations are drawn once (fixed
 seed), so test errors are repeatable. A non-finite loss stops the run with
 :class:`TrainingDiverged` before the update, leaving the last checkpoint intact.
 
@@ -88,8 +88,9 @@ class TrainConfig:
     workers : int or None
         Split each batch into this many shards, whose forward and backward run in parallel
         threads with one intra-op thread each (:mod:`lkstn.learned.shards`: the batch's
-        gradient, summed in a fixed order). ``None``: ``torch.get_num_threads()`` on a CPU, 1 on
-        other devices. Results depend on it in the last bits, so resume with the same value.
+        gradient, summed in a fixed order). ``None``: ``torch.get_num_threads()`` on a CPU (at
+        most one shard per 25 samples), 1 on other devices. Results depend on it in the last
+        bits, so resume with the same value.
     """
 
     n_steps: int
@@ -176,7 +177,8 @@ def train(
     if config.fast_conv and device.type == "cpu":
         fast_cpu_layers(model)
     data = data.to(device, dtype)
-    config = replace(config, workers=config.workers or default_workers(model))  # as logged
+    workers = config.workers or default_workers(model, config.batch_size)
+    config = replace(config, workers=workers)  # as logged
     warp, shape = aligner.warp, aligner.template_shape
     optimizer = _optimizer(model, config)
     run = None if run_dir is None else Path(run_dir)

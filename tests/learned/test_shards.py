@@ -114,7 +114,9 @@ def test_train_restores_the_thread_count_and_workers_are_validated() -> None:
         train(classifier_model(), TrainConfig(n_steps=1, sigma=1.0, batch_size=4, workers=2,
                                               progress=False), digits())  # fmt: skip
         assert torch.get_num_threads() == 2
-    assert default_workers(classifier_model()) == torch.get_num_threads()
+    with intra_op_threads(2):
+        assert default_workers(classifier_model(), 100) == 2
+        assert default_workers(classifier_model(), 30) == 1  # at least 25 samples a shard
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="workers"):
             TrainConfig(n_steps=1, sigma=1.0, workers=bad)
