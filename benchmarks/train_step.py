@@ -73,7 +73,7 @@ import reference_icstn  # noqa: E402
 
 from lkstn.learned._fast_cpu import fast_cpu_layers  # noqa: E402
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: E402
-from lkstn.learned.shards import ShardedStep  # noqa: E402
+from lkstn.learned.shards import ShardedStep, intra_op_threads  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
 from lkstn.learned.streams import Batch  # noqa: E402
 from lkstn.perturb import perturbation  # noqa: E402
@@ -190,9 +190,9 @@ def check_same_function(seed: int, images, labels, threads: int) -> dict[str, di
     if threads > 1:
         model, pred, clf = lkstn_models(ref)["lkstn"]
         sharded = ShardedStep(model, lambda o, b: F.cross_entropy(o, b.target), threads)
-        torch.set_num_threads(1)
-        loss, _ = sharded(Batch(images, p_init, labels))
-        torch.set_num_threads(threads)
+        with intra_op_threads(1):
+            loss, _ = sharded(Batch(images, p_init, labels))
+        sharded.close()
         grads = [q.grad for q in [*pred.parameters(), *clf.parameters()]]
         rel = max(
             ((a - b).abs().max() / b.abs().max()).item()
