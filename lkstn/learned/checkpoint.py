@@ -49,7 +49,7 @@ class Checkpoint:
     model_state, optimizer_state : dict
         ``state_dict()`` of the model and optimizer (``optimizer_state`` may be ``None``).
     rng_state : Tensor or None
-        ``torch.get_rng_state()`` when saved.
+        ``torch.get_rng_state()`` when saved (always on the CPU, whatever ``map_location``).
     config : dict
         Training configuration (JSON-decoded).
     model_config : dict
@@ -171,6 +171,8 @@ def _parse(path: Path, state: Any) -> Checkpoint:
     rng = state.get("rng_state")
     if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
         raise bad("rng_state must be a uint8 tensor")
+    if rng is not None:
+        rng = rng.cpu()  # the CPU generator's state, whatever map_location moved it to
     configs = []
     for key in ("config", "model_config"):
         try:

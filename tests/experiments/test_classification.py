@@ -312,3 +312,17 @@ def test_a_diverging_row_is_recorded_and_the_next_row_trains(mnist_root, tmp_pat
     table = (tmp_path / "table.md").read_text()
     assert "| CNN(b) | 19.065 % | - |" in table and "(diverged)" in table
     assert json.loads((tmp_path / "stnb" / "row.json").read_text())["iterations"] == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_quick_gtsrb_runs_on_cuda_unchanged(gtsrb_root, tmp_path):
+    # [issue 6] "the code must not need changes to run there (--device cuda)"
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--device", "cuda") == 0
+    row = json.loads((tmp_path / "ic-stn-2" / "row.json").read_text())
+    assert row["iterations"] == 4 and row["finished"] and 0.0 <= row["test_error"] <= 100.0
+    machine = row["run"]["machine"]
+    assert machine["device"] == "cuda" and machine["gpu"]
+    config = json.loads((tmp_path / "ic-stn-2" / "config.json").read_text())["config"]
+    assert config["workers"] == 1  # no CPU shards on a GPU
+    _figure_ok(tmp_path / "figures" / "fig10_alignment.png")

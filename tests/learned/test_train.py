@@ -263,3 +263,6 @@ def test_training_follows_the_model_to_cuda(tmp_path) -> None:
     cpu = classifier_model()
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt", cpu)  # tensors follow the target model
     assert ckpt.step == 4 and next(cpu.parameters()).device.type == "cpu"
+    # resuming on the GPU loads the checkpoint to the model's device, the RNG state to the CPU
+    train(model, TrainConfig(n_steps=6, **CONFIG), digits(), run_dir=tmp_path, resume=True)
+    assert load_checkpoint(tmp_path / "checkpoint.pt").step == 6
