@@ -106,6 +106,9 @@ def convergence(args) -> list[dict]:
                 "CLK": CompositionalLK(T, w, **kw),
                 "ECC": ECC(T, w, **kw),
                 f"ICLK-pyr{L}": ICLK(T, w, pyramid=L, **kw),
+                # smoothed steepest-descent images (ICLK's gradient_sigma, in level pixels)
+                "ICLK-g1": ICLK(T, w, gradient_sigma=1.0, **kw),
+                f"ICLK-g1-pyr{L}": ICLK(T, w, pyramid=L, gradient_sigma=1.0, **kw),
             }
             if HAS_MULTISCALE:
                 methods[f"ECC-ms{L}"] = ECC(T, w, levels=L, **kw)

@@ -95,6 +95,12 @@ def _cmd_align(args: argparse.Namespace) -> int:
     else:
         cls = getattr(lkstn, METHODS[args.method])
         kwargs = {"pyramid": args.pyramid} if args.pyramid else {}
+        if not (np.isfinite(args.gradient_sigma) and args.gradient_sigma >= 0):
+            raise UsageError(f"--gradient-sigma must be >= 0, got {args.gradient_sigma}")
+        if args.gradient_sigma:
+            if args.method != "iclk":
+                raise UsageError("--gradient-sigma applies to --method iclk only")
+            kwargs["gradient_sigma"] = args.gradient_sigma
         try:
             model = cls(template, warp=warp, n_iter=args.n_iter, **kwargs)
         except ValueError as exc:
@@ -162,6 +168,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="initial template box in IMAGE pixels (default: centred)")  # fmt: skip
     a.add_argument("--pyramid", type=int, default=0, metavar="LEVELS",
                    help="coarse-to-fine levels (iclk, lk, clk)")  # fmt: skip
+    a.add_argument("--gradient-sigma", type=float, default=0.0, metavar="PX",
+                   help="iclk: blur the template's gradients (~1 px widens the basin)")  # fmt: skip
     a.add_argument("--n-iter", type=int, default=50)
     a.add_argument("--sdm-samples", type=int, default=2000)
     a.add_argument("--sdm-sigma", type=float, default=3.0)

@@ -44,6 +44,32 @@ def test_align_recovers_known_affine_warp(pngs, tmp_path, capsys):
     assert (tmp_path / "overlay.png").stat().st_size > 1000
 
 
+def test_align_with_smoothed_gradients(pngs, tmp_path, capsys):
+    root, p_true = pngs
+    code = main([
+        "align", str(root / "template.png"), str(root / "image.png"), "--warp", "affine",
+        "--box", "150", "60", "250", "160", "--gradient-sigma", "1", "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    record = json.loads((tmp_path / "params.json").read_text())
+    from lkstn.result import corner_error
+
+    assert corner_error(Affine(), np.array(record["p"]), p_true, (60, 60)) < 0.1
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--gradient-sigma", "-1"], "--gradient-sigma must be >= 0"),
+    (["--gradient-sigma", "nan"], "--gradient-sigma must be >= 0"),
+    (["--gradient-sigma", "1", "--method", "lk"], "--method iclk only"),
+])  # fmt: skip
+def test_bad_gradient_sigma_exit_2(pngs, tmp_path, capsys, extra, message):
+    root, _ = pngs
+    args = ["align", str(root / "template.png"), str(root / "image.png"), "--out", str(tmp_path)]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
 def test_missing_file_exit_2(tmp_path, capsys):
     assert main(["align", str(tmp_path / "nope.png"), str(tmp_path / "nope2.png")]) == 2
     err = capsys.readouterr().err.strip()

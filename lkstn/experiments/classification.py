@@ -628,6 +628,7 @@ def write_report(exp: Experiment, out: Path, *, compare: Path | None = None) -> 
 def _header(run: dict[str, Any]) -> list[str]:
     """Markdown lines: recipe, data, machine and command of a run."""
     m, d = run["machine"], run["data"]
+    device = m["device"] + (f" = {m['gpu']}" if m.get("gpu") else "")
     cosine = " (the cosine decay spans them)" if run["recipe"]["schedule"] == "cosine" else ""
     return [
         f"- recipe: `{json.dumps(run['recipe'])}`, seed {run['seed']}; "
@@ -635,7 +636,7 @@ def _header(run: dict[str, Any]) -> list[str]:
         f"- data: {d['note']} ({d['n_train']} train / {d['n_test']} test images, one fixed "
         "perturbation each)",
         f"- machine: {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads, "
-        f"device {m['device']}, load average {m['load_average']} at start), torch {m['torch']}",
+        f"device {device}, load average {m['load_average']} at start), torch {m['torch']}",
         f"- command: `{run['command']}`",
         "",
     ]
