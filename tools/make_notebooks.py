@@ -310,6 +310,10 @@ fig.tight_layout()""",
         r"""## What to try next
 
 * A coarse-to-fine pyramid widens the basin: `ICLK(T, warp, pyramid=3)`.
+* Smoothed steepest-descent images widen it too: `ICLK(T, warp, gradient_sigma=1.0)` takes
+  $\nabla\mathcal{T}$ from a blurred template, while the error still uses $\mathcal{T}$ itself,
+  so an exact alignment stays a fixed point. On the 100x100 homography at $\sigma = 8$ px it
+  brings in 82 of 100 starts where plain IC-LK brings in 51 (`benchmarks/README.md`).
 * Other warp families: `Homography()`, `Similarity()`, `Translation()` (from `lkstn`).
 * Colour: `planar_problem(color=True)` with `channel_axis=-1` in the aligners.
 * Compare with OpenCV's ECC: `benchmarks/classical_vs_ecc.py`.
