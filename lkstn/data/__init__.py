@@ -9,12 +9,13 @@ the environment variable ``LKSTN_DATA``. Missing files raise :class:`DatasetNotF
 from __future__ import annotations
 
 from lkstn.data.errors import CorruptDataError, DatasetNotFoundError, resolve_root
-from lkstn.data.gtsrb import load_gtsrb, read_ppm, resize_images
+from lkstn.data.gtsrb import gtsrb_is_official, load_gtsrb, read_ppm, resize_images
 from lkstn.data.mnist import load_mnist, read_idx
 
 __all__ = [
     "CorruptDataError",
     "DatasetNotFoundError",
+    "gtsrb_is_official",
     "load_gtsrb",
     "load_mnist",
     "read_idx",

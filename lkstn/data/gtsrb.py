@@ -50,7 +50,14 @@ import numpy as np
 
 from lkstn.data.errors import CorruptDataError, DatasetNotFoundError, read_bounded, resolve_root
 
-__all__ = ["DEFAULT_SIZE", "N_CLASSES", "load_gtsrb", "read_ppm", "resize_images"]
+__all__ = [
+    "DEFAULT_SIZE",
+    "N_CLASSES",
+    "gtsrb_is_official",
+    "load_gtsrb",
+    "read_ppm",
+    "resize_images",
+]
 
 N_CLASSES = 43
 DEFAULT_SIZE = 36
@@ -204,8 +211,11 @@ def _read_csv(path: Path) -> list[tuple[str, int, int, int, int, int, int, int]]
     return rows
 
 
-def _load_official(entries: list[tuple[Path, Path, int | None]], size: int) -> tuple:
-    """Crop and resize the images listed by (image dir, CSV, class of the dir or None)."""
+def _load_official(
+    entries: list[tuple[Path, Path, int | None]], size: int, roi: bool = True
+) -> tuple:
+    """Crop (``roi``) and resize the images listed by (image dir, CSV, class of the dir or
+    None)."""
     table = [
         (d, csv_path, want, row) for d, csv_path, want in entries for row in _read_csv(csv_path)
     ]
@@ -221,7 +231,9 @@ def _load_official(entries: list[tuple[Path, Path, int | None]], size: int) -> t
             raise CorruptDataError(
                 image_dir / name, f"image is {image.shape[1]}x{image.shape[0]}, CSV says {w}x{h}"
             )
-        images[i] = resize_images(image[y1:y2, x1:x2], size)  # ROI crop, x2 and y2 exclusive
+        if roi:
+            image = image[y1:y2, x1:x2]  # ROI crop, x2 and y2 exclusive
+        images[i] = resize_images(image, size)
         labels[i] = label
     return images, labels
 
@@ -307,12 +319,20 @@ def _find_npz(dirs: list[Path]) -> Path | None:
     return None
 
 
+def gtsrb_is_official(root: str | os.PathLike[str] | None = None) -> bool:
+    """Whether :func:`load_gtsrb` would read the official layout in ``root`` (else an npz)."""
+    if root is not None and Path(root).suffix == ".npz":
+        return False
+    return _official_entries(resolve_root(root, "gtsrb"), "train") is not None
+
+
 def load_gtsrb(
     root: str | os.PathLike[str] | None = None,
     split: Literal["train", "test"] = "train",
     size: int | None = None,
     *,
     source: Literal["auto", "official", "npz"] = "auto",
+    roi: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load the GTSRB images and labels of one split.
 
@@ -328,6 +348,10 @@ def load_gtsrb(
         various sizes), the stored size for an npz.
     source : {"auto", "official", "npz"}
         Which format to read; ``"auto"`` takes the official layout where present, else the npz.
+    roi : bool
+        Official layout: crop each image to its sign's ROI (default) or keep the whole image
+        with its margin (the authors' GTSRB code resizes whole images to 50x50). An npz holds
+        what it was made with.
 
     Returns
     -------
@@ -375,7 +399,7 @@ def load_gtsrb(
                 f"{_SOURCES}"
             )
     if entries is not None:
-        return _load_official(entries, DEFAULT_SIZE if size is None else size)
+        return _load_official(entries, DEFAULT_SIZE if size is None else size, roi)
     images, labels = _read_npz(npz, split)
     if size is not None and images.shape[1:3] != (size, size):
         images = resize_images(images, size)

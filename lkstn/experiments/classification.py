@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from lkstn.experiments.problems import box_warp
 from lkstn.learned.predictors import count_parameters
 from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify
 from lkstn.learned.streams import ClassificationData
@@ -112,11 +113,14 @@ class Experiment:
     cnn: Callable[..., nn.Module]  # (arch, generator=) -> nn.Module
     capacity: Callable[[str], int]
     recipes: dict[str, Recipe]
-    load: Callable[[Any, str], tuple[np.ndarray, np.ndarray, str]]  # -> (N,C,h,w), (N,), note
+    load: Callable[[Any, str, int | None], tuple[np.ndarray, np.ndarray, str]]  # (root, split,
+    # size) -> (N, C, h, w), (N,), note; size None: the template's
     figure_rows: tuple[str, ...]  # Fig. 9/11: the models whose aligned means are shown
     figure_classes: tuple[int, ...]  # the classes shown in Figs. 8-11
     figures: tuple[str, str] = ("alignment", "mean_variance")  # PNG names of Figs. 8/10, 9/11
     quick_sizes: tuple[int, int] = (2000, 500)  # train / test images of --quick
+    # --frame authors: images resized to N x N, the template frame a box (x0, y0, x1, y1) in them
+    authors_frame: tuple[int, tuple[float, float, float, float]] | None = None
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -145,11 +149,21 @@ def build_model(exp: Experiment, row: Row, generator: torch.Generator) -> AlignT
 
 
 def load_data(
-    exp: Experiment, root: Any, *, quick: bool = False, seed: int = 0
+    exp: Experiment, root: Any, *, quick: bool = False, seed: int = 0, frame: str = "own"
 ) -> tuple[ClassificationData, dict[str, Any]]:
-    """Train and test images of ``exp`` as float32 in [0, 1]; ``--quick`` takes a fixed subset."""
-    x, y, note = exp.load(root, "train")
-    xt, yt, _ = exp.load(root, "test")
+    """Train and test images of ``exp`` as float32 in [0, 1]; ``--quick`` takes a fixed subset.
+
+    ``frame="own"``: each image is its template frame (zeros outside). ``"authors"``: the images
+    are resized to ``exp.authors_frame``'s size and the template frame is its box, so that the
+    perturbed samples see the surroundings (the authors' GTSRB code: the central 36x36 box of
+    50x50 images).
+    """
+    if frame not in ("own", "authors") or (frame == "authors" and exp.authors_frame is None):
+        raise ValueError(f"frame must be 'own'{' or authors' if exp.authors_frame else ''}, "
+                         f"got {frame!r}")  # fmt: skip
+    size, box = exp.authors_frame if frame == "authors" else (None, None)
+    x, y, note = exp.load(root, "train", size)
+    xt, yt, _ = exp.load(root, "test", size)
     if quick:
         rng = np.random.default_rng(seed)
         n_train, n_test = exp.quick_sizes
@@ -161,8 +175,13 @@ def load_data(
         torch.as_tensor(y, dtype=torch.long),
         torch.as_tensor(xt, dtype=torch.float32) / 255.0,
         torch.as_tensor(yt, dtype=torch.long),
+        None if box is None else torch.as_tensor(box_warp(Homography(), box, (size, size))),
     )
-    info = {"note": note, "n_train": len(x), "n_test": len(xt), "quick_subset": quick}
+    if box is not None:
+        note += (f"; the template frame is the box {list(box)} of {size}x{size} images (the "
+                 "authors' frame: the samples see the surroundings)")  # fmt: skip
+    info = {"note": note, "n_train": len(x), "n_test": len(xt), "quick_subset": quick,
+            "frame": frame}  # fmt: skip
     return data, info
 
 
@@ -423,6 +442,16 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         help=f"rows of {exp.table} (default all): {', '.join(names)}",
     )
     parser.add_argument("--recipe", choices=sorted(exp.recipes), default="paper")
+    if exp.authors_frame is not None:
+        size, box = exp.authors_frame
+        parser.add_argument(
+            "--frame",
+            choices=["own", "authors"],
+            default="own",
+            help=f"own: each image is the template frame (zeros outside); authors: images "
+            f"resized to {size}x{size}, the template frame the box {list(box)}, as in the "
+            "authors' code",
+        )
     parser.add_argument("--iters", type=int, default=None, help="steps per row (default: recipe)")
     parser.add_argument(
         "--lr-predictor", type=float, default=None, help="override the recipe's predictor rate"
@@ -490,10 +519,18 @@ def run(exp: Experiment, args: Any) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     out = Path(args.out or f"runs/{exp.name}-{recipe.name}{'-quick' if args.quick else ''}")
+    frame = getattr(args, "frame", "own")
+    if args.report_only:  # the frame the runs were trained with
+        for name in args.rows:
+            path = out / exp.row(name).slug / "run.json"
+            if path.exists():
+                frame = json.loads(path.read_text()).get("frame", "own")
+                break
     data, data_info = None, None
     if not (args.report_only and args.no_figures):
         try:
-            data, data_info = load_data(exp, args.data, quick=args.quick, seed=args.seed)
+            data, data_info = load_data(exp, args.data, quick=args.quick, seed=args.seed,
+                                        frame=frame)  # fmt: skip
         except DatasetNotFoundError as exc:
             raise UsageError(str(exc)) from None
         data = data.to(args.device, torch.float32)
@@ -508,7 +545,8 @@ def run(exp: Experiment, args: Any) -> int:
         command = " ".join(["lkstn", *sys.argv[1:]])
         _write_run(run_dir, args.resume, recipe=asdict(recipe), n_steps=n_steps,
                    eval_every=eval_every, time_limit_min=args.time_limit, seed=args.seed,
-                   data=data_info, machine=machine(args.device), command=command)  # fmt: skip
+                   frame=frame, data=data_info, machine=machine(args.device),
+                   command=command)  # fmt: skip
         limit = None if args.time_limit is None else 60.0 * args.time_limit
         try:
             models[name], _ = train_row(
@@ -537,12 +575,17 @@ def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
     if resume and path.exists():
         first = json.loads(path.read_text())
         cosine = first["recipe"]["schedule"] == "cosine" and first["n_steps"] != run["n_steps"]
+        same_frame = first.get("frame", "own") == run["frame"]
         if first["recipe"] != run["recipe"] or first["seed"] != run["seed"] or cosine:
             name, seed = first["recipe"]["name"], first["seed"]
             raise UsageError(
                 f"--resume: {run_dir} was trained with recipe {name} and seed {seed} "
                 f"({first['n_steps']} steps); pass the same --recipe and --seed (and, for a "
                 "cosine schedule, the same --iters)"
+            )
+        if not same_frame:
+            raise UsageError(
+                f"--resume: {run_dir} was trained with --frame {first.get('frame', 'own')}"
             )
         resumes = first.get("resumes", [])
         resumes.append({k: run[k] for k in ("command", "machine", "n_steps", "time_limit_min")})

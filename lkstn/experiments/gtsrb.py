@@ -58,15 +58,18 @@ def _cnn(**kwargs: Any):
     return predictors.gtsrb_cnn(**kwargs)
 
 
-def _load(root: Any, split: str) -> tuple[np.ndarray, np.ndarray, str]:
-    from lkstn.data.gtsrb import load_gtsrb, resize_images
+def _load(root: Any, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    from lkstn.data.gtsrb import gtsrb_is_official, load_gtsrb, resize_images
 
-    images, labels = load_gtsrb(root, split)  # (N, H, W, 3) uint8: 36 official, stored npz
-    note = f"GTSRB, {SIZE}x{SIZE} RGB"
-    if images.shape[1:3] != (SIZE, SIZE):
+    roi = size is None  # the authors' frame (a size) keeps the margin around the sign
+    size = size or SIZE
+    official = gtsrb_is_official(root)  # resized from the originals; an npz from its own size
+    images, labels = load_gtsrb(root, split, size=size if official else None, roi=roi)
+    note = f"GTSRB, {size}x{size} RGB" + ("" if roi or not official else ", whole images")
+    if images.shape[1:3] != (size, size):
         note += (f" resampled from a {images.shape[1]}x{images.shape[2]} copy "
                  "(skimage bilinear resize; the paper resized the original crops)")  # fmt: skip
-        images = resize_images(images, SIZE)
+        images = resize_images(images, size)
     return np.moveaxis(images, 3, 1), labels, note  # (N, 3, 36, 36)
 
 
@@ -85,6 +88,7 @@ GTSRB = Experiment(
     figure_classes=(1, 2, 4, 9, 12, 13, 14, 17, 25, 38),  # 14: stop sign ([LL17] Sec. 5.3)
     figures=("fig10_alignment", "fig11_mean_variance"),
     quick_sizes=(2000, 500),
+    authors_frame=(50, (7.0, 7.0, 43.0, 43.0)),  # traffic-sign/options.py: sizeFull, bbox
 )
 
 

@@ -51,8 +51,11 @@ RECIPES = {
 }
 
 
-def _load(root: Any, split: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _load(root: Any, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     from lkstn.data.mnist import load_mnist
+
+    if size not in (None, 28):
+        raise ValueError(f"MNIST is read at 28x28 only, got size {size}")
 
     images, labels = load_mnist(root, split)  # (N, 28, 28) uint8
     return images[:, None], labels, "MNIST, official IDX files, 28x28"

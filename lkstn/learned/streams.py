@@ -8,7 +8,10 @@ Two tasks, one per experiment of [LL17] Sec. 5:
   ``p_true`` (L2 loss on the warp parameters).
 - :class:`ClassificationData` (MNIST, GTSRB, Secs. 5.2-5.3): labelled images that are their own
   template frame (``p_true = 0``). A sample is an image, its label and a start ``p_init = delta``;
-  the network aligns ``I`` from ``p_init`` and classifies the result (cross-entropy).
+  the network aligns ``I`` from ``p_init`` and classifies the result (cross-entropy). With a
+  ``frame`` (the warp of a box inside every image, e.g. the central 36x36 box of the authors'
+  50x50 GTSRB images) the start is ``compose(frame, delta)``, so the samples carry what surrounds
+  the box instead of zeros.
 
 The stream is a pure function of ``(seed, step)``: :func:`step_generator` seeds a fresh CPU
 ``torch.Generator`` from both, so a resumed run draws exactly the batches the killed run would
@@ -124,14 +127,24 @@ class ClassificationData:
     labels : Tensor (N,) of int
     test_images : Tensor (M, C, h, w)
     test_labels : Tensor (M,) of int
+    frame : Tensor (P,), optional
+        Warp from the template frame to a box shared by every image (``None``: the whole image
+        is the template frame).
     """
 
     images: Tensor
     labels: Tensor
     test_images: Tensor
     test_labels: Tensor
+    frame: Tensor | None = None
 
     def __post_init__(self) -> None:
+        if self.frame is not None and (
+            not isinstance(self.frame, Tensor)
+            or self.frame.ndim != 1
+            or not torch.isfinite(self.frame).all()
+        ):
+            raise ValueError("frame must be a finite tensor (P,) of warp parameters, or None")
         for name, x, lab in (
             ("images", self.images, self.labels),
             ("test_images", self.test_images, self.test_labels),
@@ -147,14 +160,22 @@ class ClassificationData:
             self.labels.to(device, torch.long),
             self.test_images.to(device, dtype),
             self.test_labels.to(device, torch.long),
+            None if self.frame is None else self.frame.to(device, dtype),
         )
 
+    def _starts(self, warp: Warp, delta: Tensor) -> Tensor:
+        """``delta`` ``(n, P)`` drawn in the template frame, as starts in the images."""
+        if self.frame is None:
+            return delta
+        return warp.compose(self.frame.to(delta.dtype).expand_as(delta), delta)
+
     def batch(self, warp: Warp, shape: tuple[int, int], sigma: float, n: int, gen) -> Batch:
-        """``n`` random training images with starts ``delta`` drawn from ``gen``."""
+        """``n`` random training images with starts ``delta`` (composed with ``frame``) drawn
+        from ``gen``."""
         device, dtype = self.images.device, self.images.dtype
         idx = torch.randint(self.images.shape[0], (n,), generator=gen).to(device)
         delta = perturbation(warp, n, sigma, shape, gen, dtype=dtype, device=device)
-        return Batch(self.images[idx], delta, self.labels[idx])
+        return Batch(self.images[idx], self._starts(warp, delta), self.labels[idx])
 
     def test_set(
         self, warp: Warp, shape: tuple[int, int], sigma: float, n: int, seed: int, n_test: int = 0
@@ -165,8 +186,9 @@ class ClassificationData:
         M = self.test_images.shape[0]
         gen = step_generator(seed, 0, _TEST)
         delta = perturbation(warp, M, sigma, shape, gen, dtype=dtype, device=device)
+        p_init = self._starts(warp, delta)
         return [
-            Batch(self.test_images[i : i + n], delta[i : i + n], self.test_labels[i : i + n])
+            Batch(self.test_images[i : i + n], p_init[i : i + n], self.test_labels[i : i + n])
             for i in range(0, M, n)
         ]
 

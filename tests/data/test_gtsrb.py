@@ -14,6 +14,7 @@ from skimage.transform import resize
 from lkstn.data import (
     CorruptDataError,
     DatasetNotFoundError,
+    gtsrb_is_official,
     load_gtsrb,
     read_ppm,
     resize_images,
@@ -71,6 +72,15 @@ def test_official_train_crops_the_roi_and_resizes(official):
     for image, label in zip(images, labels, strict=True):
         # A crop one pixel too wide would blend the white border into the edge pixels.
         assert (image == roi_colour(label)).all()
+
+
+def test_official_whole_images_keep_the_margin(official):
+    images, labels = load_gtsrb(official, split="train", size=50, roi=False)
+    assert images.shape == (3, 50, 50, 3) and labels.tolist() == [0, 0, 2]
+    assert gtsrb_is_official(official)
+    for image, label in zip(images, labels, strict=True):
+        assert (image[0, 0] == 255).all()  # the white margin around the ROI is kept
+        assert (image[25, 25] == roi_colour(label)).all()  # the sign fills the centre
 
 
 @pytest.mark.parametrize("where", ["gtsrb", "gtsrb/Final_Test/Images", "."])

@@ -23,6 +23,7 @@ from lkstn.experiments.mnist import MNIST
 from lkstn.learned.checkpoint import load_checkpoint
 from lkstn.learned.predictors import count_parameters
 from lkstn.learned.stn import CSTN, ICSTN, STN
+from lkstn.warps import Homography
 
 EXPERIMENTS = {"mnist": MNIST, "gtsrb": GTSRB}
 ALL_ROWS = [(name, row) for name, exp in EXPERIMENTS.items() for row in exp.rows]
@@ -312,6 +313,53 @@ def test_a_diverging_row_is_recorded_and_the_next_row_trains(mnist_root, tmp_pat
     table = (tmp_path / "table.md").read_text()
     assert "| CNN(b) | 19.065 % | - |" in table and "(diverged)" in table
     assert json.loads((tmp_path / "stnb" / "row.json").read_text())["iterations"] == 4
+
+
+def test_authors_frame_samples_the_box_and_its_surroundings(gtsrb_root):
+    # traffic-sign/options.py of the authors: 50x50 images, the template frame their central box
+    data, info = cl.load_data(GTSRB, gtsrb_root, frame="authors")
+    assert data.images.shape[1:] == (3, 50, 50) and data.test_images.shape[1:] == (3, 50, 50)
+    assert info["frame"] == "authors" and "box [7.0, 7.0, 43.0, 43.0] of 50x50" in info["note"]
+    own, _ = cl.load_data(GTSRB, gtsrb_root)
+    assert own.frame is None and own.images.shape[1:] == (3, 36, 36)
+    # with no perturbation the start is the box itself: the samples are the box's pixels
+    from lkstn.experiments.problems import box_warp
+    from lkstn.learned.streams import ClassificationData
+    from lkstn.sampling import warp_image
+
+    box = ClassificationData(
+        data.images,
+        data.labels,
+        data.test_images,
+        data.test_labels,
+        torch.as_tensor(box_warp(Homography(), (7, 7, 42, 42), (50, 50))),
+    )
+    batch = box.batch(Homography(), (36, 36), 0.0, 4, torch.Generator().manual_seed(0))
+    crops = warp_image(batch.images, Homography(), batch.p_init, (36, 36))
+    torch.testing.assert_close(crops, batch.images[..., 7:43, 7:43], atol=1e-5, rtol=0)
+    # a perturbed start stays a perturbation of the box, drawn in the template frame
+    test = data.test_set(Homography(), (36, 36), 3.5, 100, 0)[0].p_init
+    delta = own.test_set(Homography(), (36, 36), 3.5, 100, 0)[0].p_init
+    frame = data.frame.to(delta.dtype).expand_as(delta)
+    torch.testing.assert_close(test, Homography().compose(frame, delta))
+    with pytest.raises(ValueError, match="frame"):
+        cl.load_data(MNIST, gtsrb_root, frame="authors")
+
+
+def test_quick_gtsrb_with_the_authors_frame(gtsrb_root, tmp_path, capsys):
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--frame", "authors") == 0
+    run = json.loads((tmp_path / "ic-stn-2" / "run.json").read_text())
+    assert run["frame"] == "authors" and run["data"]["frame"] == "authors"
+    _figure_ok(tmp_path / "figures" / "fig10_alignment.png")
+    # a resume with the other frame would mix two runs: refused in one line
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume") == 2
+    assert "--frame authors" in capsys.readouterr().err
+    # the report finds the frame in run.json
+    args = ["reproduce", "gtsrb", "--data", str(gtsrb_root), "--report-only", "--rows",
+            "IC-STN-2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    with pytest.raises(SystemExit):  # MNIST has no --frame
+        main(["reproduce", "mnist", "--frame", "authors"])
 
 
 @pytest.mark.gpu
