@@ -159,8 +159,8 @@ def load_data(
     50x50 images).
     """
     if frame not in ("own", "authors") or (frame == "authors" and exp.authors_frame is None):
-        raise ValueError(f"frame must be 'own'{' or authors' if exp.authors_frame else ''}, "
-                         f"got {frame!r}")  # fmt: skip
+        allowed = "'own' or 'authors'" if exp.authors_frame else "'own'"
+        raise ValueError(f"frame must be {allowed} for {exp.name}, got {frame!r}")
     size, box = exp.authors_frame if frame == "authors" else (None, None)
     x, y, note = exp.load(root, "train", size)
     xt, yt, _ = exp.load(root, "test", size)
@@ -575,7 +575,6 @@ def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
     if resume and path.exists():
         first = json.loads(path.read_text())
         cosine = first["recipe"]["schedule"] == "cosine" and first["n_steps"] != run["n_steps"]
-        same_frame = first.get("frame", "own") == run["frame"]
         if first["recipe"] != run["recipe"] or first["seed"] != run["seed"] or cosine:
             name, seed = first["recipe"]["name"], first["seed"]
             raise UsageError(
@@ -583,7 +582,7 @@ def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
                 f"({first['n_steps']} steps); pass the same --recipe and --seed (and, for a "
                 "cosine schedule, the same --iters)"
             )
-        if not same_frame:
+        if first.get("frame", "own") != run["frame"]:
             raise UsageError(
                 f"--resume: {run_dir} was trained with --frame {first.get('frame', 'own')}"
             )
