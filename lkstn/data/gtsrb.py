@@ -319,11 +319,14 @@ def _find_npz(dirs: list[Path]) -> Path | None:
     return None
 
 
-def gtsrb_is_official(root: str | os.PathLike[str] | None = None) -> bool:
-    """Whether :func:`load_gtsrb` would read the official layout in ``root`` (else an npz)."""
+def gtsrb_is_official(
+    root: str | os.PathLike[str] | None = None, split: Literal["train", "test"] = "train"
+) -> bool:
+    """Whether :func:`load_gtsrb` would read ``split`` from the official layout in ``root``
+    (else from an npz)."""
     if root is not None and Path(root).suffix == ".npz":
         return False
-    return _official_entries(resolve_root(root, "gtsrb"), "train") is not None
+    return _official_entries(resolve_root(root, "gtsrb"), split) is not None
 
 
 def load_gtsrb(

@@ -63,7 +63,7 @@ def _load(root: Any, split: str, size: int | None = None) -> tuple[np.ndarray, n
 
     roi = size is None  # the authors' frame (a size) keeps the margin around the sign
     size = size or SIZE
-    official = gtsrb_is_official(root)  # resized from the originals; an npz from its own size
+    official = gtsrb_is_official(root, split)  # resized from the originals; an npz from its size
     images, labels = load_gtsrb(root, split, size=size if official else None, roi=roi)
     note = f"GTSRB, {size}x{size} RGB" + ("" if roi or not official else ", whole images")
     if images.shape[1:3] != (size, size):

@@ -77,7 +77,7 @@ def test_official_train_crops_the_roi_and_resizes(official):
 def test_official_whole_images_keep_the_margin(official):
     images, labels = load_gtsrb(official, split="train", size=50, roi=False)
     assert images.shape == (3, 50, 50, 3) and labels.tolist() == [0, 0, 2]
-    assert gtsrb_is_official(official)
+    assert gtsrb_is_official(official) and gtsrb_is_official(official, "test")
     for image, label in zip(images, labels, strict=True):
         assert (image[0, 0] == 255).all()  # the white margin around the ROI is kept
         assert (image[25, 25] == roi_colour(label)).all()  # the sign fills the centre
