@@ -154,7 +154,9 @@ def plot_mean_variance(
             mean, var = sel.mean(0), sel.var(0)
             if mean.ndim == 3:
                 var = var.mean(-1)
-            axes[2 * i, j].imshow(np.clip(mean / max(mean.max(), 1e-12), 0, 1), cmap="gray")
+            lo = min(float(mean.min()), 0.0)  # standardised images go below zero
+            mean = (mean - lo) / max(float(mean.max()) - lo, 1e-12)
+            axes[2 * i, j].imshow(np.clip(mean, 0, 1), cmap="gray")
             axes[2 * i + 1, j].imshow(var, cmap="magma")
             for ax in (axes[2 * i, j], axes[2 * i + 1, j]):
                 ax.set_xticks([])

@@ -56,7 +56,16 @@ from lkstn.learned.streams import ClassificationData
 from lkstn.learned.train import TrainConfig, TrainingDiverged, train
 from lkstn.warps import Homography
 
-__all__ = ["Experiment", "Recipe", "Row", "SIGMA", "build_model", "load_data", "train_row"]
+__all__ = [
+    "Experiment",
+    "Recipe",
+    "Row",
+    "SIGMA",
+    "build_model",
+    "load_data",
+    "standardize_images",
+    "train_row",
+]
 
 SIGMA = 3.5  # [LL17] Sec. 5.2: corner and translation noise, template pixels
 
@@ -149,14 +158,21 @@ def build_model(exp: Experiment, row: Row, generator: torch.Generator) -> AlignT
 
 
 def load_data(
-    exp: Experiment, root: Any, *, quick: bool = False, seed: int = 0, frame: str = "own"
+    exp: Experiment,
+    root: Any,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    frame: str = "own",
+    standardize: bool = False,
 ) -> tuple[ClassificationData, dict[str, Any]]:
     """Train and test images of ``exp`` as float32 in [0, 1]; ``--quick`` takes a fixed subset.
 
     ``frame="own"``: each image is its template frame (zeros outside). ``"authors"``: the images
     are resized to ``exp.authors_frame``'s size and the template frame is its box, so that the
     perturbed samples see the surroundings (the authors' GTSRB code: the central 36x36 box of
-    50x50 images).
+    50x50 images). ``standardize``: each image instead has zero mean and unit variance per
+    channel over the whole image (:func:`standardize_images`), before any warp.
     """
     if frame not in ("own", "authors") or (frame == "authors" and exp.authors_frame is None):
         allowed = "'own' or 'authors'" if exp.authors_frame else "'own'"
@@ -180,9 +196,29 @@ def load_data(
     if box is not None:
         note += (f"; the template frame is the box {list(box)} of {size}x{size} images (the "
                  "authors' frame: the samples see the surroundings)")  # fmt: skip
+    if standardize:
+        data = replace(data, images=standardize_images(data.images),
+                       test_images=standardize_images(data.test_images))  # fmt: skip
+        note += ("; each image standardised per channel (zero mean, unit variance over the "
+                 "whole image, before warping; zeros outside are its mean)")  # fmt: skip
     info = {"note": note, "n_train": len(x), "n_test": len(xt), "quick_subset": quick,
-            "frame": frame}  # fmt: skip
+            "frame": frame, "standardize": standardize}  # fmt: skip
     return data, info
+
+
+def standardize_images(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """``(N, C, h, w)`` -> each image and channel at zero mean and unit variance, in place.
+
+    As the authors' traffic-sign code does before warping (``tf.nn.moments`` over each image's
+    height and width). A channel flatter than one grey level (standard deviation < 1/255) is
+    divided by 1/255, so a flat image becomes zeros rather than NaN or amplified noise.
+    """
+    for i in range(0, images.shape[0], chunk):  # chunks: no second copy of a large set
+        x = images[i : i + chunk]
+        mean = x.mean((2, 3), keepdim=True)
+        std = x.std((2, 3), correction=0, keepdim=True).clamp_min(1.0 / 255.0)
+        x.sub_(mean).div_(std)
+    return images
 
 
 @contextmanager
@@ -452,6 +488,12 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
             f"resized to {size}x{size}, the template frame the box {list(box)}, as in the "
             "authors' code",
         )
+    parser.add_argument(
+        "--standardize",
+        action="store_true",
+        help="each image at zero mean and unit variance per channel before warping, as the "
+        "authors' traffic-sign code (default: intensities in [0, 1])",
+    )
     parser.add_argument("--iters", type=int, default=None, help="steps per row (default: recipe)")
     parser.add_argument(
         "--lr-predictor", type=float, default=None, help="override the recipe's predictor rate"
@@ -519,18 +561,19 @@ def run(exp: Experiment, args: Any) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     out = Path(args.out or f"runs/{exp.name}-{recipe.name}{'-quick' if args.quick else ''}")
-    frame = getattr(args, "frame", "own")
-    if args.report_only:  # the frame the runs were trained with
+    frame, standardize = getattr(args, "frame", "own"), args.standardize
+    if args.report_only:  # the frame and input the runs were trained with
         for name in args.rows:
             path = out / exp.row(name).slug / "run.json"
             if path.exists():
-                frame = json.loads(path.read_text()).get("frame", "own")
+                first = json.loads(path.read_text())
+                frame, standardize = first.get("frame", "own"), first.get("standardize", False)
                 break
     data, data_info = None, None
     if not (args.report_only and args.no_figures):
         try:
             data, data_info = load_data(exp, args.data, quick=args.quick, seed=args.seed,
-                                        frame=frame)  # fmt: skip
+                                        frame=frame, standardize=standardize)  # fmt: skip
         except DatasetNotFoundError as exc:
             raise UsageError(str(exc)) from None
         data = data.to(args.device, torch.float32)
@@ -545,7 +588,8 @@ def run(exp: Experiment, args: Any) -> int:
         command = " ".join(["lkstn", *sys.argv[1:]])
         _write_run(run_dir, args.resume, recipe=asdict(recipe), n_steps=n_steps,
                    eval_every=eval_every, time_limit_min=args.time_limit, seed=args.seed,
-                   frame=frame, data=data_info, machine=machine(args.device),
+                   frame=frame, standardize=standardize, data=data_info,
+                   machine=machine(args.device),
                    command=command)  # fmt: skip
         limit = None if args.time_limit is None else 60.0 * args.time_limit
         try:
@@ -586,6 +630,9 @@ def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
             raise UsageError(
                 f"--resume: {run_dir} was trained with --frame {first.get('frame', 'own')}"
             )
+        if first.get("standardize", False) != run["standardize"]:
+            said = "with" if first.get("standardize", False) else "without"
+            raise UsageError(f"--resume: {run_dir} was trained {said} --standardize")
         resumes = first.get("resumes", [])
         resumes.append({k: run[k] for k in ("command", "machine", "n_steps", "time_limit_min")})
         run = {**first, "n_steps": run["n_steps"], "time_limit_min": run["time_limit_min"],

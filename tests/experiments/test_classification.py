@@ -362,6 +362,54 @@ def test_quick_gtsrb_with_the_authors_frame(gtsrb_root, tmp_path, capsys):
         main(["reproduce", "mnist", "--frame", "authors"])
 
 
+def test_standardize_gives_each_image_and_channel_zero_mean_unit_variance(gtsrb_root):
+    # the authors' traffic-sign code: (image - mean) / std over each image's height and width
+    raw, _ = cl.load_data(GTSRB, gtsrb_root)
+    data, info = cl.load_data(GTSRB, gtsrb_root, standardize=True)
+    assert info["standardize"] and "standardised per channel" in info["note"]
+    for images, ref in ((data.images, raw.images), (data.test_images, raw.test_images)):
+        torch.testing.assert_close(images.mean((2, 3)), torch.zeros(images.shape[:2]), atol=1e-5,
+                                   rtol=0)  # fmt: skip
+        torch.testing.assert_close(images.std((2, 3), correction=0),
+                                   torch.ones(images.shape[:2]), atol=1e-4, rtol=0)  # fmt: skip
+        # an affine map of each channel: the standardised image is the raw one, rescaled
+        d = ref - ref.mean((2, 3), keepdim=True)
+        scale = (images * d).sum((2, 3)) / (d * d).sum((2, 3))
+        torch.testing.assert_close(images, d * scale[..., None, None], atol=1e-4, rtol=0)
+    # the authors' frame: the statistics are those of the whole 50x50 image, box and margin
+    framed, _ = cl.load_data(GTSRB, gtsrb_root, frame="authors", standardize=True)
+    assert framed.images.shape[1:] == (3, 50, 50)
+    assert framed.images.mean((2, 3)).abs().max() < 1e-5
+    assert framed.images[..., 7:43, 7:43].mean((2, 3)).abs().max() > 1e-3
+
+
+def test_standardize_keeps_flat_images_finite():
+    flat = torch.full((2, 3, 8, 8), 0.5)
+    flat[1, 0, 0, 0] += 0.5 / 255  # below one grey level's spread: not amplified to unit variance
+    out = cl.standardize_images(flat.clone())
+    assert torch.isfinite(out).all() and out[0].abs().max() == 0
+    assert out[1].std((1, 2), correction=0).max() < 0.2
+
+
+def test_quick_gtsrb_standardized_is_recorded_and_resumed_alike(
+    gtsrb_root, tmp_path, capsys, monkeypatch
+):
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--standardize") == 0
+    run = json.loads((tmp_path / "ic-stn-2" / "run.json").read_text())
+    assert run["standardize"] is True and run["data"]["standardize"] is True
+    _figure_ok(tmp_path / "figures" / "fig11_mean_variance.png")
+    # a resume on raw intensities would mix two inputs: refused in one line
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume") == 2
+    assert "--standardize" in capsys.readouterr().err
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume", "--standardize") == 0
+    # the report reads the input back from run.json: its figures see standardised images
+    seen, load = [], cl.load_data
+    monkeypatch.setattr(cl, "load_data", lambda *a, **k: seen.append(k) or load(*a, **k))
+    args = ["reproduce", "gtsrb", "--data", str(gtsrb_root), "--report-only", "--rows",
+            "IC-STN-2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0 and seen[-1]["standardize"] is True
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_quick_gtsrb_runs_on_cuda_unchanged(gtsrb_root, tmp_path):
