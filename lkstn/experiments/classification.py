@@ -33,6 +33,7 @@ training and evaluation.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -130,6 +131,7 @@ class Experiment:
     quick_sizes: tuple[int, int] = (2000, 500)  # train / test images of --quick
     # --frame authors: images resized to N x N, the template frame a box (x0, y0, x1, y1) in them
     authors_frame: tuple[int, tuple[float, float, float, float]] | None = None
+    standardize: bool = False  # the CLI's default input: per-image standardised or [0, 1]
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -490,9 +492,11 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         )
     parser.add_argument(
         "--standardize",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=exp.standardize,
         help="each image at zero mean and unit variance per channel before warping, as the "
-        "authors' traffic-sign code (default: intensities in [0, 1])",
+        "authors' traffic-sign code; --no-standardize: intensities in [0, 1] (default: "
+        f"{'--standardize' if exp.standardize else '--no-standardize'})",
     )
     parser.add_argument("--iters", type=int, default=None, help="steps per row (default: recipe)")
     parser.add_argument(
@@ -631,8 +635,8 @@ def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
                 f"--resume: {run_dir} was trained with --frame {first.get('frame', 'own')}"
             )
         if first.get("standardize", False) != run["standardize"]:
-            said = "with" if first.get("standardize", False) else "without"
-            raise UsageError(f"--resume: {run_dir} was trained {said} --standardize")
+            flag = "--standardize" if first.get("standardize", False) else "--no-standardize"
+            raise UsageError(f"--resume: {run_dir} was trained with {flag}; pass it again")
         resumes = first.get("resumes", [])
         resumes.append({k: run[k] for k in ("command", "machine", "n_steps", "time_limit_min")})
         run = {**first, "n_steps": run["n_steps"], "time_limit_min": run["time_limit_min"],

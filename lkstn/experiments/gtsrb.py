@@ -89,6 +89,7 @@ GTSRB = Experiment(
     figures=("fig10_alignment", "fig11_mean_variance"),
     quick_sizes=(2000, 500),
     authors_frame=(50, (7.0, 7.0, 43.0, 43.0)),  # traffic-sign/options.py: sizeFull, bbox
+    standardize=True,  # traffic-sign/train.py: (image - mean) / std per image and channel
 )
 
 

@@ -392,21 +392,24 @@ def test_standardize_keeps_flat_images_finite():
 
 
 def test_quick_gtsrb_standardized_is_recorded_and_resumed_alike(
-    gtsrb_root, tmp_path, capsys, monkeypatch
+    gtsrb_root, mnist_root, tmp_path, capsys, monkeypatch
 ):
-    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--standardize") == 0
+    # GTSRB standardises by default (the authors' traffic-sign code), MNIST does not
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"]) == 0
     run = json.loads((tmp_path / "ic-stn-2" / "run.json").read_text())
     assert run["standardize"] is True and run["data"]["standardize"] is True
     _figure_ok(tmp_path / "figures" / "fig11_mean_variance.png")
+    assert _quick("mnist", mnist_root, tmp_path / "m", ["CNN(b)"], "--no-figures") == 0
+    assert json.loads((tmp_path / "m" / "cnnb" / "run.json").read_text())["standardize"] is False
     # a resume on raw intensities would mix two inputs: refused in one line
-    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume") == 2
+    assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume", "--no-standardize") == 2
     assert "--standardize" in capsys.readouterr().err
     assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume", "--standardize") == 0
-    # the report reads the input back from run.json: its figures see standardised images
+    # the report reads the input back from run.json, whatever the flag says
     seen, load = [], cl.load_data
     monkeypatch.setattr(cl, "load_data", lambda *a, **k: seen.append(k) or load(*a, **k))
     args = ["reproduce", "gtsrb", "--data", str(gtsrb_root), "--report-only", "--rows",
-            "IC-STN-2", "--out", str(tmp_path)]  # fmt: skip
+            "IC-STN-2", "--no-standardize", "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0 and seen[-1]["standardize"] is True
 
 
