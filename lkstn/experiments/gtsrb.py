@@ -10,7 +10,10 @@ each, and writes ``table.md``/``results.json`` and ``figures/fig10_alignment.png
 Data: the official layout gives ROI crops resized to 36x36. A prepared ``gtsrb*.npz`` of another
 size (the shared copy is 32x32) is resampled to 36x36 with scikit-image's bilinear resize
 (:func:`lkstn.data.gtsrb.resize_images`), and every table says so: the paper resized the
-original crops, so numbers from a 32x32 copy are not strictly comparable.
+original crops, so numbers from a 32x32 copy are not strictly comparable. Each image is
+standardised per channel before warping (zero mean, unit variance over the image), as the authors'
+traffic-sign code does and the paper does not say; ``--no-standardize`` keeps [0, 1] intensities
+(every GTSRB run before 2026-11-27's fourth session).
 
 Recipes: ``paper`` is [LL17] Sec. 5.3: plain SGD, constant learning rates ``1e-3`` (classifier)
 and ``1e-5`` (geometric predictor), batch 100, 200K iterations (the iteration count is given for
