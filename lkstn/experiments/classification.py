@@ -168,7 +168,8 @@ def load_data(
     frame: str = "own",
     standardize: bool = False,
 ) -> tuple[ClassificationData, dict[str, Any]]:
-    """Train and test images of ``exp`` as float32 in [0, 1]; ``--quick`` takes a fixed subset.
+    """Train and test images of ``exp`` as float32 in [0, 1] (or standardised); ``--quick`` takes
+    a fixed subset.
 
     ``frame="own"``: each image is its template frame (zeros outside). ``"authors"``: the images
     are resized to ``exp.authors_frame``'s size and the template frame is its box, so that the
@@ -209,18 +210,20 @@ def load_data(
 
 
 def standardize_images(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """``(N, C, h, w)`` -> each image and channel at zero mean and unit variance, in place.
+    """``(N, C, h, w)`` -> a copy with each image and channel at zero mean and unit variance.
 
     As the authors' traffic-sign code does before warping (``tf.nn.moments`` over each image's
-    height and width). A channel flatter than one grey level (standard deviation < 1/255) is
-    divided by 1/255, so a flat image becomes zeros rather than NaN or amplified noise.
+    height and width). A channel flatter than one grey level (standard deviation < 1/255, for
+    intensities in [0, 1]) is divided by 1/255, so a flat image becomes zeros rather than NaN or
+    amplified noise.
     """
-    for i in range(0, images.shape[0], chunk):  # chunks: no second copy of a large set
+    out = torch.empty_like(images)
+    for i in range(0, images.shape[0], chunk):  # chunks: temporaries of one chunk at a time
         x = images[i : i + chunk]
         mean = x.mean((2, 3), keepdim=True)
         std = x.std((2, 3), correction=0, keepdim=True).clamp_min(1.0 / 255.0)
-        x.sub_(mean).div_(std)
-    return images
+        torch.div(x - mean, std, out=out[i : i + chunk])
+    return out
 
 
 @contextmanager

@@ -386,7 +386,9 @@ def test_standardize_gives_each_image_and_channel_zero_mean_unit_variance(gtsrb_
 def test_standardize_keeps_flat_images_finite():
     flat = torch.full((2, 3, 8, 8), 0.5)
     flat[1, 0, 0, 0] += 0.5 / 255  # below one grey level's spread: not amplified to unit variance
-    out = cl.standardize_images(flat.clone())
+    before = flat.clone()
+    out = cl.standardize_images(flat)
+    assert torch.equal(flat, before)  # the input is not mutated
     assert torch.isfinite(out).all() and out[0].abs().max() == 0
     assert out[1].std((1, 2), correction=0).max() < 0.2
 
