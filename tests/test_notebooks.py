@@ -18,9 +18,10 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+nbformat = pytest.importorskip("nbformat", reason="the dev extra (nbformat, nbclient)")
+NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -15,7 +15,9 @@ Two tasks, one per experiment of [LL17] Sec. 5:
 
 The stream is a pure function of ``(seed, step)``: :func:`step_generator` seeds a fresh CPU
 ``torch.Generator`` from both, so a resumed run draws exactly the batches the killed run would
-have drawn, on any device. The test perturbations are drawn once from ``(seed, "test")``.
+have drawn. A classification batch's indices and perturbations are drawn (and the homographies
+fitted) on the CPU and then moved, so every device trains on the same batches to the last bit.
+The test perturbations are drawn once from ``(seed, "test")``.
 
 Glossary: ``delta`` a perturbation drawn in the template frame, ``sigma`` its scale in template
 pixels, ``B`` the batch size.
@@ -54,6 +56,13 @@ class Batch:
     images: Tensor
     p_init: Tensor
     target: Tensor
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` (on the CPU) on ``device``; to a GPU through pinned memory, without waiting for it."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -173,8 +182,9 @@ class ClassificationData:
         """``n`` random training images with starts ``delta`` (composed with ``frame``) drawn
         from ``gen``."""
         device, dtype = self.images.device, self.images.dtype
-        idx = torch.randint(self.images.shape[0], (n,), generator=gen).to(device)
-        delta = perturbation(warp, n, sigma, shape, gen, dtype=dtype, device=device)
+        idx = torch.randint(self.images.shape[0], (n,), generator=gen)
+        delta = perturbation(warp, n, sigma, shape, gen, dtype=dtype)  # on the generator's device
+        idx, delta = _to_device(idx, device), _to_device(delta, device)
         return Batch(self.images[idx], self._starts(warp, delta), self.labels[idx])
 
     def test_set(
@@ -185,8 +195,8 @@ class ClassificationData:
         device, dtype = self.test_images.device, self.test_images.dtype
         M = self.test_images.shape[0]
         gen = step_generator(seed, 0, _TEST)
-        delta = perturbation(warp, M, sigma, shape, gen, dtype=dtype, device=device)
-        p_init = self._starts(warp, delta)
+        delta = perturbation(warp, M, sigma, shape, gen, dtype=dtype)
+        p_init = self._starts(warp, _to_device(delta, device))
         return [
             Batch(self.test_images[i : i + n], p_init[i : i + n], self.test_labels[i : i + n])
             for i in range(0, M, n)

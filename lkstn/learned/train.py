@@ -16,8 +16,10 @@ checkpoint holds the model, the optimizer and the step, so ``resume=True`` conti
 bit for bit (on the same machine with the same ``torch.get_num_threads()`` and ``workers``: the
 kernels' floating-point reductions depend on them). On a CPU each batch is cut into ``workers``
 shards (default: one per thread, 25 samples or more each) whose forward and backward run in
-parallel threads (:mod:`lkstn.learned.shards`). The test perturbations are drawn once (fixed
-seed), so test errors are repeatable. A non-finite loss stops the run with
+parallel threads (:mod:`lkstn.learned.shards`); on a GPU each step's forward and backward is
+replayed from a CUDA graph (:mod:`lkstn.learned.graphed`), and the next batch is drawn while the
+GPU computes the current one. The test perturbations are drawn once (fixed seed), so test errors
+are repeatable. A non-finite loss stops the run with
 :class:`TrainingDiverged` before the update, leaving the last checkpoint intact.
 
 Run directory: ``config.json`` (config and model), ``log.jsonl`` (one line per evaluation),
@@ -42,6 +44,7 @@ from tqdm.auto import tqdm
 
 from lkstn.learned._fast_cpu import fast_cpu_layers
 from lkstn.learned.checkpoint import load_checkpoint, save_checkpoint
+from lkstn.learned.graphed import GraphedStep
 from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
 
@@ -91,6 +94,10 @@ class TrainConfig:
         gradient, summed in a fixed order). ``None``: ``torch.get_num_threads()`` on a CPU (at
         most one shard per 25 samples), 1 on other devices. Results depend on it in the last
         bits, so resume with the same value.
+    cuda_graph : bool
+        On a CUDA device, capture each step's forward and backward into a CUDA graph at the
+        first step and replay it (:class:`~lkstn.learned.graphed.GraphedStep`: the same
+        kernels, without the host's launch overhead). Ignored on a CPU.
     """
 
     n_steps: int
@@ -107,6 +114,7 @@ class TrainConfig:
     progress: bool = True
     fast_conv: bool = True
     workers: int | None = None
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -194,17 +202,26 @@ def train(
     records: list[dict[str, float]] = []
     last_saved = start or None
     workers = config.workers
-    step_fn = ShardedStep(model, data.loss, workers)
+    if config.cuda_graph and device.type == "cuda" and workers == 1:
+        step_fn: ShardedStep | GraphedStep = GraphedStep(model, data.loss)
+    else:
+        step_fn = ShardedStep(model, data.loss, workers)
     model.train()
     bar = tqdm(range(start, config.n_steps), initial=start, total=config.n_steps,
                disable=not config.progress, desc=type(aligner).__name__)  # fmt: skip
+
+    def draw(step: int):
+        return data.batch(warp, shape, config.sigma, config.batch_size,
+                          step_generator(config.seed, step))  # fmt: skip
+
     try:
         with intra_op_threads(1 if workers > 1 else None):  # a core per shard
+            batch = draw(start) if start < config.n_steps else None
             for step in bar:
-                batch = data.batch(warp, shape, config.sigma, config.batch_size,
-                                   step_generator(config.seed, step))  # fmt: skip
                 optimizer.zero_grad(set_to_none=True)
                 loss, outputs = step_fn(batch)
+                if step + 1 < config.n_steps:  # drawn while an accelerator computes this step
+                    batch = draw(step + 1)
                 if not torch.isfinite(loss):
                     where = "none (no run_dir)" if run is None else "none written yet"
                     if run is not None and last_saved is not None:
