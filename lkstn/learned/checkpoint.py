@@ -111,7 +111,8 @@ def load_checkpoint(
     bits in the tensors are refused, not loaded), then ``torch.load(weights_only=True)`` (no code
     runs), then the type of every field. ``model`` and ``optimizer`` are only modified when all of
     it loads: a failure leaves them as they were. Tensors go to ``map_location`` (default: the
-    device of ``model``'s parameters, else where they were saved).
+    device of ``model``'s parameters, else where they were saved, or the CPU on a machine without
+    CUDA).
 
     Raises
     ------
@@ -123,6 +124,8 @@ def load_checkpoint(
     if map_location is None and model is not None:
         first = next(model.parameters(), None)
         map_location = None if first is None else first.device
+    if map_location is None and not torch.cuda.is_available():
+        map_location = "cpu"  # a checkpoint written on a GPU, read on a machine without one
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:

@@ -133,3 +133,20 @@ def test_flipped_bits_are_refused_and_a_failed_load_changes_nothing(tmp_path) ->
     assert "\n" not in str(err.value)
     for name, value in target.state_dict().items():
         assert torch.equal(value, before[name])
+
+
+def test_a_checkpoint_written_on_a_gpu_reads_on_a_cpu_only_machine(tmp_path, monkeypatch) -> None:
+    # tag every storage as CUDA's, as torch.save does on a GPU; torch.load would then refuse
+    # it on a machine without CUDA unless told where to put it
+    model, optimizer = model_and_optimizer(0)
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        path = save_checkpoint(tmp_path / "gpu.pt", model, optimizer, step=3, config={})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(path, weights_only=True)  # what a plain load does with it
+    assert load_checkpoint(path).step == 3  # no model: the tensors go to the CPU
+    fresh, _ = model_and_optimizer(1)
+    load_checkpoint(path, fresh)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
