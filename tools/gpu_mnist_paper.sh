@@ -2,7 +2,7 @@
 # The paper's full MNIST IC-STN-4(a) recipe on a lent GPU, in one prepared command that fits a
 # time budget and continues where an earlier call stopped (docs/mnist_gtsrb.md, "GPU runs").
 #
-#   tools/gpu_mnist_paper.sh DATA OUT BUDGET_S [RESERVE_S]
+#   [FROM=DIR] [BENCH=0] [EXTRA="--skip-nonfinite"] tools/gpu_mnist_paper.sh DATA OUT BUDGET_S [RESERVE_S]
 #
 # DATA: the data root (holding mnist/); OUT: where the logs and a .tgz of the run folder go;
 # BUDGET_S: wall seconds this command may take; RESERVE_S (default 0): seconds kept after the
@@ -11,7 +11,9 @@
 # The run: `lkstn reproduce mnist --rows "IC-STN-4(a)" --device cuda --resume` with the default
 # (paper) recipe: plain SGD, predictor 1e-4, classifier 1e-2, batch 100, 200,000 steps,
 # evaluated on the whole perturbed test set every 20,000 steps; it resumes from
-# runs/mnist-paper-gpu when an earlier call left a checkpoint there.
+# runs/mnist-paper-gpu when an earlier call left a checkpoint there, or from a copy of an
+# earlier call's run folder (the .tgz it returned, unpacked) given as FROM. BENCH=0 skips the
+# benchmark; EXTRA adds options to the reproduce command.
 set -u
 DATA=$1 OUT=$2 BUDGET=$3 RESERVE=${4:-0}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -25,6 +27,9 @@ python3 -c "import torch, numpy, sys, os; print(torch.__version__, torch.version
 numpy.__version__, sys.version.split()[0], os.cpu_count())" >> "$OUT/machine.txt"
 log "machine: $(tr '\n' ' ' < "$OUT/machine.txt")"
 
+if [ -n "${FROM:-}" ] && [ ! -e runs/mnist-paper-gpu ]; then
+    cp -r "$FROM" runs/mnist-paper-gpu && log "resuming from $FROM"
+fi
 # The time limit counts the row's wall time over all calls (progress.jsonl): add what earlier
 # calls spent; the row stops at the first evaluation past it, so keep a chunk (20K steps) in hand.
 before=$(python3 -c "import json, pathlib
@@ -35,11 +40,11 @@ minutes=$(python3 -c "print(max(0.5, ($before + $(left) - $RESERVE - 90) / 60))"
 log "training up to $minutes min of the row's wall time ($before s before this call)"
 timeout $(( $(left) - RESERVE - 15 )) python3 -m lkstn reproduce mnist --data "$DATA" \
     --rows "IC-STN-4(a)" --device cuda --eval-every 20000 --time-limit "$minutes" --no-figures \
-    --resume --out runs/mnist-paper-gpu > "$OUT/mnist.log" 2>&1
+    --resume ${EXTRA:-} --out runs/mnist-paper-gpu > "$OUT/mnist.log" 2>&1
 log "mnist (exit $?): $(grep -h 'step' "$OUT/mnist.log" | tail -2 | tr '\n' '|')"
 tar czf "$OUT/mnist-paper-gpu.tgz" -C runs mnist-paper-gpu
 
-if [ "$(left)" -gt 40 ]; then
+if [ "${BENCH:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then
     timeout $(( $(left) / 3 )) python3 benchmarks/train_step_gpu.py --rounds 5 --steps 200 \
         --out "$OUT/train_step_gpu.json" > "$OUT/bench.log" 2>&1
     log "bench: $(tail -4 "$OUT/bench.log" | tr '\n' '|')"

@@ -290,12 +290,15 @@ def train_row(
     resume: bool = False,
     device: str = "cpu",
     seed: int = 0,
+    nonfinite: Literal["stop", "skip"] = "stop",
     log: Callable[[str], None] = print,
 ) -> tuple[AlignThenClassify, list[dict[str, float]]]:
     """Train one row in chunks of ``eval_every`` steps; returns the model and its progress.
 
     Progress records: ``step``, ``elapsed_s`` (see the module docstring), ``test_error`` (%),
-    ``test_loss``, ``train_loss``. Without ``resume`` a previous run in ``run_dir`` is discarded.
+    ``test_loss``, ``train_loss`` (and ``skipped_steps`` with ``nonfinite="skip"``: see
+    :class:`~lkstn.learned.train.TrainConfig`). Without ``resume`` a previous run in ``run_dir``
+    is discarded.
     """
     model = build_model(exp, row, torch.Generator().manual_seed(seed)).to(device)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +308,7 @@ def train_row(
     config = TrainConfig(
         n_steps=n_steps, sigma=SIGMA, batch_size=recipe.batch_size, optimizer=recipe.optimizer,
         lr_predictor=recipe.lr_predictor, lr_classifier=recipe.lr_classifier, seed=seed,
-        eval_every=eval_every, checkpoint_every=eval_every, progress=False,
+        eval_every=eval_every, checkpoint_every=eval_every, progress=False, nonfinite=nonfinite,
     )  # fmt: skip
     step = 0
     if (run_dir / "checkpoint.pt").exists():
@@ -327,6 +330,8 @@ def train_row(
             entry = {"step": rec["step"], "elapsed_s": round(elapsed, 2),
                      "test_error": rec["test_error"], "test_loss": rec["test_loss"],
                      "train_loss": rec["train_loss"]}  # fmt: skip
+            if "skipped_steps" in rec:  # every step skipped in this chunk (one record a chunk)
+                entry["skipped_steps"] = [s for r in result.records for s in r["skipped_steps"]]
             progress.append(entry)
             with open(run_dir / "progress.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -362,6 +367,7 @@ def row_summary(
         if reached is None
         else {"step": reached["step"], "elapsed_s": reached["elapsed_s"]},
         "curve": [[r["step"], r["elapsed_s"], r["test_error"]] for r in progress],
+        "skipped_steps": [s for r in progress for s in r.get("skipped_steps", [])],
     }
 
 
@@ -526,6 +532,11 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
     parser.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="drop a batch whose loss is NaN/inf (no update) instead of stopping the row",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="200 steps per row on a fixed subset of the data (smoke run)",
@@ -603,6 +614,7 @@ def run(exp: Experiment, args: Any) -> int:
             models[name], _ = train_row(
                 exp, row, recipe, data, run_dir, n_steps=n_steps, eval_every=eval_every,
                 time_limit_s=limit, resume=args.resume, device=args.device, seed=args.seed,
+                nonfinite="skip" if args.skip_nonfinite else "stop",
             )  # fmt: skip
         except TrainingDiverged as exc:  # a failed row is a result: record it, train the next
             print(f"{exp.name} {name}: {exc}", file=sys.stderr)
@@ -642,6 +654,8 @@ def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
             raise UsageError(f"--resume: {run_dir} was trained with {flag}; pass it again")
         resumes = first.get("resumes", [])
         resumes.append({k: run[k] for k in ("command", "machine", "n_steps", "time_limit_min")})
+        if "diverged" in first:  # this resume goes on from the last checkpoint before it
+            resumes[-1]["after"] = f"diverged: {first.pop('diverged')}"
         run = {**first, "n_steps": run["n_steps"], "time_limit_min": run["time_limit_min"],
                "resumes": resumes}  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ parallel threads (:mod:`lkstn.learned.shards`); on a GPU each step's forward and
 replayed from a CUDA graph (:mod:`lkstn.learned.graphed`), and the next batch is drawn while the
 GPU computes the current one. The test perturbations are drawn once (fixed seed), so test errors
 are repeatable. A non-finite loss stops the run with
-:class:`TrainingDiverged` before the update, leaving the last checkpoint intact.
+:class:`TrainingDiverged` before the update, leaving the last checkpoint intact; with
+``nonfinite="skip"`` the batch is dropped instead (no update, counted in the log as
+``skipped_steps``) and the run stops only after ``MAX_SKIPS_IN_A_ROW`` such batches in a row.
 
 Run directory: ``config.json`` (config and model), ``log.jsonl`` (one line per evaluation),
 ``checkpoint.pt`` (latest, written atomically).
@@ -51,6 +53,7 @@ from lkstn.learned.streams import AlignmentData, ClassificationData, step_genera
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
 
 _OPTIMIZERS = ("sgd", "momentum", "adam")
+MAX_SKIPS_IN_A_ROW = 10  # nonfinite="skip": this many non-finite batches in a row stop the run
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,6 +101,12 @@ class TrainConfig:
         On a CUDA device, capture each step's forward and backward into a CUDA graph at the
         first step and replay it (:class:`~lkstn.learned.graphed.GraphedStep`: the same
         kernels, without the host's launch overhead). Ignored on a CPU.
+    nonfinite : "stop" or "skip"
+        What a batch with a NaN or infinite loss does: stop the run (:class:`TrainingDiverged`)
+        or drop the batch without an update, as mixed-precision training drops a step whose
+        gradients overflowed (the run still stops after ``MAX_SKIPS_IN_A_ROW`` in a row: the
+        model itself is then broken). A homography that a prediction folds through the plane
+        at infinity makes one sample's loss NaN; ``"skip"`` lets a long run go past it.
     """
 
     n_steps: int
@@ -115,6 +124,7 @@ class TrainConfig:
     fast_conv: bool = True
     workers: int | None = None
     cuda_graph: bool = True
+    nonfinite: Literal["stop", "skip"] = "stop"
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -129,6 +139,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
 
@@ -217,22 +229,29 @@ def train(
     try:
         with intra_op_threads(1 if workers > 1 else None):  # a core per shard
             batch = draw(start) if start < config.n_steps else None
+            in_a_row, skipped = 0, []
             for step in bar:
                 optimizer.zero_grad(set_to_none=True)
                 loss, outputs = step_fn(batch)
                 if step + 1 < config.n_steps:  # drawn while an accelerator computes this step
                     batch = draw(step + 1)
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                in_a_row = 0 if finite else in_a_row + 1
+                if not finite and (config.nonfinite == "stop" or in_a_row >= MAX_SKIPS_IN_A_ROW):
                     where = "none (no run_dir)" if run is None else "none written yet"
                     if run is not None and last_saved is not None:
                         where = f"{run / 'checkpoint.pt'} (step {last_saved})"
                     raise TrainingDiverged(
-                        f"loss is {loss.item()} at step {step}: training diverged. The model "
-                        f"holds the parameters of step {step}; last checkpoint: {where}. Lower "
-                        f"the learning rates (lr_predictor={config.lr_predictor}, "
-                        f"lr_classifier={config.lr_classifier})."
+                        f"loss is {loss.item()} at step {step}"
+                        + (f" ({in_a_row} batches in a row)" if in_a_row > 1 else "")
+                        + f": training diverged. The model holds the parameters of step {step}; "
+                        f"last checkpoint: {where}. Lower the learning rates (lr_predictor="
+                        f"{config.lr_predictor}, lr_classifier={config.lr_classifier})."
                     )
-                optimizer.step()
+                if finite:
+                    optimizer.step()
+                else:  # nonfinite="skip": this batch changes nothing
+                    skipped.append(step)
                 done = step + 1
                 if done % 10 == 0 or done == config.n_steps:
                     err = torch.cat(
@@ -243,6 +262,9 @@ def train(
                 if done % config.eval_every == 0 or done == config.n_steps:
                     record = {"step": done, "train_loss": loss.item(),
                               **_evaluate(model, data, test)}  # fmt: skip
+                    if config.nonfinite == "skip":  # the steps skipped since the last record
+                        record["skipped_steps"] = skipped
+                        skipped = []
                     record["time"] = time.time()
                     records.append(record)
                     if run is not None:

@@ -427,3 +427,34 @@ def test_quick_gtsrb_runs_on_cuda_unchanged(gtsrb_root, tmp_path):
     config = json.loads((tmp_path / "ic-stn-2" / "config.json").read_text())["config"]
     assert config["workers"] == 1  # no CPU shards on a GPU
     _figure_ok(tmp_path / "figures" / "fig10_alignment.png")
+
+
+def test_skip_nonfinite_reaches_the_training_loop_and_row_json(mnist_root, tmp_path, monkeypatch):
+    seen, inner = [], cl.train
+    monkeypatch.setattr(cl, "train", lambda m, c, *a, **k: seen.append(c) or inner(m, c, *a, **k))
+    assert _quick("mnist", mnist_root, tmp_path, ["IC-STN-2(a)"], "--skip-nonfinite") == 0
+    assert seen and all(c.nonfinite == "skip" for c in seen)
+    row = json.loads((tmp_path / "ic-stn-2a" / "row.json").read_text())
+    assert row["skipped_steps"] == []  # nothing was non-finite
+    progress = (tmp_path / "ic-stn-2a" / "progress.jsonl").read_text().splitlines()
+    assert all(json.loads(ln)["skipped_steps"] == [] for ln in progress)
+    assert _quick("mnist", mnist_root, tmp_path / "stop", ["IC-STN-2(a)"]) == 0
+    assert seen[-1].nonfinite == "stop"  # the default
+
+
+def test_a_resume_after_divergence_clears_the_mark_and_keeps_it_in_the_history(
+    mnist_root, tmp_path
+):
+    assert _quick("mnist", mnist_root, tmp_path, ["IC-STN-2(a)"]) == 0
+    path = tmp_path / "ic-stn-2a" / "run.json"
+    run = json.loads(path.read_text())
+    path.write_text(json.dumps({**run, "diverged": "loss is nan at step 3: training diverged."}))
+    cl.write_report(MNIST, tmp_path)
+    assert "(diverged)" in (tmp_path / "table.md").read_text()
+    args = ["--resume", "--iters", "6", "--skip-nonfinite"]
+    assert _quick("mnist", mnist_root, tmp_path, ["IC-STN-2(a)"], *args) == 0
+    run = json.loads(path.read_text())
+    assert "diverged" not in run
+    assert run["resumes"][-1]["after"] == "diverged: loss is nan at step 3: training diverged."
+    assert json.loads((tmp_path / "ic-stn-2a" / "row.json").read_text())["iterations"] == 6
+    assert "(diverged)" not in (tmp_path / "table.md").read_text()

@@ -205,6 +205,52 @@ def test_nan_loss_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp_pat
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+class NaNOnCalls(nn.Module):
+    """A classifier whose scores are NaN on the training calls numbered in ``bad`` (from 0)."""
+
+    def __init__(self, inner: nn.Module, bad: set[int]) -> None:
+        super().__init__()
+        self.inner, self.bad, self.calls = inner, bad, 0
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        scores = self.inner(image)
+        if self.training:
+            self.calls += 1
+            if self.calls - 1 in self.bad:
+                scores = scores * float("nan")
+        return scores
+
+
+def test_skip_drops_a_nonfinite_batch_without_changing_the_model(tmp_path) -> None:
+    ref = classifier_model()
+    train(ref, TrainConfig(n_steps=3, **CONFIG), digits())  # steps 0, 1, 2
+    model = classifier_model()
+    model.classifier = NaNOnCalls(model.classifier, bad={3})
+    result = train(model, TrainConfig(n_steps=4, nonfinite="skip", **CONFIG), digits(),
+                   run_dir=tmp_path)  # fmt: skip
+    for a, b in zip(params(ref), params(model), strict=True):
+        assert torch.equal(a, b)  # step 3 updated nothing (momentum buffers included)
+    assert [r["skipped_steps"] for r in result.records] == [[], [3]]
+    logged = [json.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged] == [[], [3]]
+    # the run goes on after a skipped batch and learns from the next ones
+    model.classifier.bad = {5}
+    more = train(model, TrainConfig(n_steps=8, nonfinite="skip", **CONFIG), digits(),
+                 run_dir=tmp_path, resume=True)  # fmt: skip
+    assert [r["skipped_steps"] for r in more.records] == [[5], []]  # steps 4-7: calls 4-7
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skip_still_stops_a_run_whose_every_batch_is_nonfinite() -> None:
+    model = classifier_model()
+    model.classifier = NaNOnCalls(model.classifier, bad=set(range(100)))
+    config = TrainConfig(n_steps=30, nonfinite="skip", **CONFIG)
+    with pytest.raises(TrainingDiverged, match=r"at step 9 \(10 batches in a row\)"):
+        train(model, config, digits())
+    with pytest.raises(ValueError, match="nonfinite"):
+        TrainConfig(n_steps=3, sigma=1.0, nonfinite="ignore")
+
+
 # -- configuration, devices --------------------------------------------------------------------
 
 
