@@ -13,14 +13,15 @@ lkstn-eager
     of :class:`~lkstn.learned.stn.AlignThenClassify` (:class:`~lkstn.learned.stn.ICSTN`), the
     NaN check, SGD (the paper's rates).
 lkstn
-    The same loop with ``cuda_graph=True`` (the default): forward and backward replayed from a
+    The same loop with ``cuda_graph=True``: forward and backward replayed from a
     CUDA graph (:class:`~lkstn.learned.graphed.GraphedStep`), the next batch drawn while the GPU
     computes.
 
-The variants are interleaved over ``--rounds`` rounds of ``--steps`` steps (the median round is
-reported, with its ratio to the reference), after ``--warmup`` steps each. All three start from
-the same weights (the reference's); the tests check that they compute the same function
-(``tests/learned/test_graphed.py``, ``benchmarks/train_step.py``'s check).
+All variants run in plain float32 (cuDNN's TF32 off, as :func:`~lkstn.learned.train.train` runs)
+unless ``--tf32``. The variants are interleaved over ``--rounds`` rounds of ``--steps`` steps
+(the median round is reported, with its ratio to the reference), after ``--warmup`` steps each.
+All three start from the same weights (the reference's); the tests check that they compute the
+same function (``tests/learned/test_graphed.py``, ``benchmarks/train_step.py``'s check).
 
 Usage (on a machine with a CUDA GPU)::
 
@@ -95,9 +96,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--out", default="out/train_step_gpu.json")
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let cuDNN use TF32 (PyTorch's default; train()'s is off)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("train_step_gpu.py needs a CUDA GPU")
+    torch.backends.cudnn.allow_tf32 = args.tf32  # every variant alike
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(60_000, 1, *SHAPE, generator=gen)
     labels = torch.randint(0, 10, (60_000,), generator=gen)
@@ -123,6 +130,7 @@ def main() -> None:
             "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
         },
+        "tf32": args.tf32,
         "rounds": args.rounds,
         "steps": args.steps,
         "results": {

@@ -291,6 +291,8 @@ def train_row(
     device: str = "cpu",
     seed: int = 0,
     nonfinite: Literal["stop", "skip"] = "stop",
+    cuda_graph: bool = False,
+    tf32: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[AlignThenClassify, list[dict[str, float]]]:
     """Train one row in chunks of ``eval_every`` steps; returns the model and its progress.
@@ -309,6 +311,7 @@ def train_row(
         n_steps=n_steps, sigma=SIGMA, batch_size=recipe.batch_size, optimizer=recipe.optimizer,
         lr_predictor=recipe.lr_predictor, lr_classifier=recipe.lr_classifier, seed=seed,
         eval_every=eval_every, checkpoint_every=eval_every, progress=False, nonfinite=nonfinite,
+        cuda_graph=cuda_graph, tf32=tf32,
     )  # fmt: skip
     step = 0
     if (run_dir / "checkpoint.pt").exists():
@@ -537,6 +540,16 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         help="drop a batch whose loss is NaN/inf (no update) instead of stopping the row",
     )
     parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="on a GPU, replay each training step from a CUDA graph (4x faster on small models)",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="on a GPU, let convolutions use TensorFloat-32 (default: plain float32, as the CPU)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="200 steps per row on a fixed subset of the data (smoke run)",
@@ -615,6 +628,7 @@ def run(exp: Experiment, args: Any) -> int:
                 exp, row, recipe, data, run_dir, n_steps=n_steps, eval_every=eval_every,
                 time_limit_s=limit, resume=args.resume, device=args.device, seed=args.seed,
                 nonfinite="skip" if args.skip_nonfinite else "stop",
+                cuda_graph=args.cuda_graph, tf32=args.tf32,
             )  # fmt: skip
         except TrainingDiverged as exc:  # a failed row is a result: record it, train the next
             print(f"{exp.name} {name}: {exc}", file=sys.stderr)

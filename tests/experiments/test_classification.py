@@ -429,7 +429,7 @@ def test_quick_gtsrb_runs_on_cuda_unchanged(gtsrb_root, tmp_path):
     _figure_ok(tmp_path / "figures" / "fig10_alignment.png")
 
 
-def test_skip_nonfinite_reaches_the_training_loop_and_row_json(mnist_root, tmp_path, monkeypatch):
+def test_skip_nonfinite_cuda_graph_tf32_reach_the_training_loop(mnist_root, tmp_path, monkeypatch):
     seen, inner = [], cl.train
     monkeypatch.setattr(cl, "train", lambda m, c, *a, **k: seen.append(c) or inner(m, c, *a, **k))
     assert _quick("mnist", mnist_root, tmp_path, ["IC-STN-2(a)"], "--skip-nonfinite") == 0
@@ -438,8 +438,10 @@ def test_skip_nonfinite_reaches_the_training_loop_and_row_json(mnist_root, tmp_p
     assert row["skipped_steps"] == []  # nothing was non-finite
     progress = (tmp_path / "ic-stn-2a" / "progress.jsonl").read_text().splitlines()
     assert all(json.loads(ln)["skipped_steps"] == [] for ln in progress)
-    assert _quick("mnist", mnist_root, tmp_path / "stop", ["IC-STN-2(a)"]) == 0
-    assert seen[-1].nonfinite == "stop"  # the default
+    assert not any(c.cuda_graph or c.tf32 for c in seen)  # the defaults
+    assert _quick("mnist", mnist_root, tmp_path / "stop", ["IC-STN-2(a)"], "--cuda-graph",
+                  "--tf32") == 0  # fmt: skip
+    assert seen[-1].nonfinite == "stop" and seen[-1].cuda_graph and seen[-1].tf32
 
 
 def test_a_resume_after_divergence_clears_the_mark_and_keeps_it_in_the_history(

@@ -251,6 +251,31 @@ def test_skip_still_stops_a_run_whose_every_batch_is_nonfinite() -> None:
         TrainConfig(n_steps=3, sigma=1.0, nonfinite="ignore")
 
 
+class RecordsTF32(nn.Module):
+    """Wraps a classifier; records whether cuDNN and cuBLAS may use TF32 at each call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return self.inner(image)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_is_set_for_the_run_and_restored_after(tf32, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not tf32)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", not tf32)
+    model = classifier_model()
+    model.classifier = RecordsTF32(model.classifier)
+    train(model, TrainConfig(n_steps=4, tf32=tf32, **CONFIG), digits())
+    assert len(model.classifier.seen) > 4  # training steps and evaluations
+    assert set(model.classifier.seen) == {(tf32, tf32)}
+    assert torch.backends.cudnn.allow_tf32 is (not tf32)  # restored
+    assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
+
+
 # -- configuration, devices --------------------------------------------------------------------
 
 
