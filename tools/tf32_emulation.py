@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lkstn.experiments import classification as cl
 from lkstn.experiments.mnist import MNIST
+from lkstn.learned._fast_cpu import _nnpack_conv
 from lkstn.learned.train import TrainConfig, train
 
 
@@ -41,19 +41,28 @@ def tf32(x: torch.Tensor) -> torch.Tensor:
 
 
 class _TF32Conv(torch.autograd.Function):
-    """A stride-1 unpadded convolution whose three products see TF32 operands."""
+    """A stride-1 unpadded convolution whose three products see TF32 operands.
+
+    The kernels are those of :class:`lkstn.learned._fast_cpu.FastConv2d` (NNPACK forward and
+    input gradient, oneDNN weight gradient), on rounded operands.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        return F.conv2d(tf32(x), tf32(weight), bias)
+        x, w = tf32(x), tf32(weight)
+        ctx.save_for_backward(x, w)
+        return _nnpack_conv(x, w, bias)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        g = tf32(grad)
-        grad_x = torch.nn.grad.conv2d_input(x.shape, tf32(weight), g)
-        grad_w = torch.nn.grad.conv2d_weight(tf32(x), weight.shape, g)
+        x, w = ctx.saved_tensors  # already rounded
+        g = tf32(grad.contiguous())
+        kh, kw = w.shape[-2:]
+        flipped = w.flip(2, 3).transpose(0, 1).contiguous()  # (I, O, kh, kw)
+        grad_x = _nnpack_conv(g, flipped, None, (kh - 1, kw - 1))
+        _, grad_w, _ = torch.ops.aten.convolution_backward(
+            g, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False]
+        )
         return grad_x, grad_w, grad.sum((0, 2, 3))
 
 
