@@ -64,8 +64,12 @@ def test_batches_are_the_same_on_every_device() -> None:
 
 @pytest.mark.gpu
 @cuda
-def test_graphed_step_gives_the_eager_gradient_of_every_batch(monkeypatch) -> None:
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # as train() runs
+def test_graphed_step_gives_the_eager_gradient_of_every_batch() -> None:
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # as train() runs
+        _graphed_against_eager_gradients()
+
+
+def _graphed_against_eager_gradients() -> None:
     model = mnist_icstn4().to("cuda")
     twin = copy.deepcopy(model)  # eager autograd on the legacy stream would block a capture
     data = digits().to("cuda", torch.float32)

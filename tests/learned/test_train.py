@@ -264,16 +264,22 @@ class RecordsTF32(nn.Module):
 
 
 @pytest.mark.parametrize("tf32", [False, True])
-def test_tf32_is_set_for_the_run_and_restored_after(tf32, monkeypatch) -> None:
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not tf32)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", not tf32)
-    model = classifier_model()
-    model.classifier = RecordsTF32(model.classifier)
-    train(model, TrainConfig(n_steps=4, tf32=tf32, **CONFIG), digits())
-    assert len(model.classifier.seen) > 4  # training steps and evaluations
-    assert set(model.classifier.seen) == {(tf32, tf32)}
-    assert torch.backends.cudnn.allow_tf32 is (not tf32)  # restored
-    assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
+def test_tf32_is_set_for_the_run_and_restored_after(tf32) -> None:
+    # saved and restored by hand: cuBLAS's flag is no plain attribute (monkeypatch can't undo it)
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = not tf32
+        model = classifier_model()
+        model.classifier = RecordsTF32(model.classifier)
+        train(model, TrainConfig(n_steps=4, tf32=tf32, **CONFIG), digits())
+        assert len(model.classifier.seen) > 4  # training steps and evaluations
+        assert set(model.classifier.seen) == {(tf32, tf32)}
+        assert [f.allow_tf32 for f in flags] == [not tf32, not tf32]  # restored
+    finally:
+        for f, value in zip(flags, before, strict=True):
+            f.allow_tf32 = value
 
 
 # -- configuration, devices --------------------------------------------------------------------
