@@ -17,8 +17,11 @@ so ``optimizer.zero_grad(set_to_none=True)`` before the call is harmless, and th
 loop checks the loss for NaN before it updates anything (as in eager mode) and any learning-rate
 schedule keeps working.
 
-Same kernels, same order, same arithmetic as eager mode on the same GPU; ``tests/learned/
-test_cuda.py`` checks a graphed training run against an eager one. The model must not synchronise
+The graph replays the kernels that the capture recorded, so it computes what eager mode computes
+on the same GPU up to cuDNN's choice of algorithm and its non-deterministic reductions;
+``tests/learned/test_graphed.py`` checks graphed gradients and a graphed training run against
+eager ones (not yet passed on a GPU: hence ``TrainConfig.cuda_graph=False`` by default, see
+docs/mnist_gtsrb.md). The model must not synchronise
 with the host inside its forward or backward (no ``.item()``, no data-dependent Python branches:
 the aligners of :mod:`lkstn.learned.stn` with ``update="eq10"`` do not); if capture fails, the
 step warns once and runs eagerly.
