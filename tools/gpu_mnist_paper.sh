@@ -13,7 +13,7 @@
 # evaluated on the whole perturbed test set every 20,000 steps. It resumes from
 # runs/mnist-paper-gpu when an earlier call on the same machine left a checkpoint there, or
 # from FROM, a copy of an earlier call's run folder (the .tgz it returned, unpacked). EXTRA adds
-# options, e.g. "--cuda-graph --skip-nonfinite".
+# options, e.g. "--skip-nonfinite" or "--no-cuda-graph" (CUDA graphs are the default).
 set -u
 DATA=$1 OUT=$2 BUDGET=$3
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1

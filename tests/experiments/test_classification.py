@@ -438,10 +438,10 @@ def test_skip_nonfinite_cuda_graph_tf32_reach_the_training_loop(mnist_root, tmp_
     assert row["skipped_steps"] == []  # nothing was non-finite
     progress = (tmp_path / "ic-stn-2a" / "progress.jsonl").read_text().splitlines()
     assert all(json.loads(ln)["skipped_steps"] == [] for ln in progress)
-    assert not any(c.cuda_graph or c.tf32 for c in seen)  # the defaults
-    assert _quick("mnist", mnist_root, tmp_path / "stop", ["IC-STN-2(a)"], "--cuda-graph",
+    assert all(c.cuda_graph and not c.tf32 for c in seen)  # the defaults
+    assert _quick("mnist", mnist_root, tmp_path / "stop", ["IC-STN-2(a)"], "--no-cuda-graph",
                   "--tf32") == 0  # fmt: skip
-    assert seen[-1].nonfinite == "stop" and seen[-1].cuda_graph and seen[-1].tf32
+    assert seen[-1].nonfinite == "stop" and not seen[-1].cuda_graph and seen[-1].tf32
 
 
 def test_a_resume_after_divergence_clears_the_mark_and_keeps_it_in_the_history(
