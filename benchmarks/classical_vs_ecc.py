@@ -109,14 +109,21 @@ def convergence(args) -> list[dict]:
                 # smoothed steepest-descent images (ICLK's gradient_sigma, in level pixels)
                 "ICLK-g1": ICLK(T, w, gradient_sigma=1.0, **kw),
                 f"ICLK-g1-pyr{L}": ICLK(T, w, pyramid=L, gradient_sigma=1.0, **kw),
+                # offset and gain projected out (ICLK's photometric), ECC's invariance
+                "ICLK-gb": ICLK(T, w, photometric="gain-bias", **kw),
+                "ICLK-g1-gb": ICLK(T, w, gradient_sigma=1.0, photometric="gain-bias", **kw),
+                f"ICLK-g1-gb-pyr{L}": ICLK(
+                    T, w, pyramid=L, gradient_sigma=1.0, photometric="gain-bias", **kw
+                ),
             }
             if HAS_MULTISCALE:
                 methods[f"ECC-ms{L}"] = ECC(T, w, levels=L, **kw)
             if args.methods:
                 keep = args.methods.split(",")
                 methods = {k: m for k, m in methods.items() if k.rstrip("0123456789") in keep}
+            image = prob.image * args.gain + args.bias  # relit: the template is unchanged
             rep = evaluate(
-                methods, prob.image, prob.p_true, shape, sigmas, args.n_trials, seed=args.seed
+                methods, image, prob.p_true, shape, sigmas, args.n_trials, seed=args.seed
             )
             print(
                 f"\n== {warp_name} {shape[0]}x{shape[1]}: % converged (median final corner error)"
@@ -204,6 +211,10 @@ def main(argv=None) -> int:
         "--methods", default="", help="comma list of ICLK,LK,CLK,ECC,ICLK-pyr,ECC-ms (default all)"
     )
     parser.add_argument("--threads", type=int, default=1, help="BLAS and OpenCV threads")
+    parser.add_argument(
+        "--gain", type=float, default=1.0, help="convergence runs: image = gain * cat + bias"
+    )
+    parser.add_argument("--bias", type=float, default=0.0, help="see --gain")
     parser.add_argument("--skip-convergence", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("out/classical_vs_ecc.json"))
@@ -225,6 +236,8 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "n_trials": args.n_trials,
         "n_iter": args.n_iter,
+        "gain": args.gain,
+        "bias": args.bias,
     }
     with threadpool_limits(limits=args.threads):
         if not args.skip_convergence:

@@ -101,6 +101,10 @@ def _cmd_align(args: argparse.Namespace) -> int:
             if args.method != "iclk":
                 raise UsageError("--gradient-sigma applies to --method iclk only")
             kwargs["gradient_sigma"] = args.gradient_sigma
+        if args.photometric:
+            if args.method != "iclk":
+                raise UsageError("--photometric applies to --method iclk only")
+            kwargs["photometric"] = args.photometric
         try:
             model = cls(template, warp=warp, n_iter=args.n_iter, **kwargs)
         except ValueError as exc:
@@ -170,6 +174,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="coarse-to-fine levels (iclk, lk, clk)")  # fmt: skip
     a.add_argument("--gradient-sigma", type=float, default=0.0, metavar="PX",
                    help="iclk: blur the template's gradients (~1 px widens the basin)")  # fmt: skip
+    a.add_argument("--photometric", choices=["bias", "gain-bias"], default=None,
+                   help="iclk: invariant to an offset (and gain) per channel, as ECC")  # fmt: skip
     a.add_argument("--n-iter", type=int, default=50)
     a.add_argument("--sdm-samples", type=int, default=2000)
     a.add_argument("--sdm-sigma", type=float, default=3.0)

@@ -57,10 +57,30 @@ def test_align_with_smoothed_gradients(pngs, tmp_path, capsys):
     assert corner_error(Affine(), np.array(record["p"]), p_true, (60, 60)) < 0.1
 
 
+def test_align_a_relit_image_with_photometric_invariance(pngs, tmp_path, capsys):
+    root, p_true = pngs
+    image = io.imread(root / "image.png") / 255.0
+    io.imsave(tmp_path / "relit.png", ((0.6 * image + 0.3) * 255).round().astype(np.uint8))
+    from lkstn.result import corner_error
+
+    errors = {}
+    for extra in ([], ["--photometric", "gain-bias"]):
+        out = tmp_path / str(len(extra))
+        code = main([
+            "align", str(root / "template.png"), str(tmp_path / "relit.png"), "--warp", "affine",
+            "--box", "150", "60", "250", "160", "--out", str(out), *extra,
+        ])  # fmt: skip
+        assert code == 0, capsys.readouterr()
+        p = np.array(json.loads((out / "params.json").read_text())["p"])
+        errors[bool(extra)] = corner_error(Affine(), p, p_true, (60, 60))
+    assert errors[True] < 0.1 < errors[False]  # gain 0.6, offset 0.3: SSD alone is pulled off
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--gradient-sigma", "-1"], "--gradient-sigma must be >= 0"),
     (["--gradient-sigma", "nan"], "--gradient-sigma must be >= 0"),
     (["--gradient-sigma", "1", "--method", "lk"], "--method iclk only"),
+    (["--photometric", "gain-bias", "--method", "lk"], "--method iclk only"),
 ])  # fmt: skip
 def test_bad_gradient_sigma_exit_2(pngs, tmp_path, capsys, extra, message):
     root, _ = pngs

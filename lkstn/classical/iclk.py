@@ -10,6 +10,10 @@ linear map ([LL17] eqs. (5)-(6)):
 
     dp = H^-1 sd^T (I(p) - T) = R I(p) + b,       p <- compose(p, inverse(dp)).
 
+With ``photometric="bias"`` or ``"gain-bias"`` the image may also differ from the template by an
+offset (and a gain) per channel, as ECC allows (:mod:`lkstn.classical.photometric`): still
+computed once from the template, at the same cost per iteration.
+
 Glossary: ``T`` template; ``I(p)`` image sampled at ``W(x; p)``; ``sd_images`` steepest-descent
 images; ``hessian`` ``sd^T sd``; ``R, b`` the linear regressor of [LL17] eq. (6).
 Frames: ``p`` maps the template's canonical frame into the image's canonical frame; gradients are
@@ -28,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from lkstn.classical._gauss_newton import GaussNewton, Level, singular
+from lkstn.classical.photometric import MODES, Photometric
 from lkstn.sampling import image_gradients
 
 __all__ = ["ICLK"]
@@ -38,6 +43,8 @@ class _ICLevel(Level):
     sd: np.ndarray  # (h*w*C, P) steepest-descent images, flattened like T.ravel()
     hessian: np.ndarray  # (P, P)
     R: np.ndarray  # (P, h*w*C) = hessian^-1 sd^T
+    photometric: Photometric  # the offsets (and gains) it is blind to
+    products: np.ndarray  # rows that multiply the error image in _measure: R (per channel), Q
 
 
 def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
@@ -71,6 +78,12 @@ class ICLK(GaussNewton):
         ``-1`` for a multi-channel template (and images).
     pyramid : int
         Number of coarse-to-fine levels (1: no pyramid); see :mod:`lkstn.classical.pyramid`.
+    photometric : None, "bias" or "gain-bias"
+        Photometric changes between template and image to be blind to, per channel: none (the
+        classical IC-LK: sum of squared differences), an offset (projected out), or an offset
+        and a gain (zero-mean channels compared at equal contrast: the invariance of OpenCV's
+        ECC). The cost is then what the offset (and gain) cannot explain; see
+        :mod:`lkstn.classical.photometric`. Same cost per iteration.
     gradient_sigma : float
         Standard deviation, in pixels of each level, of a Gaussian applied to the template
         before its gradients are taken for the steepest-descent images (0: none, the classical
@@ -115,7 +128,11 @@ class ICLK(GaussNewton):
         channel_axis: int | None = None,
         pyramid: int = 1,
         gradient_sigma: float = 0.0,
+        photometric: str | None = None,
     ) -> None:
+        if photometric not in MODES:
+            raise ValueError(f"photometric must be one of {MODES}, got {photometric!r}")
+        self.photometric = photometric
         if not (
             isinstance(gradient_sigma, int | float)
             and np.isfinite(gradient_sigma)
@@ -131,6 +148,8 @@ class ICLK(GaussNewton):
         if self.gradient_sigma > 0:  # for the gradients only; the error uses T itself
             T = ndimage.gaussian_filter(T, (self.gradient_sigma, self.gradient_sigma, 0))
         sd = steepest_descent(T, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
+        photometric = Photometric.of(level.template, self.photometric)
+        sd = photometric.project(sd)  # blind to offsets (and gains); unchanged for None
         hessian = sd.T @ sd  # [BM04] Fig. 4 step 6
         if singular(hessian):
             raise ValueError(
@@ -139,11 +158,19 @@ class ICLK(GaussNewton):
                 f"be aligned with {self.warp!r}"
             )
         R = np.linalg.solve(hessian, sd.T)  # (P, h*w*C), [LL17] eq. (5)
-        return _ICLevel(level.template, level.grid, sd, hessian, R)
+        return _ICLevel(
+            level.template, level.grid, sd, hessian, R, photometric, photometric.products(R)
+        )
+
+    def __repr__(self) -> str:
+        extra = [f"gradient_sigma={self.gradient_sigma}"] if self.gradient_sigma else []
+        extra += [f"photometric={self.photometric!r}"] if self.photometric else []
+        return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
 
     @property
     def sd_images(self) -> np.ndarray:
-        """Steepest-descent images ``dT(0)/dp``, ``(h, w, P)`` or ``(h, w, C, P)``."""
+        """Steepest-descent images ``dT(0)/dp``, ``(h, w, P)`` or ``(h, w, C, P)`` (with
+        ``photometric``, projected: orthogonal to the offset and gain images)."""
         sd = self._levels[0].sd.reshape(*self._T.shape, -1)
         return sd[..., 0, :] if self.channel_axis is None else sd.copy()
 
@@ -156,8 +183,15 @@ class ICLK(GaussNewton):
         """``(R, b)`` with ``dp = R @ I(p).ravel() + b`` ([LL17] eq. (6)), finest level.
 
         ``R = H^-1 sd^T`` is ``(P, h*w*C)`` and ``b = -R @ T.ravel()`` is ``(P,)``; ``I(p)`` is
-        ``warp_image(image, warp, p, template_shape, channel_axis=channel_axis)``.
+        ``warp_image(image, warp, p, template_shape, channel_axis=channel_axis)``. With
+        ``photometric="bias"`` ``b`` is zero (``R`` is blind to offsets); with ``"gain-bias"``
+        the step is not linear in ``I(p)`` and this raises ``ValueError``.
         """
+        if self.photometric == "gain-bias":
+            raise ValueError(
+                'with photometric="gain-bias" the step is not linear in I(p): each channel is '
+                "scaled to the template's contrast first (lkstn.classical.photometric)"
+            )
         R = self._levels[0].R
         return R.copy(), -R @ self._T.ravel()  # [LL17] eq. (6)
 
@@ -165,13 +199,13 @@ class ICLK(GaussNewton):
         """Steps (1), (2), (7) and (8) fused block by block: I(p) is never stored whole."""
         h, w, C = level.template.shape
         T = level.template.reshape(1, h * w, C)
-        ssd, dp = np.zeros(len(p)), np.zeros((len(p), level.R.shape[0]))
+        sq, proj = np.zeros((len(p), C)), np.zeros((len(p), len(level.products)))
         for s, t, Ip in sampler.blocks(p, index):  # (1) I(W(x; p)), (na, nq, C)
             Ip -= T[:, t]  # (2) error image I(p) - T
-            e = Ip.reshape(len(Ip), -1)  # (na, nq*C)
-            ssd[s] += np.einsum("nq,nq->n", e, e)
-            R = level.R[:, t.start * C : t.stop * C]  # (P, nq*C) columns of these pixels
-            dp[s] += (R @ e.T).T  # (7)-(8) H^-1 sd^T (I(p) - T)
+            sq[s] += np.einsum("nqc,nqc->nc", Ip, Ip)
+            rows = level.products[:, t.start * C : t.stop * C]  # columns of these pixels
+            proj[s] += (rows @ Ip.reshape(len(Ip), -1).T).T  # (7)-(8) H^-1 sd^T (I(p) - T)
+        ssd, dp = level.photometric.finish(proj, sq)
         return ssd / (h * w * C), (dp,)
 
     def _step(self, level: _ICLevel, p, dp):

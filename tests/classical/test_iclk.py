@@ -96,11 +96,12 @@ def test_batched_call_equals_one_at_a_time():
     assert not res_b.converged[2]  # the flipped cat does not contain the template
 
 
+@pytest.mark.parametrize("photometric", [None, "bias"])
 @pytest.mark.parametrize("color", [False, True])
 @pytest.mark.parametrize("warp", WARPS, ids=str)
-def test_regressor_gives_the_iclk_step(warp, color):
+def test_regressor_gives_the_iclk_step(warp, color, photometric):
     prob = problem(warp=warp, color=color)
-    aligner = ICLK(prob.template, warp, channel_axis=prob.channel_axis)
+    aligner = ICLK(prob.template, warp, channel_axis=prob.channel_axis, photometric=photometric)
     R, b = aligner.regressor()
     C = 3 if color else 1
     assert R.shape == (warp.n_params, 50 * 50 * C) and b.shape == (warp.n_params,)
@@ -108,7 +109,14 @@ def test_regressor_gives_the_iclk_step(warp, color):
     Ip = warp_image(prob.image, warp, p0, prob.template_shape, channel_axis=prob.channel_axis)
     dp_regressor = Ip.reshape(4, -1) @ R.T + b  # [LL17] eq. (6)
     p1 = (
-        ICLK(prob.template, warp, n_iter=1, tol=0.0, channel_axis=prob.channel_axis)
+        ICLK(
+            prob.template,
+            warp,
+            n_iter=1,
+            tol=0.0,
+            channel_axis=prob.channel_axis,
+            photometric=photometric,
+        )
         .align(prob.image, p0)
         .p
     )
@@ -215,3 +223,102 @@ def test_fused_sampler_equals_warp_image_borders_included(warp, channels):
     ref_b = warp_image(images[index], warp, p, (9, 12), channel_axis=axis)
     np.testing.assert_allclose(sampler(p, index).reshape(ref_b.shape), ref_b, atol=1e-12)
     assert (ref == 0).any() and (ref != 0).any()  # the cases cover outside and inside
+
+
+# -- photometric invariance: project out offset and gain ([BM04] Sec. 4.2) ----------------------
+
+
+def relit(prob, gain, bias):
+    """The image under a per-channel gain and offset: the template is no longer I(p_true)."""
+    return prob.image * gain + bias
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_gain_and_bias_are_discounted_and_the_warp_recovered(color):
+    prob = problem(warp="homography", color=color)
+    p_init = starts(prob, 1.0, 12)
+    kw = dict(n_iter=100, tol=1e-6, channel_axis=prob.channel_axis)
+
+    def error(photometric, gain, bias):
+        res = ICLK(prob.template, Homography(), photometric=photometric, **kw).align(
+            relit(prob, gain, bias), p_init
+        )
+        return corner_error(Homography(), res.p, prob.p_true, (50, 50)), res.converged
+
+    gains = [np.array([1.4, 0.8, 1.2]), np.array([4.0, 2.5, 0.3])] if color else [1.4, 4.0, 0.3]
+    bias = np.array([-0.2, 0.1, 0.0]) if color else -0.2
+    for gain in gains:  # above 2, a fixed projection alone would overshoot and diverge
+        err, converged = error("gain-bias", gain, bias)
+        assert err.max() < 0.05 and converged.all()
+    assert error(None, gains[0], bias)[0].min() > 0.15  # plain SSD is pulled off
+    err, converged = error("bias", 1.0, bias)  # an offset alone
+    assert err.max() < 0.05 and converged.all()
+    assert error("bias", gains[0], bias)[0].max() > 0.05  # a gain it does not model
+
+
+@pytest.mark.parametrize("photometric", ["bias", "gain-bias"])
+def test_relit_truth_is_a_fixed_point_with_zero_cost(photometric):
+    prob = problem(color=True)
+    gain = 1.0 if photometric == "bias" else np.array([0.7, 1.3, 1.1])
+    image = relit(prob, gain, np.array([0.1, -0.3, 0.2]))
+    aligner = ICLK(prob.template, Affine(), n_iter=5, tol=0.0, channel_axis=-1,
+                   photometric=photometric)  # fmt: skip
+    res = aligner.align(image, np.tile(prob.p_true, (2, 1)))
+    np.testing.assert_allclose(res.history, np.broadcast_to(prob.p_true, res.history.shape),
+                               atol=1e-10)  # fmt: skip
+    # sums of squares less projections: rounding of ~0.05 x 7,500 terms; plain SSD gives ~0.05
+    assert res.cost.max() < 1e-12
+
+
+@pytest.mark.parametrize("photometric", ["bias", "gain-bias"])
+@pytest.mark.parametrize("color", [False, True])
+def test_photometric_cost_is_the_residual_left_by_offset_and_gain(color, photometric):
+    prob = problem(color=color)
+    C = 3 if color else 1
+    aligner = ICLK(prob.template, Affine(), n_iter=4, tol=0.0, channel_axis=prob.channel_axis,
+                   photometric=photometric)  # fmt: skip
+    image = relit(prob, 1.3, 0.05)
+    res = aligner.align(image, starts(prob, 2.0, 3))
+    T = prob.template.reshape(50 * 50, C)
+    t = T - T.mean(0)
+    for k in (0, 2, 4):
+        Ip = warp_image(image, Affine(), res.history[k], (50, 50),
+                        channel_axis=prob.channel_axis).reshape(3, 50 * 50, C)  # fmt: skip
+        i = Ip - Ip.mean(1, keepdims=True)
+        if photometric == "bias":  # the best offset per channel: both zero-mean
+            residual = i - t
+        else:  # and equal contrast: i scaled to the norm of t, per channel
+            residual = i * np.linalg.norm(t, axis=0) / np.linalg.norm(i, axis=1, keepdims=True) - t
+        expected = (residual**2).sum((1, 2)) / T.size
+        np.testing.assert_allclose(res.cost[k], expected, rtol=1e-7)
+
+
+def test_projected_sd_images_are_blind_to_offset_and_gain():
+    prob = problem(color=True)
+    aligner = ICLK(prob.template, Homography(), channel_axis=-1, photometric="gain-bias")
+    sd = aligner.sd_images.reshape(-1, 3, 8)  # (pixels, channels, P)
+    T = prob.template.reshape(-1, 3, 1)
+    scale = np.abs(sd).sum(0)
+    assert (np.abs(sd.sum(0)) < 1e-10 * scale).all()  # orthogonal to a constant channel
+    assert (np.abs((sd * T).sum(0)) < 1e-10 * scale).all()  # and to the template's channel
+    plain = ICLK(prob.template, Homography(), channel_axis=-1)
+    assert np.abs(plain.sd_images.reshape(-1, 3, 8).sum(0)).max() > 1e-3 * scale.max()
+
+
+def test_a_flat_image_region_fails_instead_of_converging_with_gain_bias():
+    prob = problem()
+    image = prob.image.copy()
+    image[:] = 0.5  # nothing to correlate with: the contrast normalisation is undefined
+    res = ICLK(prob.template, Affine(), photometric="gain-bias").align(image, starts(prob, 1, 3))
+    assert not res.converged.any()
+
+
+def test_gain_bias_has_no_linear_regressor():
+    with pytest.raises(ValueError, match="not linear"):
+        ICLK(problem().template, Affine(), photometric="gain-bias").regressor()
+
+
+@pytest.mark.parametrize("bad", ["gain", "ECC", 1, True])
+def test_bad_photometric_is_refused(bad):
+    with pytest.raises(ValueError, match="photometric"):
+        ICLK(problem().template, Affine(), photometric=bad)

@@ -247,10 +247,11 @@ def test_gradcheck_through_every_recurrence(update) -> None:
 # -- IC-LK as a one-linear-layer IC-STN ([LL17] eqs. (5)-(6)) --------------------------------
 
 
+@pytest.mark.parametrize("photometric", [None, "bias"])
 @pytest.mark.parametrize(
     "warp, channels", [(Affine(), None), (Homography(), 3)], ids=["affine-grey", "homography-rgb"]
 )
-def test_from_iclk_reproduces_the_iclk_trajectory(warp, channels) -> None:
+def test_from_iclk_reproduces_the_iclk_trajectory(warp, channels, photometric) -> None:
     rgb = skdata.astronaut()[::4, ::4] / 255.0  # (128, 128, 3)
     image = rgb.mean(-1) if channels is None else rgb
     P = warp.n_params
@@ -262,7 +263,9 @@ def test_from_iclk_reproduces_the_iclk_trajectory(warp, channels) -> None:
     T = warp_image(image, warp, p_true, (36, 40), channel_axis=axis)
     p_init = perturb(warp, p_true, 1.5, (36, 40), np.random.default_rng(6), n=6)
     # tol=0: IC-LK never freezes an alignment, like the network (ICSTN.from_iclk docstring)
-    iclk = ICLK(T, warp, n_iter=12, tol=0.0, channel_axis=axis)
+    iclk = ICLK(T, warp, n_iter=12, tol=0.0, channel_axis=axis, photometric=photometric)
+    if photometric:
+        image = image * 0.9 + 0.1  # an offset "bias" is blind to (and a gain it is not)
     expected = iclk.align(image, p_init)
     model = ICSTN.from_iclk(iclk)
     assert model.update == "inverse" and model.n_warps == 12
@@ -273,6 +276,12 @@ def test_from_iclk_reproduces_the_iclk_trajectory(warp, channels) -> None:
     got = model.align(torch_image, torch.as_tensor(p_init))
     assert np.abs(got.history.numpy() - expected.history).max() < 1e-6
     assert np.abs(expected.history[-1] - expected.history[0]).max() > 1e-2  # it did move
+
+
+def test_from_iclk_refuses_a_step_that_is_not_linear() -> None:
+    T = skdata.camera()[::8, ::8] / 255.0
+    with pytest.raises(ValueError, match="not linear"):
+        ICSTN.from_iclk(ICLK(T, Affine(), photometric="gain-bias"))
 
 
 # -- bad input ---------------------------------------------------------------------------------
