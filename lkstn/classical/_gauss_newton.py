@@ -250,6 +250,10 @@ class GaussNewton:
         """What the sampler reads, ``(B, H, W, K)``: the images (LK adds their gradients)."""
         return images
 
+    def _sampler(self, images: np.ndarray, level: Level) -> Sampler:
+        """What samples ``I(p)`` at this level (ICLK may sample in single precision)."""
+        return Sampler(images, self.warp, level.grid)
+
     def _measure(self, level: Level, sampler: Sampler, p: np.ndarray, index) -> tuple:
         """Steps (1)-(2) for ``n`` alignments: ``(cost (n,), work)``, ``work`` a tuple of arrays
         with ``n`` rows that ``_step`` consumes: here ``I(p)`` samples and the error ``e``."""
@@ -303,7 +307,7 @@ class GaussNewton:
             for i, level in enumerate(reversed(self._levels)):  # coarse to fine
                 state.live, state.done = ~state.failed, state.failed.copy()
                 state.converged[:] = False
-                sampler = Sampler(self._sampled(pyr[self.pyramid - 1 - i]), self.warp, level.grid)
+                sampler = self._sampler(self._sampled(pyr[self.pyramid - 1 - i]), level)
                 rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
                 self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i])
         converged = state.converged & ~state.failed & np.isfinite(state.cost)

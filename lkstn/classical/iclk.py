@@ -37,6 +37,8 @@ from lkstn.sampling import image_gradients
 
 __all__ = ["ICLK"]
 
+DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
 
 @dataclass(frozen=True)
 class _ICLevel(Level):
@@ -45,6 +47,8 @@ class _ICLevel(Level):
     R: np.ndarray  # (P, h*w*C) = hessian^-1 sd^T
     photometric: Photometric  # the offsets (and gains) it is blind to
     products: np.ndarray  # rows that multiply the error image in _measure: R (per channel), Q
+    products32: np.ndarray  # the same in float32, for the single-precision sampler
+    template32: np.ndarray  # the template in float32, likewise
 
 
 def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
@@ -84,6 +88,10 @@ class ICLK(GaussNewton):
         and a gain (zero-mean channels compared at equal contrast: the invariance of OpenCV's
         ECC). The cost is then what the offset (and gain) cannot explain; see
         :mod:`lkstn.classical.photometric`. Same cost per iteration.
+    dtype : float64 (default) or float32
+        Precision of sampling and of the fixed linear map. ``float32`` samples through
+        PyTorch's compiled bilinear ``grid_sample`` (:mod:`lkstn.classical._single`; about twice
+        as fast on a batch of starts); the warp update and the convergence test stay float64.
     gradient_sigma : float
         Standard deviation, in pixels of each level, of a Gaussian applied to the template
         before its gradients are taken for the steepest-descent images (0: none, the classical
@@ -129,7 +137,14 @@ class ICLK(GaussNewton):
         pyramid: int = 1,
         gradient_sigma: float = 0.0,
         photometric: str | None = None,
+        dtype: Any = np.float64,
     ) -> None:
+        try:
+            self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype not in DTYPES:  # (np.dtype(...) == None is True)
+            raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")
         if photometric not in MODES:
             raise ValueError(f"photometric must be one of {MODES}, got {photometric!r}")
         self.photometric = photometric
@@ -158,13 +173,16 @@ class ICLK(GaussNewton):
                 f"be aligned with {self.warp!r}"
             )
         R = np.linalg.solve(hessian, sd.T)  # (P, h*w*C), [LL17] eq. (5)
+        products = photometric.products(R)
         return _ICLevel(
-            level.template, level.grid, sd, hessian, R, photometric, photometric.products(R)
-        )
+            level.template, level.grid, sd, hessian, R, photometric, products,
+            products.astype(np.float32), level.template.astype(np.float32),
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         extra = [f"gradient_sigma={self.gradient_sigma}"] if self.gradient_sigma else []
         extra += [f"photometric={self.photometric!r}"] if self.photometric else []
+        extra += ["dtype='float32'"] if self.dtype == np.float32 else []
         return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
 
     @property
@@ -195,15 +213,27 @@ class ICLK(GaussNewton):
         R = self._levels[0].R
         return R.copy(), -R @ self._T.ravel()  # [LL17] eq. (6)
 
+    def _sampler(self, images: np.ndarray, level: _ICLevel):
+        if self.dtype == np.float32:
+            from lkstn.classical._single import SingleSampler  # imports torch
+
+            return SingleSampler(images, self.warp, level.template.shape[:2])
+        return super()._sampler(images, level)
+
     def _measure(self, level: _ICLevel, sampler, p, index):
         """Steps (1), (2), (7) and (8) fused block by block: I(p) is never stored whole."""
         h, w, C = level.template.shape
-        T = level.template.reshape(1, h * w, C)
-        sq, proj = np.zeros((len(p), C)), np.zeros((len(p), len(level.products)))
+        single = self.dtype == np.float32  # the sampler's precision, and so the products'
+        T = (level.template32 if single else level.template).reshape(1, h * w, C)
+        fixed = level.products32 if single else level.products
+        sq, proj = np.zeros((len(p), C)), np.zeros((len(p), len(fixed)))
         for s, t, Ip in sampler.blocks(p, index):  # (1) I(W(x; p)), (na, nq, C)
             Ip -= T[:, t]  # (2) error image I(p) - T
-            sq[s] += np.einsum("nqc,nqc->nc", Ip, Ip)
-            rows = level.products[:, t.start * C : t.stop * C]  # columns of these pixels
+            if C == 1:  # the 2-D form is a fast dot product per row
+                sq[s, 0] += np.einsum("nq,nq->n", Ip[..., 0], Ip[..., 0])
+            else:
+                sq[s] += np.einsum("nqc,nqc->nc", Ip, Ip)
+            rows = fixed[:, t.start * C : t.stop * C]  # columns of these pixels
             proj[s] += (rows @ Ip.reshape(len(Ip), -1).T).T  # (7)-(8) H^-1 sd^T (I(p) - T)
         ssd, dp = level.photometric.finish(proj, sq)
         return ssd / (h * w * C), (dp,)
