@@ -94,12 +94,16 @@ class WarpSampler(nn.Module):
     def grid_of(self, M: Tensor) -> Tensor:
         """Sampling grid ``W(x; p)`` of the template frame, ``(B, h, w, 2)``."""
         h, w = self.template_shape
-        if self.warp.projective:
-            xyz = M @ self.grid  # (B, 3, h*w)
-            xy = xyz[:, :2] / xyz[:, 2:]  # (B, 2, h*w)
-        else:
-            xy = M[:, :2] @ self.grid  # (B, 2, h*w)
-        return xy.transpose(1, 2).reshape(-1, h, w, 2)
+        rows = 3 if self.warp.projective else 2
+        # the grid is regular: coordinate r of pixel (i, j) is M[r, 0] u_j + (M[r, 1] v_i + M[r, 2])
+        # (u, v the canonical column and row positions), one broadcast sum instead of a (3, h*w)
+        # product with an inner dimension of 3
+        u, v = self.grid[0, :w], self.grid[1, ::w]
+        cols = M[:, :rows, 0, None] * u  # (B, rows, w)
+        lines = M[:, :rows, 1, None] * v + M[:, :rows, 2, None]  # (B, rows, h)
+        xyz = cols[:, :, None, :] + lines[:, :, :, None]  # (B, rows, h, w)
+        xy = xyz[:, :2] / xyz[:, 2:] if self.warp.projective else xyz
+        return xy.permute(0, 2, 3, 1)  # (B, h, w, 2)
 
     def sample(self, image: Tensor, M: Tensor) -> Tensor:
         """``I(p)``: ``image`` ``(B, C, H, W)`` sampled at ``W(x; p)``, ``(B, C, h, w)``."""
