@@ -94,10 +94,20 @@ class WarpSampler(nn.Module):
     def grid_of(self, M: Tensor) -> Tensor:
         """Sampling grid ``W(x; p)`` of the template frame, ``(B, h, w, 2)``."""
         h, w = self.template_shape
+        if M.device.type != "cpu":  # the product form, as verified on a GPU (see below)
+            if self.warp.projective:
+                xyz = M @ self.grid  # (B, 3, h*w)
+                xy = xyz[:, :2] / xyz[:, 2:]  # (B, 2, h*w)
+            else:
+                xy = M[:, :2] @ self.grid  # (B, 2, h*w)
+            return xy.transpose(1, 2).reshape(-1, h, w, 2)
+        # On the CPU: the grid is regular, so coordinate r of pixel (i, j) is
+        # M[r, 0] u_j + (M[r, 1] v_i + M[r, 2]) (u, v the canonical column and row positions): one
+        # broadcast sum instead of a (3, h*w) product with an inner dimension of 3, which cost
+        # ~10 % of an MNIST IC-STN-4 training step (benchmarks/README.md). Not used on a GPU:
+        # there two eager float64 trainings with it drifted apart by 5e-3 in 30 steps (2e-9 with
+        # the product form), cause not established, so the GPU keeps the form it was tested with.
         rows = 3 if self.warp.projective else 2
-        # the grid is regular: coordinate r of pixel (i, j) is M[r, 0] u_j + (M[r, 1] v_i + M[r, 2])
-        # (u, v the canonical column and row positions), one broadcast sum instead of a (3, h*w)
-        # product with an inner dimension of 3
         u, v = self.grid[0, :w], self.grid[1, ::w]
         cols = M[:, :rows, 0, None] * u  # (B, rows, w)
         lines = M[:, :rows, 1, None] * v + M[:, :rows, 2, None]  # (B, rows, h)

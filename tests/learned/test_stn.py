@@ -72,6 +72,26 @@ def test_sampler_matches_warp_image_torch_and_scipy(warp) -> None:
     assert (fast == 0).any()  # the border convention is exercised
 
 
+@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=lambda w: w.name)
+def test_separable_cpu_grid_is_the_product_form_with_its_gradient(warp) -> None:
+    # on the CPU the grid is a broadcast sum of column and row terms; other devices keep the
+    # product M @ grid: the same values and the same gradient
+    S = WarpSampler(warp, (7, 9)).double()
+    M = S.matrix(random_p(warp, 4, 0.2, 3)).requires_grad_(True)
+    fast = S.grid_of(M)
+    xyz = M @ S.grid
+    product = (xyz[:, :2] / xyz[:, 2:] if warp.projective else xyz[:, :2]).transpose(1, 2)
+    product = product.reshape(4, 7, 9, 2)
+    torch.testing.assert_close(fast, product, rtol=0, atol=1e-15)
+    weights = torch.rand(
+        fast.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
+    )
+    (g_fast,) = torch.autograd.grad((fast * weights).sum(), M)
+    (g_product,) = torch.autograd.grad((product * weights).sum(), M)
+    torch.testing.assert_close(g_fast, g_product, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(S.grid_of, (M.detach().requires_grad_(True),))
+
+
 def test_sampler_follows_dtype_and_keeps_constants_out_of_state_dict() -> None:
     S = WarpSampler(Homography(), (5, 6))
     assert S.grid.dtype == torch.float32 and S.grid.shape == (3, 30)
