@@ -65,8 +65,9 @@ class SingleSampler:
         return out
 
     def blocks(self, p: np.ndarray, image_index: np.ndarray | None):
-        """Yield ``(alignments, pixels, I(p)[alignments, pixels])``, ``(na, h*w, K)`` float32
-        arrays, whole alignments at a time."""
+        """Yield ``(alignments, pixels, I(p)[alignments, pixels])``: ``(nb, h*w, K)`` float32
+        arrays, whole alignments at a time (views of one ``grid_sample`` output; the caller may
+        write into them)."""
         h, w = self._shape
         every = slice(0, h * w)
         M = torch.from_numpy(np.ascontiguousarray(self._warp._matrix(p)))  # (n, 3, 3) float64
