@@ -1,6 +1,6 @@
 """ICLK's sampler in single precision, through PyTorch's compiled bilinear ``grid_sample``.
 
-:class:`~lkstn.classical._gauss_newton.Sampler` computes ``I(W(x; p))`` in float64 NumPy at about
+:class:`~lkstn.classical._sampler.Sampler` computes ``I(W(x; p))`` in float64 NumPy at about
 10 ns a sample (four gathers and some fifteen array passes); ``torch.nn.functional.grid_sample``
 does the same interpolation in float32 in one vectorised C++ loop, about 2.5 ns a sample on the
 dev machine. IC-LK spends most of its time sampling, so ``ICLK(dtype="float32")`` samples here
@@ -34,7 +34,7 @@ _YIELD = 1 << 16  # samples per block yielded: what the caller does with them st
 
 
 class SingleSampler:
-    """``I(p)`` in float32 for ``n`` alignments: the interface of ``_gauss_newton.Sampler``.
+    """``I(p)`` in float32 for ``n`` alignments: the interface of ``_sampler.Sampler``.
 
     Parameters
     ----------

@@ -206,7 +206,7 @@ def test_bad_gradient_sigma_is_refused(bad):
 def test_fused_sampler_equals_warp_image_borders_included(warp, channels):
     """The aligners' internal sampler is warp_image's arithmetic: inside, across the border
     (zero padding), far outside, and across a homography's line at infinity."""
-    from lkstn.classical._gauss_newton import Sampler
+    from lkstn.classical._sampler import Sampler
     from lkstn.sampling import canonical_grid
 
     rng = np.random.default_rng(7)

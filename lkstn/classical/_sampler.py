@@ -1,0 +1,127 @@
+"""The float64 bilinear sampler of the Gauss-Newton aligners: ``I(W(x; p))`` for many ``p``.
+
+:class:`Sampler` is what LK, CompositionalLK and ICLK call once per iteration for all their
+alignments; ``ICLK(dtype="float32")`` uses :class:`lkstn.classical._single.SingleSampler`, which
+has the same interface. Glossary as in :mod:`lkstn.classical._gauss_newton`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lkstn.warps import Warp
+
+__all__ = ["Sampler"]
+
+_BLOCK = 1 << 14  # samples per block of the sampler: the temporaries stay in cache
+
+
+class Sampler:
+    """Bilinear, zero-padded sampling of ``(B, H, W, K)`` images at ``W(grid; p)``.
+
+    The arithmetic of :func:`lkstn.sampling.warp_image` (``map_coordinates(order=1,
+    mode="grid-constant")``, agreeing to rounding), fused and without re-validation. The
+    canonical-to-pixel change of frame is folded into ``M(p)``; the image gets a one-pixel zero
+    border, and coordinates are clamped onto that border, which reproduces zero padding exactly.
+    A sample is four gathers (through offset views, no index arithmetic) and three lerps. Blocks
+    whose template corners all land inside the image skip the clamping (the image of the
+    template frame under an affine warp, or a homography positive at the corners, is convex).
+    """
+
+    def __init__(self, images: np.ndarray, warp: Warp, grid: np.ndarray) -> None:
+        B, H, W, K = images.shape
+        padded = np.zeros((B, H + 2, W + 2, K))  # a one-pixel zero border: exact zero padding
+        padded[:, 1:-1, 1:-1] = images
+        flat = padded.reshape(-1, K) if K > 1 else padded.reshape(-1)  # (B*Hp*Wp[, K])
+        Wp = W + 2
+        # the four bilinear neighbours of flat index i are i, i + 1, i + Wp, i + Wp + 1: views
+        # of one array (the last rows of the shifted views are never read)
+        self._neighbours = [flat, flat[1:], flat[Wp:], flat[Wp + 1 :]]
+        self._size = (H + 2, W + 2)  # padded frame
+        self._K = K
+        self._warp = warp
+        grid_h = np.concatenate([grid, np.ones((len(grid), 1))], 1).T  # (3, h*w) homogeneous
+        hw = grid_h.shape[1]
+        self._na, nq = max(1, _BLOCK // hw), min(hw, _BLOCK)  # block: na alignments x nq pixels
+        self._grid_blocks = [
+            (slice(q, q + nq), np.ascontiguousarray(grid_h[:, q : q + nq]))
+            for q in range(0, hw, nq)
+        ]
+        self._hw = hw
+        self._corners = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])  # (3, 4)
+        sx, sy = (W - 1) / 2.0, (H - 1) / 2.0  # padded pixel = (x + 1) (W - 1) / 2 + 1
+        self._pad_from_canonical = np.array([[sx, 0, sx + 1], [0, sy, sy + 1], [0, 0, 1.0]])
+        self._out = np.empty((0, len(grid), K))
+
+    def __call__(self, p: np.ndarray, image_index: np.ndarray | None) -> np.ndarray:
+        """``I(p)`` for ``p`` ``(n, P)`` in image ``image_index[i]`` (or 0): ``(n, h*w, K)``.
+
+        The result is a view of a buffer that the next call overwrites.
+        """
+        n, hw = p.shape[0], self._hw
+        if self._out.shape[0] < n:
+            self._out = np.empty((n, hw, self._K))
+        out = self._out[:n]
+        for s, t, values in self.blocks(p, image_index):
+            out[s, t] = values
+        return out
+
+    def blocks(self, p: np.ndarray, image_index: np.ndarray | None):
+        """Yield ``(alignments, pixels, I(p)[alignments, pixels])`` block by block.
+
+        Blocks hold about ``_BLOCK`` samples (whole alignments when the template is small), so
+        that the temporaries stay in cache; the values are ``(na, nq, K)`` fresh arrays.
+        """
+        n = p.shape[0]
+        A = self._pad_from_canonical @ self._warp._matrix(
+            p
+        )  # (n, 3, 3) padded pixel from canonical
+        Hp, Wp = self._size
+        corners = A @ self._corners  # (n, 3, 4)
+        w = corners[:, 2]
+        x, y = corners[:, 0] / w, corners[:, 1] / w
+        m = 1e-6  # margin against rounding between corners and interior points
+        inside = (w > 0) & (x >= m) & (x <= Wp - 1 - m) & (y >= m) & (y <= Hp - 1 - m)
+        inside = inside.all(-1)  # convex image of the frame: all samples inside
+        base = None if image_index is None else image_index * float(Hp * Wp)
+        for a in range(0, n, self._na):  # blocks of samples, not alignments one by one
+            s = slice(a, a + self._na)
+            b = None if base is None else base[s]
+            for t, G in self._grid_blocks:
+                yield s, t, self._bilinear(A[s], G, b, bool(inside[s].all()))
+
+    def _bilinear(self, A, G, base, inside: bool) -> np.ndarray:
+        Hp, Wp = self._size
+        x, y = A[:, 0] @ G, A[:, 1] @ G  # (na, nq) padded pixel coordinates
+        if self._warp.projective:
+            w = A[:, 2] @ G
+            x /= w
+            y /= w
+        if not inside:  # clamp onto the zero border (fmax/fmin also send NaN there)
+            np.fmin(np.fmax(x, 0.0, out=x), Wp - 1.0, out=x)
+            np.fmin(np.fmax(y, 0.0, out=y), Hp - 1.0, out=y)
+        x0, y0 = np.floor(x), np.floor(y)
+        if not inside:
+            np.minimum(x0, Wp - 2.0, out=x0)
+            np.minimum(y0, Hp - 2.0, out=y0)
+        x -= x0  # fractional parts in [0, 1]
+        y -= y0
+        y0 *= Wp  # flat index of the top-left neighbour, exact in float64
+        y0 += x0
+        if base is not None:
+            y0 += base[:, None]
+        i = y0.astype(np.intp)
+        if self._K > 1:
+            x, y = x[..., None], y[..., None]
+        # mode="clip" is a no-op here (indices are in range by construction) and skips checks
+        v00, v01, v10, v11 = (v.take(i, axis=0, mode="clip") for v in self._neighbours)
+        v01 -= v00  # top = v00 + x (v01 - v00)
+        v01 *= x
+        v01 += v00
+        v11 -= v10  # bottom = v10 + x (v11 - v10)
+        v11 *= x
+        v11 += v10
+        v11 -= v01  # top + y (bottom - top)
+        v11 *= y
+        v11 += v01
+        return v11 if self._K > 1 else v11[..., None]  # (na, nq, K)
