@@ -124,6 +124,14 @@ class ICLK(GaussNewton):
     >>> result = ICLK(template, Affine(), n_iter=30, tol=1e-8).align(image, p_init)
     >>> bool(result.converged), bool(np.allclose(result.p, p_true, atol=1e-6))
     (True, True)
+
+    The same image at half the contrast and brighter: blind to offset and gain.
+
+    >>> relit = 0.5 * image + 0.3
+    >>> aligner = ICLK(template, Affine(), n_iter=30, tol=1e-8, photometric="gain-bias")
+    >>> result = aligner.align(relit, p_init)
+    >>> bool(result.converged), bool(np.allclose(result.p, p_true, atol=1e-6))
+    (True, True)
     """
 
     def __init__(
