@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from lkstn.classical._gauss_newton import GaussNewton, Level, singular
-from lkstn.classical.photometric import MODES, Photometric
+from lkstn.classical.photometric import Photometric
 from lkstn.sampling import image_gradients
 
 __all__ = ["ICLK"]
@@ -153,9 +153,7 @@ class ICLK(GaussNewton):
             self.dtype = None
         if self.dtype is None or self.dtype not in DTYPES:  # (np.dtype(...) == None is True)
             raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")
-        if photometric not in MODES:
-            raise ValueError(f"photometric must be one of {MODES}, got {photometric!r}")
-        self.photometric = photometric
+        self.photometric = photometric  # checked by Photometric.of, in _prepare_level
         if not (
             isinstance(gradient_sigma, int | float)
             and np.isfinite(gradient_sigma)
