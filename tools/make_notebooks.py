@@ -326,8 +326,10 @@ for photometric in (None, "gain-bias"):
     aligner = ICLK(T, warp, n_iter=50, photometric=photometric)
     res = aligner.align(relit, starts)
     err = corner_error(warp, res.p, p_true, shape)
-    print(f"photometric={photometric!s:9}: {np.mean(err < 1):4.0%} converged, "
-          f"median corner error {np.median(err):.3g} px")
+    print(
+        f"photometric={photometric!s:9}: {np.mean(err < 1):4.0%} converged, "
+        f"median corner error {np.median(err):.3g} px"
+    )
     if photometric:
         assert np.mean(err < 1) > 0.9 and np.median(err) < 0.05
     else:
