@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,11 @@ class ECC:
         return cv2.findTransformECCMultiScale(self._T, I, M, params)[1]
 
 
+def _family(name: str) -> str:
+    """A method's name without its numbers: ``ICLK-g3-gb-pyr2`` -> ``ICLK-g-gb-pyr``."""
+    return re.sub(r"\d+(\.\d+)?", "", name)
+
+
 def n_levels(template_shape, smallest=20) -> int:
     """Pyramid depth whose coarsest template keeps at least ``smallest`` pixels a side."""
     n = 1
@@ -101,27 +107,28 @@ def convergence(args) -> list[dict]:
             prob = planar_problem(shape, warp=warp_name)
             T, w, L = prob.template, prob.warp, n_levels(shape)
             kw = dict(n_iter=args.n_iter)
+            gs, g = args.gradient_sigma, f"{args.gradient_sigma:g}"
             methods = {
                 "ICLK": ICLK(T, w, **kw),
                 "LK": LK(T, w, **kw),
                 "CLK": CompositionalLK(T, w, **kw),
                 "ECC": ECC(T, w, **kw),
                 f"ICLK-pyr{L}": ICLK(T, w, pyramid=L, **kw),
-                # smoothed steepest-descent images (ICLK's gradient_sigma, in level pixels)
-                "ICLK-g1": ICLK(T, w, gradient_sigma=1.0, **kw),
-                f"ICLK-g1-pyr{L}": ICLK(T, w, pyramid=L, gradient_sigma=1.0, **kw),
+                # smoothed steepest-descent images (ICLK's gradient_sigma, template pixels)
+                f"ICLK-g{g}": ICLK(T, w, gradient_sigma=gs, **kw),
+                f"ICLK-g{g}-pyr{L}": ICLK(T, w, pyramid=L, gradient_sigma=gs, **kw),
                 # offset and gain projected out (ICLK's photometric), ECC's invariance
                 "ICLK-gb": ICLK(T, w, photometric="gain-bias", **kw),
-                "ICLK-g1-gb": ICLK(T, w, gradient_sigma=1.0, photometric="gain-bias", **kw),
-                f"ICLK-g1-gb-pyr{L}": ICLK(
-                    T, w, pyramid=L, gradient_sigma=1.0, photometric="gain-bias", **kw
+                f"ICLK-g{g}-gb": ICLK(T, w, gradient_sigma=gs, photometric="gain-bias", **kw),
+                f"ICLK-g{g}-gb-pyr{L}": ICLK(
+                    T, w, pyramid=L, gradient_sigma=gs, photometric="gain-bias", **kw
                 ),
             }
             if HAS_MULTISCALE:
                 methods[f"ECC-ms{L}"] = ECC(T, w, levels=L, **kw)
             if args.methods:
                 keep = args.methods.split(",")
-                methods = {k: m for k, m in methods.items() if k.rstrip("0123456789") in keep}
+                methods = {k: m for k, m in methods.items() if _family(k) in keep}
             image = prob.image * args.gain + args.bias  # relit: the template is unchanged
             rep = evaluate(
                 methods, image, prob.p_true, shape, sigmas, args.n_trials, seed=args.seed
@@ -210,7 +217,16 @@ def main(argv=None) -> int:
         "--n-iter", type=int, default=50, help="iterations (per level) in the convergence runs"
     )
     parser.add_argument(
-        "--methods", default="", help="comma list of ICLK,LK,CLK,ECC,ICLK-pyr,ECC-ms (default all)"
+        "--methods",
+        default="",
+        help="comma list of ICLK,LK,CLK,ECC,ICLK-pyr,ECC-ms,ICLK-g,ICLK-g-pyr,ICLK-gb,ICLK-g-gb,"
+        "ICLK-g-gb-pyr (names without their numbers; default all)",
+    )
+    parser.add_argument(
+        "--gradient-sigma",
+        type=float,
+        default=3.0,
+        help="ICLK's gradient_sigma in the ICLK-g* methods (template pixels)",
     )
     parser.add_argument("--threads", type=int, default=1, help="BLAS and OpenCV threads")
     parser.add_argument(
@@ -239,6 +255,7 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "n_trials": args.n_trials,
         "n_iter": args.n_iter,
+        "gradient_sigma": args.gradient_sigma,
         "gain": args.gain,
         "bias": args.bias,
     }

@@ -173,7 +173,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     a.add_argument("--pyramid", type=int, default=0, metavar="LEVELS",
                    help="coarse-to-fine levels (iclk, lk, clk)")  # fmt: skip
     a.add_argument("--gradient-sigma", type=float, default=0.0, metavar="PX",
-                   help="iclk: blur the template's gradients (~1 px widens the basin)")  # fmt: skip
+                   help="iclk: smoothed steepest-descent images (3 px: wider basin)")  # fmt: skip
     a.add_argument("--photometric", choices=["bias", "gain-bias"], default=None,
                    help="iclk: invariant to an offset (and gain) per channel, as ECC")  # fmt: skip
     a.add_argument("--n-iter", type=int, default=50)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from lkstn.classical._gauss_newton import GaussNewton, Level, singular
+from lkstn.classical._gauss_newton import _RCOND, GaussNewton, Level, singular
 from lkstn.classical.photometric import Photometric
 from lkstn.sampling import image_gradients
 
@@ -43,8 +43,8 @@ DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 @dataclass(frozen=True)
 class _ICLevel(Level):
     sd: np.ndarray  # (h*w*C, P) steepest-descent images, flattened like T.ravel()
-    hessian: np.ndarray  # (P, P)
-    R: np.ndarray  # (P, h*w*C) = hessian^-1 sd^T
+    hessian: np.ndarray  # (P, P) = sd_G^T sd (sd^T sd without gradient_sigma)
+    R: np.ndarray  # (P, h*w*C) = hessian^-1 sd_G^T
     photometric: Photometric  # the offsets (and gains) it is blind to
     products: np.ndarray  # rows that multiply the error image in _measure: R (per channel), Q
     products32: np.ndarray  # the same in float32, for the single-precision sampler
@@ -93,19 +93,26 @@ class ICLK(GaussNewton):
         PyTorch's compiled bilinear ``grid_sample`` (:mod:`lkstn.classical._single`; about twice
         as fast on a batch of starts); the warp update and the convergence test stay float64.
     gradient_sigma : float
-        Standard deviation, in pixels of each level, of a Gaussian applied to the template
-        before its gradients are taken for the steepest-descent images (0: none, the classical
-        IC-LK of [BM04] and [LL17]). The error image still uses the template itself, so an exact
-        alignment (``I(p) = T``) stays a fixed point; smoothed gradients see farther, which
-        widens the basin of convergence at large displacements, at the price of slower final
-        iterations (the Jacobian is no longer the error's). About 1 pixel suits the benchmark's
-        50x50 and 100x100 templates (``benchmarks/README.md``); much more stalls small templates.
+        Standard deviation, in template pixels, of a Gaussian applied to the template for a
+        second, smoothed set of steepest-descent images ``sd_G`` (0: none, the classical IC-LK
+        of [BM04] and [LL17]); each pyramid level uses it in proportion to its size. The error
+        is then projected on ``sd_G`` and the step solves ``sd_G^T (I(p) - T - sd dp) = 0``
+        with the template's own ``sd``:
+        ``dp = (sd_G^T sd)^-1 sd_G^T (I(p) - T)``, Newton's method on ``sd_G^T (I(p) - T) = 0``
+        (with ``sd_G ~ G sd``, Gauss-Newton on the error seen through the Gaussian,
+        ``e^T G e``). An exact alignment stays a fixed point and the last iterations converge as
+        fast as IC-LK's; the smoothed images see farther, which widens the basin of convergence
+        at large displacements (``benchmarks/README.md``: 3 pixels on 50x50 and 100x100
+        templates; much wider smoothing stops converging on small templates).
+        Still computed once, one fixed linear map per level: :meth:`regressor` and
+        ``ICSTN.from_iclk`` apply.
 
     Attributes
     ----------
     sd_images : ndarray (h, w, P) or (h, w, C, P)
         ``dT(0)/dp`` at the finest level.
     hessian : ndarray (P, P)
+        ``sd^T sd``, or ``sd_G^T sd`` with ``gradient_sigma``.
 
     Raises
     ------
@@ -166,19 +173,22 @@ class ICLK(GaussNewton):
     def _prepare_level(self, level: Level) -> _ICLevel:
         J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
         T = level.template
-        if self.gradient_sigma > 0:  # for the gradients only; the error uses T itself
-            T = ndimage.gaussian_filter(T, (self.gradient_sigma, self.gradient_sigma, 0))
         sd = steepest_descent(T, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
-        photometric = Photometric.of(level.template, self.photometric)
+        photometric = Photometric.of(T, self.photometric)
         sd = photometric.project(sd)  # blind to offsets (and gains); unchanged for None
-        hessian = sd.T @ sd  # [BM04] Fig. 4 step 6
-        if singular(hessian):
+        sd_G = sd  # the images the error is projected on
+        if self.gradient_sigma > 0:  # in template pixels: narrower on the coarser levels
+            s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
+            T_G = ndimage.gaussian_filter(T, (s, s, 0))
+            sd_G = photometric.project(steepest_descent(T_G, J).reshape(sd.shape))
+        hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
+        if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / _RCOND:
             raise ValueError(
                 f"template of shape {self.template.shape} has a singular Gauss-Newton Hessian at "
                 f"{level.template.shape[:2]} pixels (flat or one-dimensional texture): it cannot "
                 f"be aligned with {self.warp!r}"
             )
-        R = np.linalg.solve(hessian, sd.T)  # (P, h*w*C), [LL17] eq. (5)
+        R = np.linalg.solve(hessian, sd_G.T)  # (P, h*w*C), [LL17] eq. (5)
         products = photometric.products(R)
         return _ICLevel(
             level.template, level.grid, sd, hessian, R, photometric, products,
@@ -200,7 +210,8 @@ class ICLK(GaussNewton):
 
     @property
     def hessian(self) -> np.ndarray:
-        """Gauss-Newton Hessian ``sd^T sd``, ``(P, P)``, at the finest level."""
+        """Gauss-Newton Hessian ``sd^T sd`` (``sd_G^T sd`` with ``gradient_sigma``), ``(P, P)``,
+        at the finest level."""
         return self._levels[0].hessian.copy()
 
     def regressor(self) -> tuple[np.ndarray, np.ndarray]:
