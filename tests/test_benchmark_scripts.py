@@ -1,0 +1,59 @@
+"""The convergence benchmark against OpenCV's ECC and its table tool, in miniature.
+
+The full runs take minutes (``benchmarks/README.md``); here a few starts per sigma check that the
+method names carry their settings, that the ``--methods`` filter matches them without their
+numbers, and that the table tool counts cells against ECC and ECC multiscale.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_classical_vs_ecc_quick_run_and_its_table(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("cv2")
+    bench = _load(ROOT / "benchmarks" / "classical_vs_ecc.py")
+    out = tmp_path / "ecc.json"
+    methods = "ICLK,ECC,ICLK-g-gb,ICLK-g-gb-pyr,ECC-ms"
+    argv = ["--quick", "--skip-speed", "--n-trials", "6", "--methods", methods, "--out", str(out)]
+    assert bench.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["gradient_sigma"] == 3.0 and data["n_trials"] == 6
+    first = data["convergence"][0]  # affine 50x50
+    names = list(first["results"][0]["percent_converged"])
+    assert names[:3] == ["ICLK", "ECC", "ICLK-g3-gb"] and names[3].startswith("ICLK-g3-gb-pyr")
+    if bench.HAS_MULTISCALE:
+        assert names[4].startswith("ECC-ms")
+    sigma1 = first["results"][0]
+    assert sigma1["sigma"] == 1.0 and sigma1["percent_converged"]["ICLK-g3-gb"] == 100.0
+
+    table = _load(ROOT / "tools" / "convergence_table.py")
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["convergence_table.py", str(out)])
+    table.main()
+    text = capsys.readouterr().out
+    assert "| affine 50x50, sigma | ICLK | ECC | ICLK-g3-gb |" in text
+    assert "cells at or above ECC (of 10): ICLK " in text  # 5 sigmas x 2 problems (--quick)
+    if bench.HAS_MULTISCALE:
+        assert "cells at sigma >= 5 above ECC-ms (of 6): ICLK-g3-gb-pyr " in text
+
+
+def test_family_names_drop_their_numbers():
+    pytest.importorskip("cv2")
+    bench = _load(ROOT / "benchmarks" / "classical_vs_ecc.py")
+    assert bench._family("ICLK-g3-gb-pyr2") == "ICLK-g-gb-pyr"
+    assert bench._family("ICLK-g1.5") == "ICLK-g"
+    assert bench._family("ECC-ms3") == "ECC-ms"
