@@ -14,6 +14,11 @@ With ``photometric="bias"`` or ``"gain-bias"`` the image may also differ from th
 offset (and a gain) per channel, as ECC allows (:mod:`lkstn.classical.photometric`): still
 computed once from the template, at the same cost per iteration.
 
+With ``gradient_sigma`` the error is projected on the steepest-descent images ``sd_G`` of a
+blurred template, and the step inverts the template's own linearisation, ``dp = (sd_G^T sd)^-1
+sd_G^T (I(p) - T)``: Newton's method on ``sd_G^T (I(p) - T) = 0``, a wider basin of convergence
+with the same fixed point and the same cost per iteration (``benchmarks/README.md``).
+
 Glossary: ``T`` template; ``I(p)`` image sampled at ``W(x; p)``; ``sd_images`` steepest-descent
 images; ``hessian`` ``sd^T sd``; ``R, b`` the linear regressor of [LL17] eq. (6).
 Frames: ``p`` maps the template's canonical frame into the image's canonical frame; gradients are
