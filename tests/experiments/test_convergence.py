@@ -83,6 +83,24 @@ def test_evaluate_counts_and_curves_match_a_direct_computation():
     assert "sigma" in rep.table()
 
 
+def test_evaluation_on_the_rgb_cat():
+    # the same evaluation on colour images: every channel aligned at once (channel_axis=-1)
+    rgb, grey = planar_problem((50, 50), color=True), planar_problem((50, 50))
+    methods = {
+        "ICLK": ICLK(rgb.template, Affine(), n_iter=30, channel_axis=-1),
+        "ICLK-g3-gb": ICLK(
+            rgb.template, Affine(), n_iter=30, channel_axis=-1, gradient_sigma=3.0,
+            photometric="gain-bias",
+        ),
+    }  # fmt: skip
+    rep = evaluate(methods, rgb.image, rgb.p_true, (50, 50), [1.0, 6.0], 20, seed=0)
+    assert rep.results[0].percent_converged == {"ICLK": 100.0, "ICLK-g3-gb": 100.0}
+    wide = rep.results[1].percent_converged
+    assert wide["ICLK-g3-gb"] >= wide["ICLK"] + 10  # the smoothed step's wider basin, in RGB
+    p_init = fixed_starts(Affine(), rgb.p_true, 6.0, (50, 50), 20, seed=0)
+    np.testing.assert_array_equal(p_init, fixed_starts(Affine(), grey.p_true, 6.0, (50, 50), 20, 0))
+
+
 def test_non_finite_estimates_count_as_failures():
     prob = planar_problem()
     p = np.stack([prob.p_true, np.full(6, np.nan), np.array([-1.0, 0, 0, 0, -1.0, 0])])
