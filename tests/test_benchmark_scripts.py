@@ -57,3 +57,16 @@ def test_family_names_drop_their_numbers():
     assert bench._family("ICLK-g3-gb-pyr2") == "ICLK-g-gb-pyr"
     assert bench._family("ICLK-g1.5") == "ICLK-g"
     assert bench._family("ECC-ms3") == "ECC-ms"
+
+
+def test_paired_counts_add_up(capsys):
+    pytest.importorskip("cv2")
+    tool = _load(ROOT / "tools" / "paired_vs_ecc.py")
+    tool.main(["--size", "50", "--sigmas", "1", "6", "--n-trials", "8"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed")]
+    assert len(rows) == 2
+    for row in rows:
+        n = dict(part.rsplit(" ", 1) for part in row.split(": ", 1)[1].split(", "))
+        i, e, both = int(n["ICLK"]), int(n["ECC"]), int(n["both"])
+        assert i == both + int(n["ICLK only"]) and e == both + int(n["ECC only"])
+    assert "sigma 1: ICLK 8, ECC 8, both 8" in rows[0]  # 1 px starts: everyone converges
