@@ -73,9 +73,8 @@ class Sampler:
         that the temporaries stay in cache; the values are ``(na, nq, K)`` fresh arrays.
         """
         n = p.shape[0]
-        A = self._pad_from_canonical @ self._warp._matrix(
-            p
-        )  # (n, 3, 3) padded pixel from canonical
+        # (n, 3, 3): padded pixel from canonical
+        A = self._pad_from_canonical @ self._warp._matrix(p)
         Hp, Wp = self._size
         corners = A @ self._corners  # (n, 3, 4)
         w = corners[:, 2]

@@ -22,10 +22,9 @@ on the same GPU up to cuDNN's choice of algorithm and its non-deterministic redu
 ``tests/learned/test_graphed.py`` checks graphed gradients against eager ones in float32 and a
 graphed training run against an eager one in float64 (passed on an H200; in float32 two eager
 runs of this training already drift apart, ``tools/graph_vs_eager.py``). The model must not
-synchronise
-with the host inside its forward or backward (no ``.item()``, no data-dependent Python branches:
-the aligners of :mod:`lkstn.learned.stn` with ``update="eq10"`` do not); if capture fails, the
-step warns once and runs eagerly.
+synchronise with the host inside its forward or backward (no ``.item()``, no data-dependent
+Python branches: the aligners of :mod:`lkstn.learned.stn` with ``update="eq10"`` do not); if
+capture fails, the step warns once and runs eagerly.
 
 Glossary: ``static`` the graph's input batch, whose memory the replay reads.
 """
