@@ -143,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw Fig. 2 and write the lost-pixel measures; returns the exit code."""
-    from lkstn.cli import UsageError
+    from lkstn.errors import UsageError
 
     if not (np.isfinite(args.zoom) and args.zoom > 1.0):
         raise UsageError(f"--zoom must be a number > 1 (a zoom-out), got {args.zoom}")

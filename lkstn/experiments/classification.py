@@ -574,7 +574,7 @@ def run(exp: Experiment, args: Any) -> int:
     """``lkstn reproduce``: train the selected rows, then write the table, JSON and figures."""
     import sys
 
-    from lkstn.cli import UsageError
+    from lkstn.errors import UsageError
     from lkstn.data.errors import DatasetNotFoundError
 
     if args.threads is not None:
@@ -647,7 +647,7 @@ def run(exp: Experiment, args: Any) -> int:
 
 def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
     """Write ``run.json`` (how a row was trained); a resume keeps the first record, adds its own."""
-    from lkstn.cli import UsageError
+    from lkstn.errors import UsageError
 
     path = run_dir / "run.json"
     if resume and path.exists():

@@ -1,0 +1,116 @@
+"""The ``lkstn`` command (also ``python -m lkstn``).
+
+``lkstn align TEMPLATE IMAGE``
+    Align a template image file to an image file with an LK-family method; writes the
+    parameters (JSON) and an overlay PNG.
+``lkstn reproduce planar|equivalence|mnist|gtsrb|boundary [--quick]``
+    Run one of the paper's experiments (each module in :mod:`lkstn.experiments` adds its
+    own options through ``add_arguments(parser)`` and runs through ``run(args)``).
+``lkstn benchmark``
+    Run the benchmarks in ``benchmarks/`` (from a source checkout).
+
+Exit codes: 0 success (for ``align``: the alignment converged), 1 the alignment ran but did not
+converge (results are still written), 2 bad arguments or unreadable input, 3 an internal error.
+Errors are one line on stderr; ``lkstn --debug ...`` shows the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+from lkstn.cli import align
+from lkstn.errors import UsageError
+
+__all__ = ["UsageError", "main"]
+
+EXPERIMENTS = ("planar", "equivalence", "mnist", "gtsrb", "boundary")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    return int(args.run(args) or 0)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    script = root / "run_all.py"
+    if not script.is_file():
+        raise UsageError("benchmark: the benchmarks/ folder ships with a source checkout only")
+    cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
+    return subprocess.call(cmd)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``lkstn`` command.
+
+    Only the experiment named in ``argv`` (if any) is imported, so ``lkstn --help`` and
+    ``lkstn align`` stay fast.
+    """
+    from lkstn import __version__
+
+    parser = argparse.ArgumentParser(prog="lkstn", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"lkstn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("align", help="align a template image to an image (LK family)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    align.add_arguments(a)
+    a.set_defaults(func=align.run)
+
+    r = sub.add_parser("reproduce", help="reproduce a table or figure of the paper")
+    rsub = r.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    wanted = set(EXPERIMENTS) if argv is None else {a for a in argv if a in EXPERIMENTS}
+    for name in EXPERIMENTS:
+        if name not in wanted:  # importing an experiment imports torch: only the one asked for
+            rsub.add_parser(name, help=f"[LL17] {name} experiment (see its --help)")
+            continue
+        module = importlib.import_module(f"lkstn.experiments.{name}")
+        e = rsub.add_parser(
+            name,
+            help=(module.__doc__ or name).strip().split("\n")[0],
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(e)
+        e.set_defaults(func=_cmd_reproduce, run=module.run)
+
+    b = sub.add_parser("benchmark", help="run the benchmarks (source checkout)")
+    b.add_argument("--quick", action="store_true")
+    b.set_defaults(func=_cmd_benchmark)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0, 1, 2 or 3; see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        if args.debug:
+            raise
+        print(f"lkstn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lkstn: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print("lkstn: error: out of memory", file=sys.stderr)
+        return 3
+    except Exception as exc:  # the last line of defence: one line, exit 3
+        if args.debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"lkstn: internal error: {type(exc).__name__}: {msg} (--debug shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
