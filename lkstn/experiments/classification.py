@@ -574,8 +574,8 @@ def run(exp: Experiment, args: Any) -> int:
     """``lkstn reproduce``: train the selected rows, then write the table, JSON and figures."""
     import sys
 
-    from lkstn.errors import UsageError
     from lkstn.data.errors import DatasetNotFoundError
+    from lkstn.errors import UsageError
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
