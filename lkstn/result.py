@@ -38,6 +38,9 @@ class AlignmentResult:
     converged : bool array, shape (...)
         Per alignment. For classical aligners: the update fell below ``tol`` with finite
         parameters and a finite cost. Failure is data, never an exception.
+    score : array, shape (...), or None
+        Per alignment, where the aligner has a template: the zero-normalised correlation of
+        the template and the image warped at the final ``p`` (:func:`lkstn.score.zncc`).
 
     Examples
     --------
@@ -50,6 +53,7 @@ class AlignmentResult:
     history: Array
     cost: Array | None
     converged: Array
+    score: Array | None = None
 
     @property
     def p(self) -> Array:
