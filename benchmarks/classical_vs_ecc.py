@@ -44,6 +44,7 @@ from lkstn import ICLK, LK, AlignmentResult, CompositionalLK, Warp, corner_error
 from lkstn.classical.pyramid import level_shape
 from lkstn.experiments.convergence import evaluate, fixed_starts
 from lkstn.experiments.problems import params_from_pixel_matrix, pixel_matrix, planar_problem
+from lkstn.machine import fingerprint
 
 MOTION = {"affine": cv2.MOTION_AFFINE, "homography": cv2.MOTION_HOMOGRAPHY}
 HAS_MULTISCALE = hasattr(cv2, "findTransformECCMultiScale")
@@ -252,6 +253,7 @@ def main(argv=None) -> int:
         "command": " ".join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
+        "fingerprint": fingerprint(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

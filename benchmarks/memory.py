@@ -41,6 +41,8 @@ import tracemalloc
 
 import numpy as np
 
+from lkstn.machine import fingerprint
+
 LIMIT_MIB = 2048.0
 CASES = {  # name: (aligner, chunk size or None, fraction of --starts)
     "iclk-whole": ("ICLK", None, 1.0),
@@ -218,7 +220,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"starts": args.starts, "seed": args.seed, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "fingerprint": fingerprint(),
+                    "starts": args.starts,
+                    "seed": args.seed,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

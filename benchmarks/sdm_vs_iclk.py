@@ -38,6 +38,7 @@ from lkstn import corner_error
 from lkstn.classical.iclk import ICLK
 from lkstn.classical.sdm import SDM
 from lkstn.experiments.problems import planar_problem
+from lkstn.machine import fingerprint
 from lkstn.perturb import perturb
 from lkstn.result import CONVERGED_PX
 
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         "split": split,
         "results": rows,
         "wall_s": wall,
+        "fingerprint": fingerprint(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
     if args.out:

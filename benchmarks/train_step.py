@@ -76,6 +76,7 @@ from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: 
 from lkstn.learned.shards import ShardedStep, intra_op_threads  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
 from lkstn.learned.streams import Batch  # noqa: E402
+from lkstn.machine import fingerprint
 from lkstn.perturb import perturbation  # noqa: E402
 from lkstn.sampling import warp_image  # noqa: E402
 from lkstn.warps import Homography  # noqa: E402
@@ -310,6 +311,7 @@ def main() -> None:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "fingerprint": fingerprint(),
         "cpu_count": os.cpu_count(),
         "load_average_before": load_before,
         "load_average_after": load_after,

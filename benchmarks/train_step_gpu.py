@@ -48,6 +48,7 @@ from lkstn.learned.graphed import GraphedStep  # noqa: E402
 from lkstn.learned.shards import ShardedStep  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
 from lkstn.learned.streams import ClassificationData, step_generator  # noqa: E402
+from lkstn.machine import fingerprint
 from lkstn.warps import Homography  # noqa: E402
 
 
@@ -130,6 +131,7 @@ def main() -> None:
             "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
         },
+        "fingerprint": fingerprint(),
         "tf32": args.tf32,
         "rounds": args.rounds,
         "steps": args.steps,

@@ -55,6 +55,7 @@ from lkstn.learned.predictors import count_parameters
 from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify
 from lkstn.learned.streams import ClassificationData
 from lkstn.learned.train import TrainConfig, TrainingDiverged, train
+from lkstn.machine import fingerprint
 from lkstn.warps import Homography
 
 __all__ = [
@@ -247,25 +248,15 @@ def _schedule(recipe: Recipe, n_steps: int) -> Iterator[None]:
 
 
 def machine(device: str) -> dict[str, Any]:
-    """Where a number was measured: host, CPU model and count, threads, torch, device, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """Where a number was measured: :func:`lkstn.machine.fingerprint`, plus host, torch threads,
+    device and GPU."""
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
     return {
+        **fingerprint(),
         "host": platform.node(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "device": device,
         "gpu": gpu,
-        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
 
 
@@ -755,13 +746,15 @@ def _header(run: dict[str, Any]) -> list[str]:
     m, d = run["machine"], run["data"]
     device = m["device"] + (f" = {m['gpu']}" if m.get("gpu") else "")
     cosine = " (the cosine decay spans them)" if run["recipe"]["schedule"] == "cosine" else ""
+    cpu = m["cpu"]["model_name"] if isinstance(m["cpu"], dict) else m["cpu"]  # older runs: a name
+    torch_version = m["versions"]["torch"] if "versions" in m else m["torch"]
     return [
         f"- recipe: `{json.dumps(run['recipe'])}`, seed {run['seed']}; "
         f"this run: {run['n_steps']} steps per row{cosine}",
         f"- data: {d['note']} ({d['n_train']} train / {d['n_test']} test images, one fixed "
         "perturbation each)",
-        f"- machine: {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads, "
-        f"device {device}, load average {m['load_average']} at start), torch {m['torch']}",
+        f"- machine: {cpu} ({m['cpu_count']} cores, {m['torch_threads']} torch threads, "
+        f"device {device}, load average {m['load_average']} at start), torch {torch_version}",
         f"- command: `{run['command']}`",
         "",
     ]
