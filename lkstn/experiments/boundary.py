@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lkstn.experiments import arguments as types
 from lkstn.learned.stn import CSTN, STN
 from lkstn.sampling import canonical_grid
 from lkstn.warps import Affine
@@ -42,6 +43,7 @@ from lkstn.warps import Affine
 __all__ = ["Fixed", "add_arguments", "boundary_effect", "crop_params", "run"]
 
 IMAGES = ("chelsea", "astronaut")
+MAX_SIZE = 1024  # --size: the frame is shown at a few hundred pixels; 1024 costs about 0.5 GB
 
 
 class Fixed(nn.Module):
@@ -135,8 +137,10 @@ def _photo(name: str) -> Tensor:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lkstn reproduce boundary``."""
     parser.add_argument("--image", choices=IMAGES, default="chelsea")
-    parser.add_argument("--zoom", type=float, default=1.5, help="zoom-out scale (> 1)")
-    parser.add_argument("--size", type=int, default=96, help="output frame side (pixels)")
+    parser.add_argument("--zoom", type=types.positive_real, default=1.5, help="zoom-out (> 1)")
+    parser.add_argument(
+        "--size", type=types.integer(8, MAX_SIZE), default=96, help="output frame side (pixels)"
+    )
     parser.add_argument("--quick", action="store_true", help="accepted; the run is seconds")
     parser.add_argument("--out", default="runs/boundary")
 

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from lkstn.experiments import arguments as types
 from lkstn.experiments.problems import box_warp
 from lkstn.learned.predictors import count_parameters
 from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify
@@ -510,29 +511,33 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         "authors' traffic-sign code; --no-standardize: intensities in [0, 1] (default: "
         f"{'--standardize' if exp.standardize else '--no-standardize'})",
     )
-    parser.add_argument("--iters", type=int, default=None, help="steps per row (default: recipe)")
     parser.add_argument(
-        "--lr-predictor", type=float, default=None, help="override the recipe's predictor rate"
+        "--iters", type=types.integer(1), default=None, help="steps per row (default: recipe)"
     )
     parser.add_argument(
-        "--lr-classifier", type=float, default=None, help="override the recipe's classifier rate"
+        "--lr-predictor", type=types.positive_real, default=None, help="override the recipe's rate"
     )
-    parser.add_argument("--eval-every", type=int, default=None, help="default 1000 (quick: 100)")
+    parser.add_argument(
+        "--lr-classifier", type=types.positive_real, default=None, help="override the recipe's rate"
+    )
+    parser.add_argument(
+        "--eval-every", type=types.integer(1), default=None, help="default 1000 (quick: 100)"
+    )
     parser.add_argument(
         "--time-limit",
-        type=float,
+        type=types.positive_real,
         default=None,
         metavar="MINUTES",
         help="stop each row after this much wall time (checked every eval)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", type=types.device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=types.integer(1, types.MAX_THREADS),
         default=None,
         help="torch.set_num_threads; on a CPU each batch is cut into one shard per thread",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=types.seed, default=0, help=f"0..{types.MAX_SEED}")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
     parser.add_argument(
         "--skip-nonfinite",
@@ -586,8 +591,9 @@ def run(exp: Experiment, args: Any) -> int:
             if not (math.isfinite(value) and value > 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
             recipe = replace(recipe, **{name: value})  # recorded in run.json with the recipe
-    n_steps = args.iters or (200 if args.quick else recipe.n_steps)
-    eval_every = min(n_steps, args.eval_every or (100 if args.quick else 1000))
+    n_steps = args.iters if args.iters is not None else (200 if args.quick else recipe.n_steps)
+    every = args.eval_every if args.eval_every is not None else (100 if args.quick else 1000)
+    eval_every = min(n_steps, every)
     if n_steps < 1 or eval_every < 1:
         raise UsageError(f"--iters and --eval-every must be positive, got {n_steps}, {eval_every}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

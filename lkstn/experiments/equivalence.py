@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import fixed_starts
-from lkstn.experiments.planar import _at_least
 from lkstn.experiments.problems import planar_problem
 from lkstn.sampling import pixel_to_canonical, warp_image
 from lkstn.warps import Affine, Homography, Translation, Warp, compose_jacobians
@@ -356,7 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lkstn reproduce equivalence``."""
     parser.add_argument("--quick", action="store_true", help="fewer samples (about a minute)")
     parser.add_argument("--out", default="out/equivalence", help="folder for equivalence.json")
-    parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads")
+    parser.add_argument(
+        "--threads", type=types.integer(1, types.MAX_THREADS), default=1, help="torch threads"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import _finite_or_none, fixed_starts
 from lkstn.experiments.curves import ErrorCurves, error_curves, plot_curves
 from lkstn.experiments.problems import PlanarProblem, planar_problem
@@ -365,8 +366,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="training steps per model, split evenly over the 4 learning-rate phases",
     )
-    parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=types.integer(1, types.MAX_THREADS), default=1, help="torch threads"
+    )
+    parser.add_argument("--seed", type=types.seed, default=0, help=f"0..{types.MAX_SEED}")
     parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
 
 
