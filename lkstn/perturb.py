@@ -9,6 +9,10 @@ squares for affine, similarity and translation). In canonical units the noise is
 A start is ``p_init = compose(p_true, delta)``: the noise lives in the template frame, as in SDM
 ([LL17] eq. (7), ``p_n o dp_nj``).
 
+``lkstn.perturb`` is always this module, whatever the import order (``from lkstn import
+perturb`` and ``import lkstn.perturb`` give the same object), and the module is callable as its
+function: ``lkstn.perturb(warp, p_true, ...)`` is ``lkstn.perturb.perturb(warp, p_true, ...)``.
+
 Glossary: ``delta`` the perturbation, ``sigma`` its scale in template pixels, ``rng`` a
 ``numpy.random.Generator`` (NumPy result) or ``torch.Generator`` (torch result).
 """
@@ -16,6 +20,7 @@ Glossary: ``delta`` the perturbation, ``sigma`` its scale in template pixels, ``
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -121,3 +126,13 @@ def perturb(
     kwargs = {"dtype": p_true.dtype, "device": p_true.device} if is_torch(p_true) else {}
     delta = perturbation(warp, shape, sigma, template_shape, rng, **kwargs)
     return warp._compose(asarray(p_true, like=delta), delta)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`perturb` (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Array:
+        return perturb(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

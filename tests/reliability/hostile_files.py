@@ -23,9 +23,7 @@ BLOCK = 64 << 20  # zeros compressed once and repeated to make a bomb
 def idx_bytes(array: np.ndarray) -> bytes:
     """An unsigned-byte IDX file of ``array``."""
     array = np.asarray(array, dtype=np.uint8)
-    return struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + (
-        array.tobytes()
-    )
+    return idx_header(*array.shape) + array.tobytes()
 
 
 def idx_header(*dims: int) -> bytes:

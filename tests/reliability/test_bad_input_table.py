@@ -67,7 +67,7 @@ def check_one_line(outcome: Outcome, names: str) -> None:
     assert names in lines[0], (names, lines[0])
 
 
-# -- arguments --------------------------------------------------------------------------------------
+# -- arguments -----------------------------------------------------------------------------------
 
 ARGUMENT_CASES = [  # (experiment, extra arguments, the argument the message must name)
     *[("mnist", ["--device", d], "--device") for d in ("foo", "CPU", "mps", "meta", "cuda:x")],
