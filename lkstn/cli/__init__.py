@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0, 1, 2 or 3; see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version (0), a bad argument (2, one line printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except (UsageError, CorruptDataError, DatasetNotFoundError) as exc:

@@ -127,8 +127,8 @@ def check_size_cap(n_bytes: int, max_bytes: int, path: str | os.PathLike[str], w
     if n_bytes > max_bytes:
         raise CorruptDataError(
             path,
-            f"{what} declares {n_bytes} bytes, above the cap of {max_bytes} bytes "
-            f"(max_bytes=...: the real files are far smaller)",
+            f"{what} declares {n_bytes} bytes, above the cap of {max_bytes} bytes (the official "
+            f"files are far smaller; the loader's max_bytes raises the cap)",
         )
 
 

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from lkstn.learned._torch_warp import WarpSampler
+from lkstn.learned.inputs import check_image, predict
 from lkstn.result import AlignmentResult
 from lkstn.warps import Warp, warp_from_name
 
@@ -117,6 +118,8 @@ class _Transformer(nn.Module):
         if not isinstance(image, Tensor) or image.ndim != 4:
             shape = tuple(getattr(image, "shape", ()))
             raise ValueError(f"image must be a torch tensor (B, C, H, W), got shape {shape}")
+        channels = None if self.template is None else self.template.shape[0]
+        check_image(image, self.sampler.grid.dtype, self.sampler.grid.device, channels)
         P = self.warp.n_params
         if p_init is None:
             return image, image.new_zeros(image.shape[0], P)
@@ -237,8 +240,8 @@ class STN(_Transformer):
         M = S.matrix(p)
         warped = S.sample(image, M)  # the STN's input: the crop I(p_init)
         history = [p]
-        for f in self.predictors[:n]:
-            dM = S.matrix(f(warped))  # dp = f(I_in(0))
+        for k, f in enumerate(self.predictors[:n]):
+            dM = S.matrix(predict(f, warped, self.warp, first=k == 0))  # dp = f(I_in(0))
             warped = S.sample(warped, dM)  # I_out(0) = I_in(dp), [LL17] eq. (8)
             M = S.compose(M, dM)  # implicit warp: compose(p, dp)
             history.append(S.params(M))
@@ -314,7 +317,8 @@ class CSTN(_Transformer):
         M = S.matrix(p)
         history = [p]
         for k in range(n):
-            dp = self._predictor(k)(S.sample(image, M))  # dp = f(I(p))
+            warped = S.sample(image, M)  # I(p)
+            dp = predict(self._predictor(k), warped, self.warp, first=k == 0)  # dp = f(I(p))
             if self.update == "eq10":
                 M = S.compose(S.matrix(dp), M)  # M(p) <- M(dp) M(p), [LL17] eq. (10)
             else:

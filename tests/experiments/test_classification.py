@@ -231,7 +231,7 @@ def test_learning_rate_overrides_are_used_and_recorded(mnist_root, tmp_path, cap
     lr = ckpt.optimizer_state["param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-5 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
     assert _quick("mnist", mnist_root, tmp_path / "bad", ["CNN(a)"], "--lr-predictor", "-1") == 2
-    assert "--lr-predictor must be positive" in capsys.readouterr().err
+    assert "argument --lr-predictor: must be a finite number > 0" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

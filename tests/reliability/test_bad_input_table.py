@@ -44,16 +44,12 @@ class Outcome:
 
 
 def run_in_process(argv: list[str]) -> Outcome:
-    """``lkstn.cli.main(argv)``: its exit code (argparse's ``SystemExit`` included), stderr and
-    the peak of traced allocations."""
+    """``lkstn.cli.main(argv)``: its exit code, stderr and the peak of traced allocations."""
     err = io.StringIO()
     tracemalloc.start()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                code = main(argv)
-            except SystemExit as exc:
-                code = exc.code
+            code = main(argv)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -102,6 +98,17 @@ def test_bad_argument_is_one_line_exit_2(experiment, extra, names, tmp_path):
     assert outcome.code == 2, outcome.stderr
     check_one_line(outcome, names)
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [([], "COMMAND"), (["reproduce"], "EXPERIMENT"), (["reproduce", "tables"], "tables"),
+     (["align", "a.png", "b.png", "--bogus"], "--bogus")],
+)  # fmt: skip
+def test_missing_or_unknown_command_is_one_line_exit_2(argv, names):
+    outcome = run_in_process(argv)
+    assert outcome.code == 2
+    check_one_line(outcome, names)
 
 
 def test_boundary_zoom_at_most_one_is_refused(tmp_path):
@@ -227,6 +234,7 @@ def test_bad_data_file_is_one_line_exit_2(experiment, build, names, tmp_path):
     outcome = run_in_process(argv)
     assert outcome.code == 2, outcome.stderr
     check_one_line(outcome, names)
+    print(f"{experiment} {build.__name__}: exit 2, traced peak {outcome.peak / 2**20:.2f} MiB")
     assert outcome.peak < MEMORY_CAP_IN_PROCESS, outcome.peak
 
 
@@ -275,6 +283,8 @@ def test_bombs_refused_by_the_command_in_bounded_memory(tmp_path):
         err.seek(0)
         stderr = err.read()
         err.close()
+        rss = usage.ru_maxrss / 1024  # MiB (ru_maxrss is in KiB on Linux)
+        print(f"{name}: exit {child.returncode}, peak RSS {rss:.0f} MiB, {stderr.strip()}")
         assert child.returncode == 2, (name, stderr)
         check_one_line(Outcome(2, stderr, 0), names)
         assert usage.ru_maxrss * 1024 < MEMORY_CAP_COMMAND, (name, usage.ru_maxrss)
