@@ -16,11 +16,22 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["MAX_SEED", "MAX_THREADS", "device", "integer", "positive_real", "seed"]
+__all__ = [
+    "MAX_SEED",
+    "MAX_STEPS",
+    "MAX_THREADS",
+    "device",
+    "existing_path",
+    "integer",
+    "positive_real",
+    "seed",
+]
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes at most 64 bits; one less keeps it signed
 MAX_THREADS = 1024  # torch.set_num_threads beyond this only creates idle threads
+MAX_STEPS = 10**9  # training steps: 5000 times the paper's 200,000, far inside int64 counters
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -52,6 +63,16 @@ def positive_real(text: str) -> float:
 
 
 seed = integer(0, MAX_SEED)
+
+
+def existing_path(text: str) -> str:
+    """A file or directory that exists (an empty string, which would mean the current
+    directory, is refused)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    if not Path(text).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return text
 
 
 def device(text: str) -> str:

@@ -483,7 +483,9 @@ def _save(fig: Any, path: Path) -> Path:
 def add_arguments(parser: Any, exp: Experiment) -> None:
     """Options of ``lkstn reproduce mnist|gtsrb``."""
     names = [r.name for r in exp.rows]
-    parser.add_argument("--data", default=None, help="data root (default: $LKSTN_DATA)")
+    parser.add_argument(
+        "--data", type=types.existing_path, default=None, help="data root (default: $LKSTN_DATA)"
+    )
     parser.add_argument(
         "--rows",
         nargs="+",
@@ -512,7 +514,10 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         f"{'--standardize' if exp.standardize else '--no-standardize'})",
     )
     parser.add_argument(
-        "--iters", type=types.integer(1), default=None, help="steps per row (default: recipe)"
+        "--iters",
+        type=types.integer(1, types.MAX_STEPS),
+        default=None,
+        help="steps per row (default: recipe)",
     )
     parser.add_argument(
         "--lr-predictor", type=types.positive_real, default=None, help="override the recipe's rate"
@@ -521,7 +526,10 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         "--lr-classifier", type=types.positive_real, default=None, help="override the recipe's rate"
     )
     parser.add_argument(
-        "--eval-every", type=types.integer(1), default=None, help="default 1000 (quick: 100)"
+        "--eval-every",
+        type=types.integer(1, types.MAX_STEPS),
+        default=None,
+        help="default 1000 (quick: 100)",
     )
     parser.add_argument(
         "--time-limit",

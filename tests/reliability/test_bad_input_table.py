@@ -74,6 +74,9 @@ ARGUMENT_CASES = [  # (experiment, extra arguments, the argument the message mus
     ("mnist", ["--iters", "0"], "--iters"),
     ("mnist", ["--iters", "-5"], "--iters"),
     ("mnist", ["--eval-every", "0"], "--eval-every"),
+    ("mnist", ["--iters", str(10**30)], "--iters"),
+    ("mnist", ["--data", ""], "--data"),
+    ("gtsrb", ["--data", "/nonexistent/lkstn-data"], "--data"),
     *[("mnist", ["--time-limit", t], "--time-limit") for t in ("-1", "nan", "inf", "0")],
     ("mnist", ["--lr-predictor", "nan"], "--lr-predictor"),
     ("gtsrb", ["--lr-classifier", "-1e-3"], "--lr-classifier"),
@@ -204,6 +207,13 @@ def _gtsrb_huge_ppm_header(root: Path) -> Path:
     return hf.gtsrb_official(root, ppm=b"P6\n40000 40000\n255\n")
 
 
+def _gtsrb_sparse_csv(root: Path) -> Path:
+    hf.gtsrb_official(root)
+    csv = root / "gtsrb" / "Final_Training" / "Images" / "00000" / "GT-00000.csv"
+    hf.sparse_file(csv, 1 << 30, csv.read_bytes())  # the real rows, then a 1 GiB hole
+    return root
+
+
 FILE_CASES = [  # (id, experiment, builder, a name the message must contain)
     ("mnist-random-bytes", "mnist", _mnist_random, "train-images-idx3-ubyte"),
     ("mnist-png-renamed", "mnist", _mnist_png, "train-images-idx3-ubyte.gz"),
@@ -221,6 +231,7 @@ FILE_CASES = [  # (id, experiment, builder, a name the message must contain)
     ("gtsrb-label-out-of-range", "gtsrb", _gtsrb_labels_out_of_range, "gtsrb.npz"),
     ("gtsrb-png-as-ppm", "gtsrb", _gtsrb_png_as_ppm, "00000_00000.ppm"),
     ("gtsrb-ppm-40000x40000", "gtsrb", _gtsrb_huge_ppm_header, "00000_00000.ppm"),
+    ("gtsrb-1GB-sparse-csv", "gtsrb", _gtsrb_sparse_csv, "GT-00000.csv"),
 ]
 
 
