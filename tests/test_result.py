@@ -66,7 +66,7 @@ def test_n_iter_counts_the_iterations_actually_run():
 
     problem = planar_problem((40, 40))
     starts = perturb(Affine(), problem.p_true, 2.0, (40, 40), np.random.default_rng(1), n=8)
-    iclk = ICLK(problem.template, warp=Affine(), n_iter=50)  # tol 1e-4: stops after 8 to 38
+    iclk = ICLK(problem.template, warp=Affine(), n_iter=50)  # the default tol=1e-4 stops early
     result = iclk.align(problem.image, starts)
     assert result.history.shape[0] == 51  # the rows asked for
     assert 0 < result.n_iter < 50 and result.n_iter == result.n_iter_each.max()
