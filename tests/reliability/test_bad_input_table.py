@@ -65,33 +65,27 @@ def check_one_line(outcome: Outcome, names: str) -> None:
 
 # -- arguments -----------------------------------------------------------------------------------
 
-ARGUMENT_CASES = [  # (experiment, extra arguments, the argument the message must name)
-    *[("mnist", ["--device", d], "--device") for d in ("foo", "CPU", "mps", "meta", "cuda:x")],
-    *[("gtsrb", ["--threads", t], "--threads") for t in ("0", "-1", "100000", "two")],
-    ("mnist", ["--seed", str(2**70)], "--seed"),
-    ("mnist", ["--seed", "-3"], "--seed"),
-    ("gtsrb", ["--seed", "1.5"], "--seed"),
-    ("mnist", ["--iters", "0"], "--iters"),
-    ("mnist", ["--iters", "-5"], "--iters"),
-    ("mnist", ["--eval-every", "0"], "--eval-every"),
-    ("mnist", ["--iters", str(10**30)], "--iters"),
-    ("mnist", ["--data", ""], "--data"),
-    ("gtsrb", ["--data", "/nonexistent/lkstn-data"], "--data"),
-    *[("mnist", ["--time-limit", t], "--time-limit") for t in ("-1", "nan", "inf", "0")],
-    ("mnist", ["--lr-predictor", "nan"], "--lr-predictor"),
-    ("gtsrb", ["--lr-classifier", "-1e-3"], "--lr-classifier"),
-    ("mnist", ["--rows", "IC-STN-9(a)"], "--rows"),
-    ("mnist", ["--recipe", "slow"], "--recipe"),
-    ("gtsrb", ["--frame", "theirs"], "--frame"),
-    ("boundary", ["--size", "60000"], "--size"),
-    ("boundary", ["--size", "4"], "--size"),
-    ("boundary", ["--zoom", "nan"], "--zoom"),
-    ("boundary", ["--zoom", "-2"], "--zoom"),
-    ("planar", ["--seed", str(2**70)], "--seed"),
-    ("planar", ["--threads", "0"], "--threads"),
-    ("planar", ["--steps", "2"], "--steps"),
-    ("equivalence", ["--threads", "-1"], "--threads"),
+BAD_VALUES = [  # (experiment, option, values each refused with a message naming the option)
+    ("mnist", "--device", ("foo", "CPU", "mps", "meta", "cuda:x")),
+    ("gtsrb", "--threads", ("0", "-1", "100000", "two")),
+    ("mnist", "--seed", (str(2**70), "-3", "1.5")),
+    ("mnist", "--iters", ("0", "-5", str(10**30))),
+    ("mnist", "--eval-every", ("0",)),
+    ("gtsrb", "--data", ("", "/nonexistent/lkstn-data")),
+    ("mnist", "--time-limit", ("-1", "nan", "inf", "0")),
+    ("mnist", "--lr-predictor", ("nan",)),
+    ("gtsrb", "--lr-classifier", ("-1e-3",)),
+    ("mnist", "--rows", ("IC-STN-9(a)",)),
+    ("mnist", "--recipe", ("slow",)),
+    ("gtsrb", "--frame", ("theirs",)),
+    ("boundary", "--size", ("60000", "4")),
+    ("boundary", "--zoom", ("nan", "-2")),
+    ("planar", "--seed", (str(2**70),)),
+    ("planar", "--threads", ("0",)),
+    ("planar", "--steps", ("2",)),
+    ("equivalence", "--threads", ("-1",)),
 ]
+ARGUMENT_CASES = [(e, [option, v], option) for e, option, values in BAD_VALUES for v in values]
 
 
 @pytest.mark.parametrize(("experiment", "extra", "names"), ARGUMENT_CASES)
