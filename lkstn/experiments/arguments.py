@@ -25,6 +25,7 @@ __all__ = [
     "device",
     "existing_path",
     "integer",
+    "output_dir",
     "positive_real",
     "seed",
 ]
@@ -63,6 +64,15 @@ def positive_real(text: str) -> float:
 
 
 seed = integer(0, MAX_SEED)
+
+
+def output_dir(text: str) -> str:
+    """A folder to write into: refused if empty or if it exists and is not a directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    if Path(text).expanduser().exists() and not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    return text
 
 
 def existing_path(text: str) -> str:

@@ -142,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", type=types.integer(8, MAX_SIZE), default=96, help="output frame side (pixels)"
     )
     parser.add_argument("--quick", action="store_true", help="accepted; the run is seconds")
-    parser.add_argument("--out", default="runs/boundary")
+    parser.add_argument("--out", type=types.output_dir, default="runs/boundary")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -575,12 +575,15 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
     )
     parser.add_argument(
         "--compare",
+        type=types.existing_path,
         default=None,
         metavar="OUT",
         help="another --out of the same rows: time-to-accuracy section",
     )
     parser.add_argument("--no-figures", action="store_true")
-    parser.add_argument("--out", default=None, help="default runs/<experiment>-<recipe>[-quick]")
+    parser.add_argument(
+        "--out", type=types.output_dir, default=None, help="runs/<experiment>-<recipe>[-quick]"
+    )
 
 
 def run(exp: Experiment, args: Any) -> int:

@@ -355,7 +355,9 @@ def markdown_table(checks: list[Check]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lkstn reproduce equivalence``."""
     parser.add_argument("--quick", action="store_true", help="fewer samples (about a minute)")
-    parser.add_argument("--out", default="out/equivalence", help="folder for equivalence.json")
+    parser.add_argument(
+        "--out", type=types.output_dir, default="out/equivalence", help="for equivalence.json"
+    )
     parser.add_argument(
         "--threads", type=types.integer(1, types.MAX_THREADS), default=1, help="torch threads"
     )

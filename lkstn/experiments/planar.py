@@ -359,7 +359,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one sigma (5 px), depths 1/2/4, 480 steps: about a minute",
     )
-    parser.add_argument("--out", default="out/planar", help="output folder (runs/ inside)")
+    parser.add_argument(
+        "--out", type=types.output_dir, default="out/planar", help="output folder (runs/ inside)"
+    )
     parser.add_argument(
         "--steps",
         type=_at_least(4),

@@ -84,6 +84,7 @@ BAD_VALUES = [  # (experiment, option, values each refused with a message naming
     ("planar", "--threads", ("0",)),
     ("planar", "--steps", ("2",)),
     ("equivalence", "--threads", ("-1",)),
+    ("mnist", "--compare", ("/nonexistent/lkstn-runs",)),
 ]
 ARGUMENT_CASES = [(e, [option, v], option) for e, option, values in BAD_VALUES for v in values]
 
@@ -106,6 +107,15 @@ def test_missing_or_unknown_command_is_one_line_exit_2(argv, names):
     outcome = run_in_process(argv)
     assert outcome.code == 2
     check_one_line(outcome, names)
+
+
+@pytest.mark.parametrize("experiment", ["mnist", "gtsrb", "planar", "equivalence", "boundary"])
+def test_output_folder_that_is_a_file_is_refused(experiment, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    outcome = run_in_process(["reproduce", experiment, "--out", str(tmp_path / "taken")])
+    assert outcome.code == 2
+    check_one_line(outcome, "--out")
+    assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_boundary_zoom_at_most_one_is_refused(tmp_path):
