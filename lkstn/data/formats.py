@@ -61,7 +61,11 @@ def read_ppm(path: str | os.PathLike[str], *, max_bytes: int = MAX_PPM_BYTES) ->
     """
     path = Path(path)
     max_bytes = check_max_bytes(max_bytes)
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # closed by the with below
+    except OSError as exc:
+        raise CorruptDataError(path, f"unreadable ({type(exc).__name__})") from exc
+    with f:
         head = f.read(PPM_HEADER_BYTES)
         file_bytes = os.fstat(f.fileno()).st_size
         if not head.startswith(b"P6"):

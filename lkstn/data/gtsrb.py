@@ -136,7 +136,7 @@ def _read_csv(path: Path) -> list[tuple[str, int, int, int, int, int, int, int]]
     try:
         lines = path.read_bytes().decode("utf-8-sig").splitlines()
         table = [row for row in csv.reader(lines, delimiter=";") if any(f.strip() for f in row)]
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
         raise CorruptDataError(path, f"unreadable CSV ({type(exc).__name__}: {exc})") from exc
     if not table:
         raise CorruptDataError(path, "empty CSV: expected a header " + ";".join(_COLUMNS))

@@ -288,7 +288,7 @@ def test_bombs_refused_by_the_command_in_bounded_memory(tmp_path):
         on_disk = sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
         assert on_disk < max_file  # a few MB on disk (the sparse PPM: a hole)
         argv = ["reproduce", experiment, "--data", str(root), "--out", str(tmp_path / "out")]
-        err = open(tmp_path / f"{name}.err", "w+")  # noqa: SIM115 (closed below)
+        err = open(tmp_path / f"{name}.err", "w+")  # closed below
         child = subprocess.Popen([sys.executable, "-m", "lkstn", *argv], env=env, cwd=tmp_path,
                                  stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
         children.append((name, child, err))
