@@ -11,7 +11,7 @@ Two runners:
 Caps: the in-process rows must allocate under 64 MiB (the biggest legitimate allocation in these
 rows is a few KB of header; the bombs' headers declare 4 GiB). The subprocess rows must stay
 under 1 GiB resident: the command with torch imported sits near 250 MB on this machine, and each
-bomb would need 4 GiB (the issue saw 3.6 GB before MemoryError).
+bomb would need 4 GiB (before the caps, the gzip bomb reached GBs before MemoryError).
 """
 
 from __future__ import annotations
