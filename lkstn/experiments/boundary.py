@@ -43,7 +43,7 @@ from lkstn.warps import Affine
 __all__ = ["Fixed", "add_arguments", "boundary_effect", "crop_params", "run"]
 
 IMAGES = ("chelsea", "astronaut")
-MAX_SIZE = 1024  # --size: the frame is shown at a few hundred pixels; 1024 costs about 0.5 GB
+MAX_SIZE = 1024  # --size: the frame is shown at a few hundred pixels; 1024 peaks at 0.7 GB
 
 
 class Fixed(nn.Module):
