@@ -256,8 +256,16 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def differences(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``"field: run X, now Y"`` for every dotted field that differs (JSON values compared)."""
     a, b = _flatten(json.loads(json.dumps(stored))), _flatten(json.loads(json.dumps(now)))
-    return [f"{k}: run {a.get(k, '(none)')}, now {b.get(k, '(none)')}"
-            for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]  # fmt: skip
+
+    def short(value: Any) -> str:
+        text = "(none)" if value is _NONE else json.dumps(value)
+        return text if len(text) <= 40 else text[:16] + "..." + text[-8:]
+
+    return [f"{k}: run {short(a.get(k, _NONE))}, now {short(b.get(k, _NONE))}"
+            for k in sorted(a.keys() | b.keys()) if a.get(k, _NONE) != b.get(k, _NONE)]  # fmt: skip
+
+
+_NONE = object()
 
 
 def _holds_run(run_dir: Path, names: tuple[str, ...]) -> bool:
