@@ -72,7 +72,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run (recorded in ``config.json`` and checkpoints).
+    """Hyper-parameters of one training run (recorded in the run manifest and checkpoints).
 
     Attributes
     ----------
