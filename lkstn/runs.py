@@ -84,8 +84,8 @@ class NotWritable(UsageError, OSError):
 
 def not_writable(path: Path, exc: BaseException) -> NotWritable:
     """The one-line error for a failed write of ``path``."""
-    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    why = " ".join(why.split())[:200]
+    # torch reports a failed write as RuntimeError("[enforce fail at inline_container.cc...]")
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write failed"
     return NotWritable(f"cannot write {path}: {why} (is the disk full or read-only?)")
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "model_name",
     "run",
     "run_experiment",
+    "run_identity",
     "train_model",
 ]
 
@@ -208,16 +209,21 @@ def run_experiment(
     """
     out = Path(out)
     prob = planar_problem(SHAPE, warp=Affine())
-    identity = {
+    with runs.lock(out):
+        runs.open_run(out, run_identity(recipe, prob), resume=resume, fresh=fresh,
+                      files=("runs", "planar.json", "table1.md"))  # fmt: skip
+        return _run_locked(out, prob, recipe, progress, log)
+
+
+def run_identity(recipe: Recipe, prob: PlanarProblem) -> dict[str, Any]:
+    """What the manifest of an experiment's output folder compares: the recipe (steps, seed,
+    sigmas, depths, ...), the image (shape and SHA-256) and the box (``p_true``)."""
+    return {
         "experiment": "planar",
         "recipe": asdict(recipe),
         "image": {"shape": list(prob.image.shape), "sha256": runs.digest(prob.image.tobytes())},
         "p_true": prob.p_true.tolist(),
     }
-    with runs.lock(out):
-        runs.open_run(out, identity, resume=resume, fresh=fresh,
-                      files=("runs", "planar.json", "table1.md"))  # fmt: skip
-        return _run_locked(out, prob, recipe, progress, log)
 
 
 def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, log) -> dict:
