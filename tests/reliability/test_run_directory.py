@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import re
 import resource
 import struct
 import subprocess
@@ -436,3 +437,36 @@ def test_a_dropout_predictor_trains_to_the_same_bytes_twice(tmp_path) -> None:
         for f in ("a", "b")
     ]
     assert logs[0] == logs[1]
+
+
+def test_two_identical_quick_runs_write_the_same_bytes(mnist, tmp_path, monkeypatch) -> None:
+    """``lkstn reproduce mnist --quick`` twice, with dropout in the predictor (torch's global
+    generator draws its masks) and the global generators scrambled in between: the same
+    checkpoint bytes, records and table (wall times and load average aside)."""
+    from dataclasses import replace
+
+    from lkstn.experiments import mnist as experiment
+
+    base = experiment.MNIST.predictor
+
+    def with_dropout(arch, generator=None):
+        return nn.Sequential(nn.Dropout(0.2), base(arch, generator=generator))
+
+    monkeypatch.setattr(experiment, "MNIST", replace(experiment.MNIST, predictor=with_dropout))
+    for k in (0, 1):
+        torch.manual_seed(1000 + k)
+        reproduce(mnist, tmp_path / str(k), "--quick")
+    row = "ic-stn-2b"
+    a, b = ((tmp_path / k / row / "checkpoint.pt").read_bytes() for k in "01")
+    assert a == b
+    ckpt = load_checkpoint(tmp_path / "0" / row / "checkpoint.pt")
+    assert any("0.weight" in k or "1.0" in k for k in ckpt.model_state)  # the wrapped predictor
+    for name, drop in (("log.jsonl", "time"), ("progress.jsonl", "elapsed_s")):
+        first, second = (
+            [{k: v for k, v in r.items() if k != drop}
+             for r in runs.read_records(tmp_path / k / row / name)] for k in "01"
+        )  # fmt: skip
+        assert first == second and len(first) == 2
+    times = re.compile(r"\d+\.\d+ (min|h)|load average \[[^]]*\]|/[01]\b")
+    tables = [times.sub("T", (tmp_path / k / "table.md").read_text()) for k in "01"]
+    assert tables[0] == tables[1]
