@@ -95,11 +95,15 @@ def not_writable(path: Path, exc: BaseException) -> NotWritable:
 def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append ``record`` as one JSON line, flushed and fsync'ed (a kill tears the last line at
     most)."""
-    path = Path(path)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    _durably(Path(path), "ab", lambda f: f.write(line))
+
+
+def _durably(path: Path, mode: str, action: Callable[[Any], Any]) -> None:
+    """Open ``path``, apply ``action`` to the file, flush and fsync; a failure is one line."""
     try:
-        with open(path, "ab") as f:
-            f.write(line)
+        with open(path, mode) as f:
+            action(f)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
@@ -150,13 +154,7 @@ def truncate_records(
             break
         kept.append(record)
     if cut is not None:
-        try:
-            with open(path, "r+b") as f:
-                f.truncate(cut)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise not_writable(path, exc) from None
+        _durably(path, "r+b", lambda f: f.truncate(cut))
     return kept
 
 

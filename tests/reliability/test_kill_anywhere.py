@@ -197,11 +197,13 @@ def test_killed_at_chosen_instants_and_randomly_then_resumed_identical(reference
 
 
 @pytest.mark.slow
-def test_killed_at_every_write_instant_then_resumed_identical(reference, tmp_path):
+def test_killed_at_every_write_instant_then_resumed_identical(reference, tmp_path, capsys):
     data, expected, events = reference
     for kill_at in range(1, len(events) + 1):
         ended = kill_then_resume(data, tmp_path / f"i{kill_at}", expected, kill_at=kill_at)
         assert ended == "killed", events[kill_at - 1]
+    with capsys.disabled():
+        print(f"\n  killed at each of {len(events)} write instants, all resumed")
 
 
 @pytest.mark.slow
