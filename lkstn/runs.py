@@ -13,7 +13,8 @@ A run directory holds
   a time, flushed and fsync'ed (:func:`append_record`). A kill can only tear the last line; a
   reader ignores a torn line (:func:`read_records`) and a resuming writer cuts it off
   (:func:`truncate_records`), so no complete record is ever lost or rewritten;
-- ``checkpoint.pt`` (:mod:`lkstn.learned.checkpoint`), written atomically;
+- ``checkpoint.pt`` (:mod:`lkstn.learned.checkpoint`), written atomically (a resume removes the
+  temporary file that a kill during a write leaves);
 - derived files (tables, figures, ``row.json``, ``planar.json``), rebuilt from the checkpoint and
   the records at every run and written atomically (:func:`write_atomic`): never trusted across a
   kill;
@@ -321,6 +322,8 @@ def open_run(
                 f"--resume: {run_dir} was made with other settings ({'; '.join(diff)}); pass the "
                 "run's settings, or --fresh to start over"
             )
+        for stale in run_dir.glob(".*.tmp"):  # a killed atomic write's temporary file
+            stale.unlink(missing_ok=True)
         return True
     recorded = {**(recorded or {}), "code": code_version(), "created": time.time()}
     record = {"format": FORMAT, "identity": identity, "recorded": recorded}

@@ -86,6 +86,6 @@ def resume_run(run: Path, model: nn.Module, optimizer, config: Any) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed the global generators a model may draw from (dropout, a user's NumPy or random)."""
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**64)  # any Python integer: torch takes 64 bits
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global state: what user code reads)
     random.seed(seed)

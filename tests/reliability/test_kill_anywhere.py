@@ -133,6 +133,7 @@ def outcome(out: Path) -> dict:
         "log_lines": len((row / "log.jsonl").read_text().splitlines()),
         "progress_lines": len((row / "progress.jsonl").read_text().splitlines()),
         "table": WALL_TIME.sub("T", (out / "table.md").read_text()),
+        "temporaries": sorted(p.name for p in row.glob(".*.tmp")),  # removed by the resume
     }
 
 
