@@ -51,6 +51,7 @@ __all__ = [
     "RunExists",
     "RunLocked",
     "RunMismatch",
+    "add_arguments",
     "append_record",
     "code_version",
     "differences",
@@ -216,6 +217,18 @@ def lock(run_dir: str | os.PathLike) -> Iterator[None]:
         del _held[run_dir]
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def add_arguments(parser: Any, what: str = "the run in --out") -> None:
+    """The command-line options of a run directory: ``--resume`` and ``--fresh``."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue {what} (refused if made with other settings)",
+    )
+    parser.add_argument("--fresh", action="store_true",
+                        help=f"delete {what} and start over (without --resume or --fresh an "
+                        "existing run is refused)")  # fmt: skip
 
 
 # -- manifest --------------------------------------------------------------------------------------

@@ -574,13 +574,7 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         help="torch.set_num_threads; on a CPU each batch is cut into one shard per thread",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
-    parser.add_argument(
-        "--fresh",
-        action="store_true",
-        help="delete the selected rows' runs in --out and start over (without --resume or "
-        "--fresh an existing run is refused)",
-    )
+    runs.add_arguments(parser, "the selected rows' runs in --out")
     parser.add_argument(
         "--skip-nonfinite",
         action="store_true",

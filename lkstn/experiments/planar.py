@@ -189,23 +189,15 @@ def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, An
     }
 
 
-def run_experiment(
-    out: str | Path,
-    recipe: Recipe = Recipe(),
-    *,
-    progress: bool = False,
-    log=print,
-    resume: bool = False,
-    fresh: bool = False,
-) -> dict[str, Any]:
+def run_experiment(out: str | Path, recipe: Recipe = Recipe(), *, progress: bool = False,
+                   log=print, resume: bool = False,
+                   fresh: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train every (sigma, depth), evaluate on fixed test sets, write figures and JSON to ``out``.
 
-    ``out`` is a run directory (:mod:`lkstn.runs`): its manifest holds the recipe, the image's
-    SHA-256 and the code version; ``resume`` continues the run there (trainings finished are
-    loaded, the others resume from their checkpoints) and refuses one made with other settings
-    (``--steps 40`` on a 400-step run); without ``resume`` or ``fresh`` an existing run is
-    refused, ``fresh`` deletes it first. Returns the JSON-ready record (also written to
-    ``out/planar.json``; that file, ``table1.md`` and the figures are rebuilt at every run).
+    ``out`` is a run directory (:mod:`lkstn.runs`, manifest :func:`run_identity`): ``resume``
+    continues it (refused if made with other settings), ``fresh`` deletes it first, neither
+    refuses an existing run. Returns the JSON-ready record (also written to ``out/planar.json``;
+    it, ``table1.md`` and the figures are rebuilt at every run).
     """
     out = Path(out)
     prob = planar_problem(SHAPE, warp=Affine())
@@ -216,14 +208,10 @@ def run_experiment(
 
 
 def run_identity(recipe: Recipe, prob: PlanarProblem) -> dict[str, Any]:
-    """What the manifest of an experiment's output folder compares: the recipe (steps, seed,
-    sigmas, depths, ...), the image (shape and SHA-256) and the box (``p_true``)."""
-    return {
-        "experiment": "planar",
-        "recipe": asdict(recipe),
-        "image": {"shape": list(prob.image.shape), "sha256": runs.digest(prob.image.tobytes())},
-        "p_true": prob.p_true.tolist(),
-    }
+    """What an output folder's manifest compares: the recipe, the image (SHA-256), the box."""
+    image = {"shape": list(prob.image.shape), "sha256": runs.digest(prob.image.tobytes())}
+    return {"experiment": "planar", "recipe": asdict(recipe), "image": image,
+            "p_true": prob.p_true.tolist()}  # fmt: skip
 
 
 def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, log) -> dict:
@@ -396,14 +384,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out (refused if it was made with other settings)",
-    )
-    parser.add_argument(
-        "--fresh", action="store_true", help="delete the run in --out and start over"
-    )
+    runs.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
