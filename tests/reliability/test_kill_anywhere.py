@@ -144,6 +144,8 @@ def reference(tmp_path_factory):
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo (2 s) once, here
     import matplotlib.pyplot  # noqa: F401  (the report's imports, likewise)
 
+    import lkstn.experiments.mnist  # noqa: F401  (what the command imports: once, in the parent)
+
     data = write_mnist(root / "data", 0)
     events = root / "events.txt"
     assert wait(fork_run(data, root / "straight", False, events_to=events)) == "finished"
