@@ -473,3 +473,19 @@ def test_two_identical_quick_runs_write_the_same_bytes(mnist, tmp_path, monkeypa
     times = re.compile(r"\d+\.\d+ (min|h)|load average \[[^]]*\]|/[01]\b")
     tables = [times.sub("T", (tmp_path / k / "table.md").read_text()) for k in "01"]
     assert tables[0] == tables[1]
+
+
+@pytest.mark.slow
+def test_planar_real_run_of_other_steps_is_refused_and_a_resume_reuses_it(tmp_path, capsys):
+    """A real (short) ``--quick`` run, then ``--steps`` of another length: refused, the report
+    untouched; the same command with ``--resume`` loads the finished trainings."""
+    out = str(tmp_path / "planar")
+    assert main(["reproduce", "planar", "--quick", "--steps", "8", "--out", out]) == 0
+    before = snapshot(tmp_path / "planar")
+    capsys.readouterr()
+    assert main(["reproduce", "planar", "--quick", "--steps", "40", "--resume", "--out", out]) == 2
+    one_line_error(capsys, "recipe.n_steps: run 8, now 40")
+    assert snapshot(tmp_path / "planar") == before
+    assert main(["reproduce", "planar", "--quick", "--steps", "8", "--resume", "--out", out]) == 0
+    first = json.loads(before["planar.json"])["table1"]
+    assert json.loads((tmp_path / "planar" / "planar.json").read_text())["table1"] == first
