@@ -7,7 +7,7 @@ install:
 
 demo:
 	$(PY) -m pip install -e .
-	$(PY) examples/planar_alignment.py --quick --out out/planar
+	$(PY) examples/planar_alignment.py --quick --out out/planar --resume
 
 test: install
 	$(PY) -m pytest -m "not slow" -q --doctest-modules lkstn tests

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lkstn import runs
 from lkstn.experiments import arguments as types
 from lkstn.learned.stn import CSTN, STN
 from lkstn.sampling import canonical_grid
@@ -169,8 +170,7 @@ def run(args: argparse.Namespace) -> int:
                    f"--size {args.size} --out {args.out}",
     }  # fmt: skip
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "boundary.json").write_text(json.dumps(record, indent=2))
+    runs.write_atomic(out / "boundary.json", json.dumps(record, indent=2))
     path = _figure(photo, p_crop, zoom_out, zoom_in, args.zoom, out / "fig2_boundary.png")
     lost, limit = zoom_out["lost_fraction"], zoom_out["expected_lost_fraction"]
     print(f"lost {100 * lost:.1f} % of the STN's pixels (continuous limit {100 * limit:.1f} %)")

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lkstn import runs
 from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import fixed_starts
 from lkstn.experiments.problems import planar_problem
@@ -376,7 +377,6 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(markdown_table(checks))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "quick": bool(args.quick),
         "seconds": seconds,
@@ -384,6 +384,6 @@ def run(args: argparse.Namespace) -> int:
         f"({threads} thread), load average {os.getloadavg()[0]:.1f} at the end",
         "checks": [asdict(c) for c in checks],
     }
-    (out / "equivalence.json").write_text(json.dumps(record, indent=2))
+    runs.write_atomic(out / "equivalence.json", json.dumps(record, indent=2))
     print(f"{len(checks)} rows in {seconds:.1f} s -> {out / 'equivalence.json'}")
     return 0 if all(c.passed is not False for c in checks) else 1

@@ -351,7 +351,7 @@ def test_quick_gtsrb_with_the_authors_frame(gtsrb_root, tmp_path, capsys):
     _figure_ok(tmp_path / "figures" / "fig10_alignment.png")
     # a resume with the other frame would mix two runs: refused in one line
     assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume") == 2
-    assert "--frame authors" in capsys.readouterr().err
+    assert 'frame: run "authors", now "own"' in capsys.readouterr().err
     # the report finds the frame in run.json
     args = ["reproduce", "gtsrb", "--data", str(gtsrb_root), "--report-only", "--rows",
             "IC-STN-2", "--out", str(tmp_path)]  # fmt: skip
@@ -402,7 +402,7 @@ def test_quick_gtsrb_standardized_is_recorded_and_resumed_alike(
     assert json.loads((tmp_path / "m" / "cnnb" / "run.json").read_text())["standardize"] is False
     # a resume on raw intensities would mix two inputs: refused in one line
     assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume", "--no-standardize") == 2
-    assert "--standardize" in capsys.readouterr().err
+    assert "standardize: run true, now false" in capsys.readouterr().err
     assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume", "--standardize") == 0
     # the report reads the input back from run.json, whatever the flag says
     seen, load = [], cl.load_data
@@ -421,7 +421,7 @@ def test_quick_gtsrb_runs_on_cuda_unchanged(gtsrb_root, tmp_path):
     assert row["iterations"] == 4 and row["finished"] and 0.0 <= row["test_error"] <= 100.0
     machine = row["run"]["machine"]
     assert machine["device"] == "cuda" and machine["gpu"]
-    config = json.loads((tmp_path / "ic-stn-2" / "config.json").read_text())["config"]
+    config = load_checkpoint(tmp_path / "ic-stn-2" / "checkpoint.pt").config
     assert config["workers"] == 1  # no CPU shards on a GPU
     _figure_ok(tmp_path / "figures" / "fig10_alignment.png")
 
