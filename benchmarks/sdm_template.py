@@ -69,7 +69,8 @@ def run_photo(name: str, args: argparse.Namespace, seed: int) -> dict:
     image = photo(name)
     p_true = box_params(warp, image.shape, args.size, 5.0)
     template = warp_image(image, warp, p_true, shape)
-    options = {k: getattr(args, k) for k in ("n_samples", "n_stages", "pool", "alpha", "sigma_px")}
+    names = ("n_samples", "n_stages", "pool", "alpha", "sigma_px", "margin_px")
+    options = {k: getattr(args, k) for k in names}
     options = {k: v for k, v in options.items() if v is not None}
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -104,6 +105,28 @@ def run_photo(name: str, args: argparse.Namespace, seed: int) -> dict:
     return row
 
 
+def ridge_threads() -> dict:
+    """Seconds of one 1000 x 1024 ridge fit on 1 and 2 BLAS threads, alternated, 3 rounds."""
+    from threadpoolctl import threadpool_limits
+
+    from lkstn.classical.ridge import ridge_regression
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((1000, 1024)), rng.random((1000, 6))
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(3):
+        for threads in (1, 2):
+            with threadpool_limits(limits=threads, user_api="blas"):
+                t0 = time.perf_counter()
+                ridge_regression(X, Y, 0.1)
+                times[threads].append(time.perf_counter() - t0)
+    for threads, ts in times.items():
+        print(f"{threads} BLAS thread(s): " + ", ".join(f"{t:.3f}" for t in ts) + " s")
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+          f"{time.strftime('%Y-%m-%d', time.gmtime())}")  # fmt: skip
+    return {"seconds": times}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=128, help="template side, px")
@@ -117,8 +140,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pool", type=int)
     ap.add_argument("--alpha", type=float)
     ap.add_argument("--sigma-px", type=float, help="fit's perturbation, px (default: SDM's)")
+    ap.add_argument("--margin-px", type=float, help="border left out of the features, px")
+    ap.add_argument(
+        "--ridge-threads",
+        action="store_true",
+        help="time the ridge on 1 and 2 "
+        "BLAS threads side by side (1000 x 1024 features, 3 rounds) and stop",
+    )
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args(argv)
+    if args.ridge_threads:
+        return ridge_threads()
     from lkstn.classical.sdm_template import DEFAULTS
 
     fit_sigma = args.sigma_px or max(1.0, DEFAULTS["sigma_frac"] * args.size)

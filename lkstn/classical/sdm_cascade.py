@@ -6,8 +6,9 @@ eq. (7)), then moves every estimate as IC-LK does, ``p <- p o dp^-1`` ([BM04] Se
 are drawn :data:`CHUNK_BYTES` at a time into one feature matrix ``(N M, D)``, the fit's memory,
 which :func:`~lkstn.classical.sdm_checks.check_fit_memory` bounds before anything is allocated.
 BLAS runs on one thread during the fit: the ridge systems (``D`` ~ 1000) gain little from a second
-core and lose 10-30x when the cores are shared (a 1000 x 1024 ridge took 0.06-0.16 s on one
-thread against 1.7-2.1 s on two, side by side, 2-core Xeon at load 4, 2026-12-05).
+core and lose several times over when the cores are shared (``python benchmarks/sdm_template.py
+--ridge-threads``: 0.15-0.19 s on one thread against 0.46-1.72 s on two, 2-core Xeon at load 5.8,
+2026-12-05).
 
 Glossary: ``N`` images, ``M`` starts per image, ``P`` warp parameters, ``D`` feature length,
 ``sample(n, p)`` image ``n`` warped at the starts ``p (m, P)``.

@@ -204,3 +204,13 @@ def test_same_seed_same_model():
     c = SDM.for_template(template, n_samples=100, rng=4)
     assert all(np.array_equal(x[0], y[0]) for x, y in zip(a.regressors, b.regressors, strict=True))
     assert not np.array_equal(a.regressors[0][0], c.regressors[0][0])
+
+
+def test_chunked_alignment_keeps_the_score():
+    image, p_true, _, sdm = problem()
+    starts = perturb(WARP, p_true, 2.0, SHAPE, np.random.default_rng(9), n=10)
+    whole, chunked = sdm.align(image, starts), sdm.align(image, starts, chunk_size=4)
+    # the same alignments in smaller batches: equal up to the rounding of batched products
+    np.testing.assert_allclose(chunked.score, whole.score, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(chunked.history, whole.history, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(chunked.converged, whole.converged)
