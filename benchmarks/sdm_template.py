@@ -24,6 +24,7 @@ import os
 import platform
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
@@ -179,8 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{machine['load_end'][0]:.1f}, {time.strftime('%Y-%m-%d', time.gmtime())}")  # fmt: skip
     report = {"args": vars(args), "rows": rows, "machine": machine}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        Path(args.out).write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -56,6 +56,7 @@ from lkstn.classical.sdm_checks import (
     check_regressors,
     check_settings,
 )
+from lkstn.classical.sdm_template import fit_template
 from lkstn.perturb import perturb
 from lkstn.result import AlignmentResult
 from lkstn.sampling import warp_image
@@ -174,9 +175,11 @@ class SDM:
     @property
     def n_features(self) -> int:
         """``D``, the length of ``phi`` for one template-shaped sample."""
-        C = 1 if self.template is None else self.template.shape[-1]  # colour: channels once fitted
-        shape = self.template_shape if self.channel_axis is None else (*self.template_shape, C)
-        return int(self.features_of(np.zeros((1, *shape))).shape[-1])
+        C = () if self.template is None else self.template.shape[2:]
+        return self._feature_length(C if self.channel_axis is None or C else (1,))
+
+    def _feature_length(self, channels: tuple[int, ...]) -> int:
+        return int(self.features_of(np.zeros((1, *self.template_shape, *channels))).shape[-1])
 
     # -- learning ---------------------------------------------------------------------------------
     def fit(self, images: Any, p_true: Any, p_init: Any, *, progress: bool | None = None) -> SDM:
@@ -232,16 +235,7 @@ class SDM:
         p_init = perturb(self.warp, p_true, sigma, self.template_shape, rng, n=int(n_samples))
         return self.fit(image, p_true, np.moveaxis(p_init, 0, -2), progress=progress)  # (..., M, P)
 
-    @classmethod
-    def for_template(cls, template: Any, **options: Any) -> SDM:
-        """An SDM fitted on perturbations of one template, ready to align images that contain it.
-
-        See :func:`lkstn.classical.sdm_template.fit_template` for the options and defaults
-        (seconds and under 1 GiB on a 128 px template).
-        """
-        from lkstn.classical.sdm_template import fit_template
-
-        return fit_template(cls, template, **options)
+    for_template = classmethod(fit_template)  # SDM.for_template(template, *, warp=..., ...)
 
     def fit_sampler(
         self,
@@ -282,11 +276,12 @@ class SDM:
             raise ValueError(
                 f"template must be finite, of shape {self.template_shape}, got {T.shape}"
             )
-        self.template = T.copy()
-        pairs = check_regressors(regressors, self.n_stages, self.warp.n_params, self.n_features)
+        D = self._feature_length(T.shape[2:])
+        pairs = check_regressors(regressors, self.n_stages, self.warp.n_params, D)
         errors = None if train_errors is None else np.array(train_errors, dtype=np.float64)
         if errors is not None and errors.shape != (self.n_stages + 1,):
             raise ValueError(f"train_errors must be ({self.n_stages + 1},), got {errors.shape}")
+        self.template = T.copy()
         self._regressors, self.train_errors = pairs, errors
 
     # -- files ------------------------------------------------------------------------------------

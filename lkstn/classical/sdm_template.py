@@ -63,7 +63,7 @@ def fit_template(
     progress: bool | None = None,
     **options: Any,
 ) -> Any:
-    """Fit ``cls`` (an :class:`~lkstn.classical.sdm.SDM`) on perturbations of ``template``.
+    """``SDM.for_template``: an SDM fitted on perturbations of ``template``, ready to align.
 
     Parameters
     ----------
@@ -133,7 +133,11 @@ def fit_template(
         features, channel_axis=None if T.ndim == 2 else -1, mask=mask, pool=pool, **options,
     )  # fmt: skip
     check_fit_memory(int(n_samples), sdm.n_features, sdm.warp.n_params, 0)  # before drawing
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if not isinstance(rng, np.random.Generator):
+        try:
+            rng = np.random.default_rng(rng)
+        except (TypeError, ValueError):
+            raise ValueError(f"rng must be a numpy Generator or a seed >= 0, got {rng!r}") from None
     delta = perturbation(sdm.warp, int(n_samples), float(sigma_px), (h, w), rng)  # (M, P)
     sample = reflected_sampler(T, sdm.warp, sdm.pool, math.ceil(3 * sigma_px) + sdm.pool)
     identity = sdm.warp.identity()[None]  # (1, P): p_true in the template frame

@@ -174,7 +174,8 @@ def test_memory_is_bounded_before_allocating():
         ({"mask": np.ones((4, 4))}, "mask"),
         ({"n_stages": 0}, "n_stages"),
         ({"min_score": 2.0}, "min_score"),
-        ({"rng": "seed"}, "."),
+        ({"rng": "seed"}, "rng"),
+        ({"rng": -1}, "rng"),
     ],
 )
 def test_for_template_rejects_bad_options(options, match):
