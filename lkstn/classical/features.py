@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FEATURES", "FeatureFn", "block_mean", "get_features", "hog", "pixels"]
+__all__ = [
+    "FEATURES",
+    "FeatureFn",
+    "block_mean",
+    "get_features",
+    "hog",
+    "normalised",
+    "pixels",
+]
 
 FeatureFn = Callable[..., np.ndarray]
 
@@ -169,6 +177,45 @@ def block_mean(
     if reduce not in ("mean", "min"):
         raise ValueError(f"reduce must be 'mean' or 'min', got {reduce!r}")
     return getattr(blocks, reduce)((axis + 1, axis + 3))
+
+
+def normalised(
+    samples: Any,
+    weights: Any = None,
+    *,
+    gain: bool = True,
+    channel_axis: int | None = None,
+) -> np.ndarray:
+    """Samples less their weighted mean (``gain``: and divided by their weighted RMS), per channel.
+
+    ``x -> w (x - mean_w x) / rms_w(x - mean_w x)``: the normalisation of the zero-normalised
+    correlation (:func:`lkstn.score.zncc`), so that features built on it ignore an offset (and a
+    gain) of the image, as ECC does. ``weights (h, w)`` (default ones) also zero ignored pixels;
+    a flat sample stays zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((2, 4, 4))
+    >>> bool(np.allclose(normalised(3 * x + 1), normalised(x)))
+    True
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    n_core = _core_ndim(channel_axis)
+    axis = samples.ndim - n_core
+    core = samples.shape[axis:]
+    w = np.ones(core[:2]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != core[:2]:
+        raise ValueError(f"weights must have shape {core[:2]}, got {w.shape}")
+    w = w if n_core == 2 else w[..., None]
+    space = (axis, axis + 1)  # rows and columns: one mean (and gain) per channel
+    total = w.sum((0, 1))
+    centred = w * (samples - (w * samples).sum(space, keepdims=True) / total)
+    if not gain:
+        return centred
+    with np.errstate(all="ignore"):
+        rms = np.sqrt((centred**2).sum(space, keepdims=True) / total)
+        return np.where(rms > 0, centred / np.where(rms > 0, rms, 1.0), 0.0)
 
 
 FEATURES: dict[str, FeatureFn] = {"pixels": pixels, "hog": hog}

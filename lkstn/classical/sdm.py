@@ -33,13 +33,12 @@ References: [XD13] Xiong & De la Torre, Supervised Descent Method, CVPR 2013. [L
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lkstn.chunks import align_in_chunks
-from lkstn.classical.features import FeatureFn, block_mean, get_features
+from lkstn.classical.features import FeatureFn, block_mean, get_features, normalised
 from lkstn.classical.ridge import ridge_regression
 from lkstn.classical.sdm_cascade import (
     Sampler,
@@ -53,9 +52,11 @@ from lkstn.classical.sdm_checks import (
     check_image,
     check_mask,
     check_params,
+    check_photometric,
     check_regressors,
     check_settings,
 )
+from lkstn.classical.sdm_io import load_sdm, save_sdm
 from lkstn.classical.sdm_template import fit_template
 from lkstn.perturb import perturb
 from lkstn.result import AlignmentResult
@@ -99,6 +100,9 @@ class SDM:
         at most half the template's shorter side).
     min_score : float
         ``converged`` needs the final ZNCC (``score``) at least this high.
+    photometric : None, "bias" or "gain-bias"
+        Features blind to an offset (and a gain) of the image per channel: each pooled sample
+        less its mean (over its RMS) under the block mask, as ZNCC normalises.
 
     An alignment is ``converged`` when its parameters and cost are finite, at least one stage
     ran and its last update moved the template corners by less than ``tol`` px, at least half
@@ -144,8 +148,10 @@ class SDM:
         mask: Any = None,
         pool: int = 1,
         min_score: float = MIN_SCORE,
+        photometric: str | None = None,
     ) -> None:
         check_settings(template_shape, n_stages, alpha, tol, channel_axis, pool, min_score)
+        check_photometric(photometric)
         self.template_shape = (int(template_shape[0]), int(template_shape[1]))
         self.warp = warp_from_name(warp)
         self.n_stages, self.alpha, self.tol = int(n_stages), float(alpha), float(tol)
@@ -153,6 +159,11 @@ class SDM:
         self.mask, self.pool = check_mask(mask, self.template_shape), int(pool)
         self.block_mask = None if self.mask is None else block_mean(self.mask, pool, reduce="min")
         self.min_score = float(min_score)
+        if photometric not in (None, "bias", "gain-bias"):
+            raise ValueError(
+                f"photometric must be None, 'bias' or 'gain-bias', got {photometric!r}"
+            )
+        self.photometric = photometric
         self._phi = get_features(features)
         self._regressors: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.template: np.ndarray | None = None
@@ -285,21 +296,8 @@ class SDM:
         self._regressors, self.train_errors = pairs, errors
 
     # -- files ------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted model to one ``.npz`` (arrays and a JSON configuration, no pickle).
-
-        Returns the path written; see :mod:`lkstn.classical.sdm_io` for the format.
-        """
-        from lkstn.classical.sdm_io import save_sdm
-
-        return save_sdm(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SDM:
-        """Read a model written by :meth:`save`; ``ValueError`` naming the file and the field."""
-        from lkstn.classical.sdm_io import load_sdm
-
-        return load_sdm(cls, path)
+    save = save_sdm  # sdm.save(path): one .npz of arrays and JSON, no pickle
+    load = classmethod(load_sdm)  # SDM.load(path): every field checked
 
     # -- alignment --------------------------------------------------------------------------------
     def align(
@@ -377,7 +375,10 @@ class SDM:
         ca = self.channel_axis
         if self.pool > 1 and not pooled:
             samples = block_mean(samples, self.pool, channel_axis=ca)
-        if self.block_mask is not None:
+        if self.photometric is not None:
+            gain = self.photometric == "gain-bias"
+            samples = normalised(samples, self.block_mask, gain=gain, channel_axis=ca)
+        elif self.block_mask is not None:
             samples = samples * (self.block_mask if ca is None else self.block_mask[..., None])
         phi = np.asarray(self._phi(samples, channel_axis=ca), dtype=np.float64)
         n_core = 2 if ca is None else 3

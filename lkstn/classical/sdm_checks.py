@@ -21,6 +21,7 @@ __all__ = [
     "check_image",
     "check_mask",
     "check_params",
+    "check_photometric",
     "check_regressors",
     "check_settings",
 ]
@@ -155,3 +156,9 @@ def check_settings(
         raise ValueError(f"pool must be an int in [1, {most}], got {pool!r}")
     if not -1 <= min_score <= 1:  # NaN fails too
         raise ValueError(f"min_score must be in [-1, 1], got {min_score!r}")
+
+
+def check_photometric(photometric: Any) -> None:
+    """``None``, ``"bias"`` or ``"gain-bias"``."""
+    if photometric not in (None, "bias", "gain-bias"):
+        raise ValueError(f"photometric must be None, 'bias' or 'gain-bias', got {photometric!r}")

@@ -3,7 +3,8 @@
 Members (all float64 unless said)::
 
     config        0-d unicode string: JSON {format, version, warp, template_shape, n_channels,
-                  n_stages, alpha, features, channel_axis, tol, pool, min_score, n_features, mask}
+                  n_stages, alpha, features, channel_axis, tol, pool, min_score, n_features, mask,
+                  photometric}
     R             (n_stages, P, D)   the regressors, stage by stage
     b             (n_stages, P)
     template      (h, w) or (h, w, C)
@@ -38,12 +39,17 @@ _KEYS = {
     "format": str, "version": int, "warp": str, "template_shape": list,
     "n_channels": (int, type(None)), "n_stages": int, "alpha": float, "features": str,
     "channel_axis": (int, type(None)), "tol": float, "pool": int, "min_score": float,
-    "n_features": int, "mask": bool,
+    "n_features": int, "mask": bool, "photometric": (str, type(None)),
 }  # fmt: skip
 
 
 def save_sdm(sdm: Any, path: str | Path) -> Path:
-    """Write a fitted SDM to ``path`` (``.npz`` appended if missing); returns the path."""
+    """Write a fitted SDM to ``path`` (``.npz`` appended if missing); returns the path.
+
+    One ``.npz`` of float64 arrays and the configuration as JSON text, no pickle (the module
+    docstring lists the members). ``RuntimeError`` before ``fit``; ``ValueError`` for a model
+    whose features are a callable (only ``"pixels"`` and ``"hog"`` can be named in a file).
+    """
     if not isinstance(sdm.features, str):
         raise ValueError(f"features: only named features can be saved, got {sdm.features!r}")
     regressors, T = sdm.regressors, sdm.template  # RuntimeError before fit
@@ -55,7 +61,7 @@ def save_sdm(sdm: Any, path: str | Path) -> Path:
         "n_stages": sdm.n_stages, "alpha": sdm.alpha, "features": sdm.features,
         "channel_axis": sdm.channel_axis, "tol": sdm.tol, "pool": sdm.pool,
         "min_score": sdm.min_score, "n_features": int(regressors[0][0].shape[1]),
-        "mask": sdm.mask is not None,
+        "mask": sdm.mask is not None, "photometric": sdm.photometric,
     }  # fmt: skip
     arrays = {
         "config": np.array(json.dumps(config)),
@@ -73,7 +79,11 @@ def save_sdm(sdm: Any, path: str | Path) -> Path:
 
 
 def load_sdm(cls: type, path: str | Path) -> Any:
-    """Read, check and rebuild an SDM written by :func:`save_sdm` (see the module docstring)."""
+    """Read, check and rebuild an SDM written by :func:`save_sdm` (``SDM.load(path)``).
+
+    Any file it did not write, or a damaged one, gives one ``ValueError`` naming the file and
+    the field; nothing larger than :data:`MAX_BYTES` is inflated.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
@@ -88,6 +98,7 @@ def load_sdm(cls: type, path: str | Path) -> Any:
             (h, w), config["warp"], config["n_stages"], config["alpha"], config["features"],
             channel_axis=config["channel_axis"], tol=config["tol"], pool=config["pool"],
             min_score=config["min_score"], mask=arrays.get("mask"),
+            photometric=config["photometric"],
         )  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise fail("config", str(exc)) from None

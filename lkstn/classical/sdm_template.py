@@ -39,12 +39,12 @@ __all__ = ["DEFAULTS", "fit_template", "reflected_sampler"]
 
 DEFAULTS = {
     "n_samples": 1000, "n_stages": 5, "alpha": 0.1, "features_side": 32, "sigma_frac": 0.04,
-    "margin_sigmas": 1.5,
+    "margin_sigmas": 1.5, "photometric": "gain-bias",
 }  # fmt: skip
 """``n_samples`` starts, ``n_stages``, ridge ``alpha``; ``pool`` makes the appearance about
 ``features_side`` blocks on its shorter side; ``sigma_px`` is ``sigma_frac`` of the longer side
 (at least 1 px); a border of ``margin_sigmas * sigma_px`` template pixels is left out of the
-features."""
+features; features are ``photometric``-normalised (blind to the image's offset and gain)."""
 
 
 def fit_template(
@@ -87,7 +87,8 @@ def fit_template(
     progress : bool, optional
         tqdm bar; ``None`` shows it on a terminal once the fit has run for 2 s.
     **options
-        More ``SDM`` keywords (``tol``, ``min_score``).
+        More ``SDM`` keywords: ``tol``, ``min_score``, ``photometric`` (default ``"gain-bias"``;
+        ``None`` regresses raw intensities, as [LL17]).
 
     Returns
     -------
@@ -119,8 +120,8 @@ def fit_template(
     if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
     pool = max(1, round(min(h, w) / DEFAULTS["features_side"])) if pool is None else pool
-    if margin_px is None:
-        margin_px = DEFAULTS["margin_sigmas"] * sigma_px
+    if margin_px is None:  # at most a quarter of the shorter side stays out
+        margin_px = min(DEFAULTS["margin_sigmas"] * sigma_px, (min(h, w) - 1) // 4)
     if not (isinstance(margin_px, Real) and 0 <= margin_px < min(h, w) / 4):
         raise ValueError(f"margin_px must be in [0, {min(h, w) / 4:g}) pixels, got {margin_px!r}")
     border = np.zeros((h, w))
@@ -131,7 +132,8 @@ def fit_template(
         (h, w), warp,
         DEFAULTS["n_stages"] if n_stages is None else n_stages,
         DEFAULTS["alpha"] if alpha is None else alpha,
-        features, channel_axis=None if T.ndim == 2 else -1, mask=mask, pool=pool, **options,
+        features, channel_axis=None if T.ndim == 2 else -1, mask=mask, pool=pool,
+        **{"photometric": DEFAULTS["photometric"], **options},
     )  # fmt: skip
     check_fit_memory(int(n_samples), sdm.n_features, sdm.warp.n_params, 0)  # before drawing
     if not isinstance(rng, np.random.Generator):

@@ -124,6 +124,7 @@ DAMAGE = {
     "config template_shape": (_set_config(template_shape=[40, -1]), "template_shape"),
     "bad warp": (_set_config(warp="projective"), "config"),
     "bad alpha": (_set_config(alpha=-1.0), "config"),
+    "bad photometric": (_set_config(photometric="gain"), "config"),
     "config not json": (_set("config", np.array("{not json")), "config"),
     "config not text": (_set("config", np.zeros(3)), "config"),
     "R float32": (_set("R", lambda a: a.astype(np.float32)), "R"),

@@ -215,3 +215,35 @@ def test_chunked_alignment_keeps_the_score():
     np.testing.assert_allclose(chunked.score, whole.score, rtol=0, atol=1e-9)
     np.testing.assert_allclose(chunked.history, whole.history, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(chunked.converged, whole.converged)
+
+
+def test_gain_bias_features_ignore_lighting():
+    """The default model regresses ZNCC-normalised blocks: an image relit as ``0.6 I + 0.2``
+    gives the same features, hence the same trajectory up to rounding; raw pixels do not."""
+    image, p_true, template, sdm = problem()
+    assert sdm.photometric == "gain-bias"
+    starts = perturb(WARP, p_true, 0.04 * SIDE, SHAPE, np.random.default_rng(11), n=60)
+    same, relit = sdm.align(image, starts), sdm.align(0.6 * image + 0.2, starts)
+    # features equal to ~1e-15 relative; the cascade amplifies that by its gain only
+    np.testing.assert_allclose(relit.history, same.history, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(relit.score, same.score, rtol=0, atol=1e-9)
+    raw = SDM.for_template(template, warp=WARP, photometric=None, progress=False)
+    err = corner_error(WARP, raw.align(0.6 * image + 0.2, starts).p, p_true, SHAPE)
+    good = corner_error(WARP, same.p, p_true, SHAPE)
+    assert np.median(err) > 10 * np.median(good)
+
+
+def test_normalised_ignores_weighted_out_pixels():
+    from lkstn.classical.features import normalised
+
+    x = np.random.default_rng(0).random((3, 6, 5, 2))
+    w = np.ones((6, 5))
+    w[:2] = 0.0
+    y = x.copy()
+    y[:, :2] = 7.0  # changed only where the weight is 0
+    a = normalised(x, w, channel_axis=-1)
+    np.testing.assert_array_equal(a, normalised(y, w, channel_axis=-1))
+    kept = a[:, 2:]  # zero mean and unit RMS per sample and channel over the kept pixels
+    np.testing.assert_allclose(kept.mean((1, 2)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.sqrt((kept**2).mean((1, 2))), 1.0, rtol=1e-12)
+    assert np.all(normalised(np.ones((4, 4))) == 0.0)  # flat: no evidence, no NaN
