@@ -18,10 +18,9 @@ Ridge
     Closed form with the intercept not penalised: exactly ``sklearn.linear_model.Ridge(alpha)``
     (:func:`lkstn.classical.ridge.ridge_regression`).
 Appearance and success
-    ``phi`` acts on ``I(p)`` averaged over ``pool x pool`` blocks and weighted by the template
-    mask; ``converged`` requires the final ZNCC of template and ``I(p)`` (``score``,
-    :func:`lkstn.score.zncc`) to reach ``min_score``, so a cascade that stops in a wrong place
-    reports failure.
+    ``phi`` acts on ``I(p)`` pooled over blocks under the template mask; ``converged`` needs the
+    final ZNCC (``score``, :func:`lkstn.score.zncc`) and the first stage to agree that ``p`` is
+    aligned, so a cascade that stops in a wrong place reports failure.
 
 Glossary: ``I`` image, ``p`` warp parameters, ``delta`` displacement of ``p`` from ``p_true`` in
 the template frame, ``dp`` a predicted update, ``phi`` the feature function, ``D`` feature length,
@@ -59,7 +58,7 @@ from lkstn.classical.sdm_checks import (
 from lkstn.classical.sdm_io import load_sdm, save_sdm
 from lkstn.classical.sdm_template import fit_template
 from lkstn.perturb import perturb
-from lkstn.result import AlignmentResult
+from lkstn.result import CONVERGED_PX, AlignmentResult
 from lkstn.sampling import warp_image
 from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
@@ -104,21 +103,22 @@ class SDM:
         Features blind to an offset (and a gain) of the image per channel: each pooled sample
         less its mean (over its RMS) under the block mask, as ZNCC normalises.
 
+    residual_px : float
+        ``converged`` needs the first stage, applied at the final estimate, to predict a motion
+        under this many template px: the widest stage estimates the misalignment that is left.
+
     An alignment is ``converged`` when its parameters and cost are finite, at least one stage
     ran and its last update moved the template corners by less than ``tol`` px, at least half
-    of the template frame lies inside the image, and ``score >= min_score``.
+    of the template frame lies inside the image, ``score >= min_score`` and the final estimate
+    is a fixed point of the first stage (``residual_px``).
 
-    Raises
-    ------
-    RuntimeError
-        From ``align`` and ``regressors`` before ``fit``.
+    ``align``, ``regressors`` and ``save`` raise ``RuntimeError`` before ``fit``.
 
     Attributes (after ``fit``)
     --------------------------
     regressors : list of (R (P, D), b (P,))
     template : ndarray (h, w[, C])
-        Mean training appearance at ``p_true``, the template SDM implicitly learns; ``cost`` and
-        ``score`` in :meth:`align` compare ``I(p)`` with it.
+        Mean training appearance at ``p_true``, which ``cost`` and ``score`` compare with.
     train_errors : ndarray (n_stages + 1,)
         Median corner error (px) of the training estimates before stage 1 and after each stage.
 
@@ -149,21 +149,18 @@ class SDM:
         pool: int = 1,
         min_score: float = MIN_SCORE,
         photometric: str | None = None,
+        residual_px: float = CONVERGED_PX,
     ) -> None:
         check_settings(template_shape, n_stages, alpha, tol, channel_axis, pool, min_score)
-        check_photometric(photometric)
+        check_photometric(photometric, residual_px)
         self.template_shape = (int(template_shape[0]), int(template_shape[1]))
         self.warp = warp_from_name(warp)
         self.n_stages, self.alpha, self.tol = int(n_stages), float(alpha), float(tol)
         self.features, self.channel_axis = features, channel_axis
         self.mask, self.pool = check_mask(mask, self.template_shape), int(pool)
         self.block_mask = None if self.mask is None else block_mean(self.mask, pool, reduce="min")
-        self.min_score = float(min_score)
-        if photometric not in (None, "bias", "gain-bias"):
-            raise ValueError(
-                f"photometric must be None, 'bias' or 'gain-bias', got {photometric!r}"
-            )
-        self.photometric = photometric
+        self.min_score, self.photometric = float(min_score), photometric
+        self.residual_px = float(residual_px)
         self._phi = get_features(features)
         self._regressors: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.template: np.ndarray | None = None
@@ -363,8 +360,10 @@ class SDM:
             inside = coverage(image, self.warp, p, self.template_shape, self.channel_axis)
             converged &= inside >= 0.5  # a template off the image: failed
             converged &= score >= self.min_score  # stopped in a wrong place: failed
-        history = np.stack(history)
-        return AlignmentResult(history=history, cost=cost, converged=converged, score=score)
+            R, b = regressors[0]  # the widest basin: its estimate of the misalignment left
+            left = self.features_of(samples) @ R.T + b
+            converged &= corner_motion_px(self.warp, self.template_shape, left) < self.residual_px
+        return AlignmentResult(np.stack(history), cost, converged, score)
 
     # -- helpers ----------------------------------------------------------------------------------
     def features_of(self, samples: np.ndarray, *, pooled: bool = False) -> np.ndarray:

@@ -158,7 +158,9 @@ def check_settings(
         raise ValueError(f"min_score must be in [-1, 1], got {min_score!r}")
 
 
-def check_photometric(photometric: Any) -> None:
-    """``None``, ``"bias"`` or ``"gain-bias"``."""
+def check_photometric(photometric: Any, residual_px: Any) -> None:
+    """``photometric``: ``None``, ``"bias"`` or ``"gain-bias"``; ``residual_px`` > 0."""
     if photometric not in (None, "bias", "gain-bias"):
         raise ValueError(f"photometric must be None, 'bias' or 'gain-bias', got {photometric!r}")
+    if not residual_px > 0:  # NaN fails too
+        raise ValueError(f"residual_px must be a number > 0 (pixels), got {residual_px!r}")

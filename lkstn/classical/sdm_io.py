@@ -4,7 +4,7 @@ Members (all float64 unless said)::
 
     config        0-d unicode string: JSON {format, version, warp, template_shape, n_channels,
                   n_stages, alpha, features, channel_axis, tol, pool, min_score, n_features, mask,
-                  photometric}
+                  photometric, residual_px}
     R             (n_stages, P, D)   the regressors, stage by stage
     b             (n_stages, P)
     template      (h, w) or (h, w, C)
@@ -39,7 +39,7 @@ _KEYS = {
     "format": str, "version": int, "warp": str, "template_shape": list,
     "n_channels": (int, type(None)), "n_stages": int, "alpha": float, "features": str,
     "channel_axis": (int, type(None)), "tol": float, "pool": int, "min_score": float,
-    "n_features": int, "mask": bool, "photometric": (str, type(None)),
+    "n_features": int, "mask": bool, "photometric": (str, type(None)), "residual_px": float,
 }  # fmt: skip
 
 
@@ -62,6 +62,7 @@ def save_sdm(sdm: Any, path: str | Path) -> Path:
         "channel_axis": sdm.channel_axis, "tol": sdm.tol, "pool": sdm.pool,
         "min_score": sdm.min_score, "n_features": int(regressors[0][0].shape[1]),
         "mask": sdm.mask is not None, "photometric": sdm.photometric,
+        "residual_px": sdm.residual_px,
     }  # fmt: skip
     arrays = {
         "config": np.array(json.dumps(config)),
@@ -98,7 +99,7 @@ def load_sdm(cls: type, path: str | Path) -> Any:
             (h, w), config["warp"], config["n_stages"], config["alpha"], config["features"],
             channel_axis=config["channel_axis"], tol=config["tol"], pool=config["pool"],
             min_score=config["min_score"], mask=arrays.get("mask"),
-            photometric=config["photometric"],
+            photometric=config["photometric"], residual_px=config["residual_px"],
         )  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise fail("config", str(exc)) from None

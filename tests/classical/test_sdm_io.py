@@ -125,6 +125,7 @@ DAMAGE = {
     "bad warp": (_set_config(warp="projective"), "config"),
     "bad alpha": (_set_config(alpha=-1.0), "config"),
     "bad photometric": (_set_config(photometric="gain"), "config"),
+    "bad residual_px": (_set_config(residual_px=-1.0), "config"),
     "config not json": (_set("config", np.array("{not json")), "config"),
     "config not text": (_set("config", np.zeros(3)), "config"),
     "R float32": (_set("R", lambda a: a.astype(np.float32)), "R"),

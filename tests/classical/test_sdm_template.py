@@ -247,3 +247,21 @@ def test_normalised_ignores_weighted_out_pixels():
     np.testing.assert_allclose(kept.mean((1, 2)), 0.0, atol=1e-12)
     np.testing.assert_allclose(np.sqrt((kept**2).mean((1, 2))), 1.0, rtol=1e-12)
     assert np.all(normalised(np.ones((4, 4))) == 0.0)  # flat: no evidence, no NaN
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_first_stage_check_removes_false_successes(name):
+    """Starts at twice the training scale: some cascades stop 1-6 px off with a high ZNCC and a
+    tiny last step. The first (widest) stage, applied at the final estimate, predicts that
+    leftover motion, and ``residual_px`` turns those into failures. Measured (300 starts, seed
+    21): false successes 16 / 38 / 32 without the check, 2 / 1 / 2 with it; missed ones 0-3."""
+    image, p_true, template, sdm = problem(name)
+    loose = SDM.for_template(template, warp=WARP, residual_px=1e9, progress=False)
+    starts = perturb(WARP, p_true, 0.08 * SIDE, SHAPE, np.random.default_rng(21), n=300)
+    false_pos = {}
+    for label, model in (("default", sdm), ("loose", loose)):
+        res = model.align(image, starts)
+        err = corner_error(WARP, res.p, p_true, SHAPE)
+        false_pos[label] = int(np.sum(res.converged & (err >= 1.0)))
+        assert np.sum(~res.converged & (err < 1.0)) <= 6  # misses stay rare
+    assert false_pos["default"] <= 4 and false_pos["loose"] >= 10
