@@ -65,8 +65,9 @@ from lkstn.warps import Warp, warp_from_name
 
 __all__ = ["MIN_SCORE", "SDM", "ridge_regression"]
 
-MIN_SCORE = 0.9
-"""Default ``min_score``: the ZNCC below which a final alignment does not count as converged."""
+MIN_SCORE = 0.5
+"""Default ``min_score``: the ZNCC below which a final alignment does not count as converged;
+the classical Gauss-Newton aligners' default (a test keeps the two equal)."""
 
 
 class SDM:
