@@ -111,7 +111,7 @@ def fit_template(
     h, w = T.shape[:2]
     side = max(h, w)
     sigma_px = max(1.0, DEFAULTS["sigma_frac"] * side) if sigma_px is None else sigma_px
-    if not (isinstance(sigma_px, Real) and 0 < sigma_px <= side):
+    if isinstance(sigma_px, bool) or not (isinstance(sigma_px, Real) and 0 < sigma_px <= side):
         raise ValueError(
             f"sigma_px must be a number in (0, {side}] template pixels, got {sigma_px!r}"
         )
@@ -122,7 +122,9 @@ def fit_template(
     pool = max(1, round(min(h, w) / DEFAULTS["features_side"])) if pool is None else pool
     if margin_px is None:  # at most a quarter of the shorter side stays out
         margin_px = min(DEFAULTS["margin_sigmas"] * sigma_px, (min(h, w) - 1) // 4)
-    if not (isinstance(margin_px, Real) and 0 <= margin_px < min(h, w) / 4):
+    if isinstance(margin_px, bool) or not (
+        isinstance(margin_px, Real) and 0 <= margin_px < min(h, w) / 4
+    ):
         raise ValueError(f"margin_px must be in [0, {min(h, w) / 4:g}) pixels, got {margin_px!r}")
     border = np.zeros((h, w))
     b = int(round(margin_px))

@@ -164,6 +164,7 @@ def test_memory_is_bounded_before_allocating():
         ({"sigma_px": float("nan")}, "sigma_px"),
         ({"sigma_px": -1.0}, "sigma_px"),
         ({"sigma_px": 1e6}, "sigma_px"),
+        ({"sigma_px": True}, "sigma_px"),
         ({"n_samples": 0}, "n_samples"),
         ({"n_samples": -5}, "n_samples"),
         ({"n_samples": 2.5}, "n_samples"),
