@@ -7,7 +7,7 @@ are drawn :data:`CHUNK_BYTES` at a time into one feature matrix ``(N M, D)``, th
 which :func:`~lkstn.classical.sdm_checks.check_fit_memory` bounds before anything is allocated.
 BLAS runs on one thread during the fit: the ridge systems (``D`` ~ 1000) gain little from a second
 core and lose several times over when the cores are shared (``python benchmarks/sdm_template.py
---ridge-threads``: 0.15-0.19 s on one thread against 0.46-1.72 s on two, 2-core Xeon at load 5.8,
+--ridge-threads``: 0.10-0.25 s on one thread against 0.58-1.93 s on two, 2-core Xeon at load 9.1,
 2026-12-05).
 
 Glossary: ``N`` images, ``M`` starts per image, ``P`` warp parameters, ``D`` feature length,

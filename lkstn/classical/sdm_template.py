@@ -8,8 +8,8 @@ pool`` pixels on every side, and sampled there with any warp family (translation
 through the enclosing affine or projective warp ``W(.; p_true) o W(.; delta)``. Near the border
 a perturbed sample shows that reflection where a real image shows its own surroundings, so the
 features ignore a border of ``1.5 sigma_px`` pixels (the model's ``mask`` is the given mask times
-that border): on eight skimage photos this took the median error from 0.08-0.42 px to
-0.015-0.10 px (``benchmarks/sdm_template.py`` with and without ``--margin-px 0``).
+that border): on eight skimage photos this took the median error from 0.04-0.79 px to
+0.005-0.07 px (``benchmarks/sdm_template.py`` with and without ``--margin-px 0``).
 
 Defaults (:data:`DEFAULTS`): chosen on skimage photos so that a 128 px template fits in a few
 seconds on two cores in under 1 GiB and converges from starts ``sigma_px`` away (the
