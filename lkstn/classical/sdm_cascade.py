@@ -131,12 +131,16 @@ def inverse_or_nan(warp: Warp, p: np.ndarray) -> np.ndarray:
 
 
 def corner_motion_px(warp: Warp, template_shape: tuple[int, int], dp: np.ndarray) -> np.ndarray:
-    """RMS displacement (template px) of the template corners under ``W(.; dp)``, ``(...)``."""
-    h, w = template_shape
-    corners = warp.corners()  # (4, 2)
-    with np.errstate(all="ignore"):
-        d = (warp._apply(dp, corners) - corners) * [(w - 1) / 2, (h - 1) / 2]
-        return np.sqrt((d**2).sum(-1).mean(-1))
+    """RMS displacement (template px) of the template corners under ``W(.; dp)``, ``(...)``.
+
+    NaN where ``dp`` is not finite (a failed step is data, not an error).
+    """
+    finite = np.isfinite(dp).all(-1)  # (...)
+    with np.errstate(all="ignore"):  # a finite but huge step may overflow: inf, not an error
+        moved = corner_error(
+            warp, np.where(finite[..., None], dp, 0.0), warp.identity(), template_shape
+        )
+    return np.where(finite, moved, np.nan)
 
 
 def coverage(
