@@ -54,6 +54,8 @@ def measure(repeats: int, seed: int) -> dict:
         "ICLK float64": ICLK(prob.template, prob.warp, n_iter=N_ITER, tol=0.0),
         "ICLK float32": ICLK(prob.template, prob.warp, n_iter=N_ITER, tol=0.0, dtype="float32"),
     }
+    for aligner in aligners.values():  # warm up (imports, torch's first grid_sample)
+        aligner.align(prob.image, starts[:10])
     out: dict[str, dict[int, float]] = {name: {} for name in aligners}
     for n in BATCHES:
         for name, aligner in aligners.items():
@@ -70,7 +72,7 @@ def measure(repeats: int, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out/batch_size.json"))
     args = parser.parse_args(argv)
