@@ -242,14 +242,16 @@ def test_landing_page_screenshot(browser):
 
 def test_every_figure_is_on_some_page():
     """Every PNG under docs/figures is embedded by some Markdown page of the site."""
-    pages = [p for p in DOCS.rglob("*.md") if "_build" not in p.parts]
-    text = "\n".join(p.read_text(encoding="utf-8") for p in pages)
-    embed = r"(?:\]\(|\{figure\}\s+|\{image\}\s+)(figures/[\w./-]+\.png)"  # ![](...), {figure}
-    embedded = set(re.findall(embed, text))
+    embed = re.compile(r"(?:\]\(|\{figure\}\s+|\{image\}\s+)([^)\s]+\.png)")  # ![](...), {figure}
+    embedded = set()
+    for page in DOCS.rglob("*.md"):
+        if "_build" not in page.parts:
+            text = page.read_text(encoding="utf-8")
+            embedded |= {(page.parent / src).resolve() for src in embed.findall(text)}
     missing = sorted(
         p.relative_to(DOCS).as_posix()
         for p in (DOCS / "figures").rglob("*.png")
-        if p.relative_to(DOCS).as_posix() not in embedded
+        if p.resolve() not in embedded
     )
     assert not missing, f"figures on no page: {missing}"
 
