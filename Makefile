@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: install demo test test-all lint bench
+.PHONY: install demo test test-all lint bench notebooks docs
 
 install:
 	$(PY) -m pip install -e ".[dev]"
@@ -20,3 +20,9 @@ lint:
 
 bench:
 	$(PY) benchmarks/run_all.py
+
+notebooks:
+	$(PY) docs/make_notebooks.py
+
+docs:
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lkstn._backend import Array, asarray, is_torch
+from lkstn._backend import Array, ArrayLike, asarray, is_torch
 from lkstn.warps import Warp
+
+if TYPE_CHECKING:  # torch is imported only when a torch generator is passed in
+    import torch
 
 __all__ = ["perturb", "perturbation"]
 
@@ -36,11 +39,11 @@ def perturbation(
     n: int | tuple[int, ...],
     sigma: float,
     template_shape: tuple[int, int],
-    rng: Any,
+    rng: np.random.Generator | torch.Generator,
     *,
     translation: bool = True,
-    dtype: Any = None,
-    device: Any = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> Array:
     """Random warp parameters ``delta`` of shape ``(*n, P)`` drawn from the paper's model.
 
@@ -98,10 +101,10 @@ def perturbation(
 
 def perturb(
     warp: Warp,
-    p_true: Any,
+    p_true: ArrayLike,
     sigma: float,
     template_shape: tuple[int, int],
-    rng: Any,
+    rng: np.random.Generator | torch.Generator,
     *,
     n: int | None = None,
 ) -> Array:

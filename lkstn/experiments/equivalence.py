@@ -6,7 +6,7 @@ compares it with a threshold:
 1. **IC-LK = IC-STN with one linear layer** ([LL17] eqs. (5)-(6)). :meth:`ICSTN.from_iclk`
    copies ``(R, b) = ICLK.regressor()`` into a linear layer; run from the same starts on the
    planar problem (the cat, 50 x 50 template), IC-LK (``tol=0``) and the network produce the same
-   parameter trajectories. Measured: max |difference| over all iterates, float64; affine and
+   parameter trajectories. Measured: max ``|difference|`` over all iterates, float64; affine and
    homography.
 2. **SDM -> IC-LK as the perturbations shrink** ([LL17] eqs. (5)-(7)). The first SDM regressor,
    ridge-fitted on raw pixels at ever smaller ``sigma`` (``alpha = 100 sigma_c^3 M``, ``sigma_c``
@@ -104,7 +104,7 @@ def iclk_vs_icstn(
     sigma: float = 2.5,
     seed: int = 0,
 ) -> Check:
-    """Max |IC-LK - IC-STN.from_iclk| over the whole trajectory on the cat ([LL17] eqs. (5)-(6))."""
+    """Max ``|IC-LK - IC-STN.from_iclk|`` over the trajectory on the cat ([LL17] eqs. (5)-(6))."""
     import torch
 
     from lkstn.classical.iclk import ICLK

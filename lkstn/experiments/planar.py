@@ -18,6 +18,7 @@ Our recipe (the paper states only "SGD, batch 100"; these are our choices, see d
       run directory and a killed run resumes where it stopped; a finished phase is skipped.
     * ``torch.set_num_threads(1)`` in :func:`run`: on a loaded 2-core machine the per-op thread
       overhead of these tiny tensors made two threads ~10x slower than one.
+
 Evaluation: a fixed test set per sigma (``fixed_starts``, 1000 starts, seed ``seed + 1``), shared
 by every model; Table 1 reports the mean parameter L2 error (canonical units) and the mean corner
 error (template px) after K warps; Fig. 7 continues every network, and LK, CompositionalLK, ICLK
