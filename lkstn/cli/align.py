@@ -103,12 +103,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="lkstn-align", help="output folder")
 
 
-def read_inputs(template_path: str, image_paths: list[str], names: list[str]) -> tuple:
-    """Template (grey), its mask, and the images as ``(grey, colour)`` pairs; one-line errors."""
+def read_inputs(template_path: str | None, image_paths: list[str], names: list[str]) -> tuple:
+    """Template (grey), its mask, and the images as ``(grey, colour)`` pairs; one-line errors.
+
+    ``template_path=None`` reads the images only (``template`` and ``mask`` are then None).
+    """
     from lkstn.io import read_image
 
+    template, mask = None, None
     try:
-        template, mask = read_image(template_path, name="TEMPLATE", as_grey=True)
+        if template_path is not None:
+            template, mask = read_image(template_path, name="TEMPLATE", as_grey=True)
         images = []
         for path, name in zip(image_paths, names, strict=True):
             colour, _ = read_image(path, name=name, as_grey=False)
