@@ -13,6 +13,7 @@ Glossary: ``name`` how an error names the file (``TEMPLATE``, ``IMAGE``, ``FRAME
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,14 @@ def image_size(path: str | Path, *, name: str = "image") -> tuple[int, int]:
             return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
         from PIL import Image
 
-        with Image.open(path) as im:
-            width, height = im.size
+        with warnings.catch_warnings():  # our own max_pixels replaces PIL's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    width, height = im.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
         return int(height), int(width)
     except Exception as exc:  # PIL and tifffile raise many kinds
         raise ValueError(f"{name}: cannot read {path} as an image ({type(exc).__name__})") from None

@@ -152,7 +152,7 @@ def check_options(args: argparse.Namespace, template_shape: tuple[int, int]) -> 
         _check(sdm or not given(name), f"--{name.replace('_', '-')} applies to --method sdm only")
     if args.method in ("lk", "clk"):
         for name in ("gradient_sigma", "photometric"):
-            _check(not given(name), f"--{name.replace('_', '-')} applies to --method iclk/robust")
+            _check(not given(name), f"--{name.replace('_', '-')} applies to --method iclk only (or robust)")
     _check(args.n_iter is None or args.n_iter >= 1, f"--n-iter must be >= 1, got {args.n_iter}")
     _check(
         args.n_iter is None or args.n_iter <= 10_000, f"--n-iter at most 10000, got {args.n_iter}"
@@ -163,7 +163,7 @@ def check_options(args: argparse.Namespace, template_shape: tuple[int, int]) -> 
         s = args.gradient_sigma
         _check(
             math.isfinite(s) and 0 <= s <= min(h, w) / 2,
-            f"--gradient-sigma must be in [0, {min(h, w) / 2:g}] px (half the {w}x{h} "
+            f"--gradient-sigma must be >= 0 and at most {min(h, w) / 2:g} px (half the {w}x{h} "
             f"template's shorter side), got {s}",
         )
     if given("sdm_samples"):
