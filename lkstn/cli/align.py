@@ -152,7 +152,8 @@ def check_options(args: argparse.Namespace, template_shape: tuple[int, int]) -> 
         _check(sdm or not given(name), f"--{name.replace('_', '-')} applies to --method sdm only")
     if args.method in ("lk", "clk"):
         for name in ("gradient_sigma", "photometric"):
-            _check(not given(name), f"--{name.replace('_', '-')} applies to --method iclk only (or robust)")
+            flag = f"--{name.replace('_', '-')}"
+            _check(not given(name), f"{flag} applies to --method iclk only (or robust)")
     _check(args.n_iter is None or args.n_iter >= 1, f"--n-iter must be >= 1, got {args.n_iter}")
     _check(
         args.n_iter is None or args.n_iter <= 10_000, f"--n-iter at most 10000, got {args.n_iter}"
@@ -270,6 +271,17 @@ def initial_matrix(args: argparse.Namespace, warp, template_shape, image_shape) 
         raise UsageError(str(exc) if str(exc).startswith("--") else f"--box: {exc}") from None
 
 
+def canonical_params(warp, H: np.ndarray, template_shape, image_shape) -> list | None:
+    """Canonical ``p`` of a pixel matrix, or None where the family has no such member (a pixel
+    translation or similarity between frames of different pixel scales, lkstn.register)."""
+    from lkstn.pixels import params_from_pixel_matrix
+
+    try:
+        return params_from_pixel_matrix(warp, H, template_shape, image_shape).tolist()
+    except ValueError:
+        return None
+
+
 def write_record(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=2))
 
@@ -291,9 +303,6 @@ def run(args: argparse.Namespace) -> int:
         if "warp:" in str(exc):
             raise UsageError(f"--{exc}") from None
         raise
-    from lkstn.pixels import params_from_pixel_matrix
-
-    p = params_from_pixel_matrix(warp, out.H, template.shape, image.shape)
     record = {
         "template": args.template,
         "image": args.image,
@@ -301,13 +310,15 @@ def run(args: argparse.Namespace) -> int:
         "method": args.method,
         "pixel_matrix": out.H.tolist(),
         "pixel_matrix_init": out.H_init.tolist(),
-        "p": p.tolist(),
-        "p_init": params_from_pixel_matrix(warp, out.H_init, template.shape, image.shape).tolist(),
+        "p": canonical_params(warp, out.H, template.shape, image.shape),
+        "p_init": canonical_params(warp, out.H_init, template.shape, image.shape),
         "score": out.score,
         "converged": out.converged,
         "n_iter": out.result.n_iter,
         "conventions": "pixel_matrix maps template pixels to image pixels (OpenCV warpMatrix); "
-        "p: canonical frame [-1, 1] of template and image, see lkstn.pixels and lkstn.warps",
+        "p: canonical frame [-1, 1] of template and image (null where the warp has no canonical "
+        "form: a pixel translation or similarity between frames of different scales), see "
+        "lkstn.pixels and lkstn.warps",
     }
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
