@@ -71,3 +71,21 @@ def test_exit_codes_converged_and_not(pair, tmp_path):
     assert bad.returncode == 1, bad.stderr
     assert (tmp_path / "b" / "params.json").is_file()
     assert np.isfinite(float(good.stdout.split()[1]))
+
+
+@pytest.mark.parametrize(("extra", "names"), [
+    (["FRAME_MISSING"], "FRAME 1: no such file"),
+    (["--min-score", "2"], "--min-score"),
+    (["--min-score", "nan"], "--min-score"),
+])  # fmt: skip
+def test_track_bad_input_exit_2(pair, tmp_path, extra, names):
+    frames = [str(pair / "image.png")]
+    if extra == ["FRAME_MISSING"]:
+        frames, extra = [*frames, str(tmp_path / "nope.png")], []
+    box = ["--box", "90", "100", "121", "131"]
+    cmd = [sys.executable, "-m", "lkstn", "track", str(pair / "template.png"), *frames,
+           "--out", str(tmp_path), "--no-overlay", *box, *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0], proc.stderr
