@@ -40,6 +40,10 @@ def corner_error(H: np.ndarray, G: np.ndarray) -> float:
     return float(np.sqrt(((a[:, :2] / a[:, 2:] - b[:, :2] / b[:, 2:]) ** 2).sum(1).mean()))
 
 
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
 def make_sequence(photo_name: str, n_frames: int, out: Path, rng) -> tuple[Path, list, list]:
     """Write the template and the frames; return their paths and the true pixel matrices."""
     from skimage import data, io
@@ -49,7 +53,6 @@ def make_sequence(photo_name: str, n_frames: int, out: Path, rng) -> tuple[Path,
     h, w = photo.shape[:2]
     x0, y0 = w / 2 - SIDE / 2, h / 2 - SIDE / 2
     ref = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
-    to_uint8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
     io.imsave(out / "template.png", to_uint8(warp_image_pixels(photo, ref, (SIDE, SIDE))))
     paths, truth = [], []
     for t in range(n_frames):

@@ -46,7 +46,10 @@ def files(tmp_path_factory):
     rgb = data.chelsea() / 255.0
     grey = rgb2gray(rgb)
     t_rgb, t_grey = cut(rgb, H_TRUE), cut(grey, H_TRUE)
-    save = lambda name, x: io.imsave(root / name, x, check_contrast=False)  # noqa: E731
+
+    def save(name, x):
+        io.imsave(root / name, x, check_contrast=False)
+
     save("image8.png", as_uint(grey, np.uint8))
     save("image16.png", as_uint(grey, np.uint16))
     save("image_rgb.png", as_uint(rgb, np.uint8))
