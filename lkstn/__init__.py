@@ -9,6 +9,9 @@ A user's own files: :func:`read_image`, warps in pixels (:func:`pixel_matrix`,
 :func:`lkstn.track.track` for sequences.
 
 ``import lkstn`` stays fast: torch and the aligners are imported on first use.
+
+``lkstn.perturb`` is the module :mod:`lkstn.perturb` (the paper's noise model) in every import
+order; it is callable as its function :func:`lkstn.perturb.perturb`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lkstn import perturb
 from lkstn.result import Aligner, AlignmentResult, corner_error, param_error
 from lkstn.warps import Affine, Homography, Similarity, Translation, Warp, warp_from_name
 
@@ -23,7 +27,6 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "warp_image": "lkstn.sampling",
-    "perturb": "lkstn.perturb",
     "read_image": "lkstn.io",
     "box_matrix": "lkstn.pixels",
     "params_from_pixel_matrix": "lkstn.pixels",
@@ -48,6 +51,7 @@ __all__ = [
     "Warp",
     "corner_error",
     "param_error",
+    "perturb",
     "warp_from_name",
     *_LAZY,
 ]
