@@ -229,18 +229,15 @@ def build_aligner(args: argparse.Namespace, template: np.ndarray, mask: np.ndarr
 
 
 def _fit_sdm(args, template, mask, warp):
+    """``SDM.for_template`` with its defaults, overridden by the options given."""
     import lkstn
 
-    rng = np.random.default_rng(args.seed)
-    kwargs = {"n_stages": args.n_iter} if args.n_iter is not None else {}
-    model = lkstn.SDM(template_shape=template.shape, warp=warp, **kwargs)
-    fit_kwargs = (
-        {"mask": mask} if mask is not None and _accepts(model.fit_perturbed, "mask") else {}
-    )
-    sigma = 3.0 if args.sdm_sigma is None else args.sdm_sigma
-    n = 2000 if args.sdm_samples is None else args.sdm_samples
-    n = min(n, max(1, SDM_MAX_VALUES // template.size))
-    return model.fit_perturbed(template, warp.identity(), sigma, n, rng, **fit_kwargs)
+    options = {"sigma_px": args.sdm_sigma, "n_samples": args.sdm_samples, "n_stages": args.n_iter}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        return lkstn.SDM.for_template(template, warp=warp, mask=mask, rng=args.seed, **options)
+    except ValueError as exc:
+        raise UsageError(f"--method sdm: {exc}") from None
 
 
 def initial_matrix(args: argparse.Namespace, warp, template_shape, image_shape) -> np.ndarray:
