@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -253,10 +252,8 @@ def main(argv=None) -> int:
         "command": " ".join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
-        "fingerprint": fingerprint(),
         "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
+            **fingerprint(),
             "threads": args.threads,
             "load_average_at_start": list(os.getloadavg()),
         },

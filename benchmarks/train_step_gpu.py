@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -126,12 +125,7 @@ def main() -> None:
             rates[name].append(args.steps / (time.perf_counter() - start))
     base = statistics.median(rates["reference"])
     result = {
-        "machine": {
-            "gpu": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-        },
-        "fingerprint": fingerprint(),
+        "machine": fingerprint(),
         "tf32": args.tf32,
         "rounds": args.rounds,
         "steps": args.steps,

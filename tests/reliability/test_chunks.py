@@ -2,9 +2,13 @@
 
 - For every aligner (7) and both batch forms (one image with many starts; a batch of images), the
   chunked result equals the unchunked one to rounding (16 layouts x 2 chunk sizes = 32 cases,
-  counted in the test ids), and so it does with chunks of 1 alignment. Not bit for bit: a chunk's
-  matrix products have other shapes, and the BLAS (OpenBLAS picks its kernel by CPU) may block
-  and order their sums differently, so results differ in the last bits (seen: 2.2e-16).
+  counted in the test ids), and the same call run twice gives the same bits. A chunk changes
+  the shapes of the matrix products, and BLAS picks its kernel (and so its order of summation)
+  by shape and by CPU: the two differ by a few ulps per product, which the iterations carry
+  along (well-conditioned problems: relative 1e-9 in float64, 1e-5 in float32). Bit equality
+  between differently shaped products holds on some BLAS kernels and not on others
+  (``OPENBLAS_CORETYPE``), so it is never asserted.
+- With chunks of 1 alignment (matrix-vector kernels) the results agree to the same rounding.
 - Peak memory: aligning 400 starts with an IC-STN that has a template, measured in a fresh
   interpreter with ``ru_maxrss``, stays within a chunk's working set when chunked, and unchunked
   it does not grow with (starts x iterates x image size).
@@ -114,16 +118,7 @@ def as_numpy(x):
     return None if x is None else (x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
 
 
-def assert_same(a, b) -> None:
-    """Equal shapes, dtypes and flags; floats equal to rounding.
-
-    A matrix product of another shape may sum in another order: with inner dimension n (<= h*w =
-    1,200 here) each entry then differs by ~sqrt(n) ulps (random-walk rounding; n ulps at worst),
-    ~1e-14 relative in float64 (ulp 2.2e-16) and ~4e-6 in float32 (ulp 1.2e-7). A Gauss-Newton
-    step multiplies that by the Hessian's condition number, small on these well-posed problems,
-    and ~30 iterations of a contracting map do not grow it. Hence rtol 1e-9 (float64) and 1e-5
-    (float32): above rounding, far below a wrong answer (a pixel off, a bad iterate).
-    """
+def assert_same(a, b, exact: bool = True) -> None:
     assert a.history.shape == b.history.shape and a.converged.shape == b.converged.shape
     assert type(a.history) is type(b.history)
     pairs = [(a.history, b.history), (a.cost, b.cost), (a.converged, b.converged)]
@@ -133,9 +128,9 @@ def assert_same(a, b) -> None:
         if x is None:
             continue
         assert x.dtype == y.dtype
-        if x.dtype == bool:
+        if exact or x.dtype == bool:
             np.testing.assert_array_equal(x, y)
-        elif x.dtype == np.float32:
+        elif x.dtype == np.float32:  # rounding of float32: ~1e-7
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
         else:
             np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
@@ -147,7 +142,8 @@ def test_chunked_equals_unchunked_to_rounding(name, layout, chunk) -> None:
     image, p = inputs(name, layout)
     whole = model.align(image, p)
     chunked = align_in_chunks(model, image, p, chunk_size=chunk)
-    assert_same(whole, chunked)
+    assert_same(whole, chunked, exact=False)
+    assert_same(chunked, align_in_chunks(model, image, p, chunk_size=chunk))  # same call: same bits
     n = int(np.prod(as_numpy(whole.converged).shape))
     assert n == 30 and n > chunk  # really chunked
 
@@ -156,8 +152,8 @@ def test_chunked_equals_unchunked_to_rounding(name, layout, chunk) -> None:
 def test_the_chunk_size_keyword_of_the_classical_aligners(name) -> None:
     model = aligner(name)
     image, p = inputs(name, "one image")
-    assert_same(model.align(image, p, chunk_size=7), model.align(image, p))
-    assert_same(
+    assert_same(model.align(image, p, chunk_size=7), model.align(image, p), exact=False)
+    assert_same(  # the keyword is align_in_chunks itself: the same computation, the same bits
         model.align(image, p, 4, chunk_size=7),
         align_in_chunks(model, image, p, chunk_size=7, n_iter=4),
     )
@@ -177,7 +173,7 @@ def test_chunks_of_one_agree_to_rounding_with_freezing_alignments(name) -> None:
     image, p = inputs(name, "one image")
     whole = model.align(image, p)
     chunked = align_in_chunks(model, image, p, chunk_size=1)
-    assert_same(whole, chunked)
+    assert_same(whole, chunked, exact=False)
     assert as_numpy(whole.converged).mean() > 0.5
 
 
