@@ -13,7 +13,7 @@ size (the shared copy is 32x32) is resampled to 36x36 with scikit-image's biline
 original crops, so numbers from a 32x32 copy are not strictly comparable. Each image is
 standardised per channel before warping (zero mean, unit variance over the image), as the authors'
 traffic-sign code does and the paper does not say; ``--no-standardize`` keeps [0, 1] intensities
-(as every GTSRB run made before standardisation was added on 2026-11-27).
+(every GTSRB run made before 2026-11-27).
 
 Recipes: ``paper`` is [LL17] Sec. 5.3: plain SGD, constant learning rates ``1e-3`` (classifier)
 and ``1e-5`` (geometric predictor), batch 100, 200K iterations (the iteration count is given for

@@ -141,7 +141,8 @@ def train_model(
     model, prob: PlanarProblem, sigma: float, recipe: Recipe, run_dir: Path, progress: bool = False
 ) -> float:
     """Train ``model`` in place, one :func:`train` call per phase (finished phases are loaded, not
-    rerun); returns the training wall time summed over every session, in seconds."""
+    rerun); returns the training wall time summed over every process that trained it (each
+    resumed run adds its own), in seconds."""
     import torch
 
     from lkstn.learned.streams import AlignmentData
@@ -167,7 +168,7 @@ def train_model(
             progress=progress,
         )
         train(model, config, data, run_dir=run_dir / f"phase{i}", resume=True)
-    timing = run_dir / "seconds.jsonl"  # one record per session that trained it, appended
+    timing = run_dir / "seconds.jsonl"  # one record per process that trained it, appended
     runs.append_record(timing, {"seconds": time.perf_counter() - start})
     return sum(r["seconds"] for r in runs.read_records(timing))
 
