@@ -31,7 +31,7 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,15 @@ from lkstn.classical._sampler import Sampler
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
+from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
 
 _RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
+
+MIN_SCORE = 0.5
+"""Default ``min_score``: the final zero-normalised correlation below which an alignment that
+stopped moving is not called converged (``docs/registration.md``: false positive and false
+negative rates of ``converged`` against ground truth over six photographs)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Level:
 
     template: np.ndarray  # (h, w, C)
     grid: np.ndarray  # (h*w, 2) canonical pixel centres of the template frame
+    # square roots of the mask's weights at this level, (h*w, 1), or None (no mask): every
+    # residual and steepest-descent row is multiplied by them (weighted least squares)
+    root_w: np.ndarray | None = field(default=None, kw_only=True)
 
 
 def singular(hessian: np.ndarray) -> np.ndarray:
@@ -96,6 +105,8 @@ class GaussNewton:
         *,
         channel_axis: int | None = None,
         pyramid: int = 1,
+        mask: Any = None,
+        min_score: float = MIN_SCORE,
     ) -> None:
         self.warp = warp_from_name(warp)
         self.n_iter = _check_int(n_iter, "n_iter", 0)
@@ -114,10 +125,18 @@ class GaussNewton:
                 f"pyramid={pyramid} shrinks the {self.template_shape} template to {coarsest}; "
                 f"the coarsest level needs at least {MIN_SIZE} pixels a side"
             )
+        if not (isinstance(min_score, int | float) and -1 <= min_score <= 1):
+            raise ValueError(f"min_score must be a number in [-1, 1], got {min_score!r}")
+        self.min_score = float(min_score)
+        self.mask = _check_mask(mask, self.template_shape)  # (h, w) weights or None
         pyr = gaussian_pyramid(T, self.pyramid, channel_axis=-1)
+        masks = [None] * self.pyramid
+        if self.mask is not None:  # the weights follow the template down the pyramid
+            masks = gaussian_pyramid(self.mask, self.pyramid)
         self._T = T
         self._levels = [
-            self._prepare_level(Level(t, canonical_grid(t.shape[:2]))) for t in pyr
+            self._prepare_level(Level(t, canonical_grid(t.shape[:2]), root_w=_root(m)))
+            for t, m in zip(pyr, masks, strict=True)
         ]  # finest first
 
     @property
@@ -149,7 +168,11 @@ class GaussNewton:
         T = level.template.reshape(1, -1, level.template.shape[-1])  # (1, h*w, C)
         samples = sampler(p, index)  # (1) I(W(x; p)), (n, h*w, K)
         e = samples[..., : T.shape[-1]] - T  # (2) error image I(p) - T, (n, h*w, C)
-        return np.einsum("nqc,nqc->n", e, e) / T.size, (samples, e)
+        if level.root_w is None:
+            return np.einsum("nqc,nqc->n", e, e) / T.size, (samples, e)
+        e *= level.root_w  # weighted residuals: sum w e^2 is their sum of squares
+        total = (level.root_w**2).sum() * T.shape[-1]
+        return np.einsum("nqc,nqc->n", e, e) / total, (samples, e)
 
     def _step(self, level: Level, p: np.ndarray, *work: np.ndarray):
         raise NotImplementedError
@@ -199,12 +222,27 @@ class GaussNewton:
                 sampler = self._sampler(self._sampled(pyr[self.pyramid - 1 - i]), level)
                 rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
                 self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i])
+            score = self._score(sampler, p, index)  # the finest level's sampler
         converged = state.converged & ~state.failed & np.isfinite(state.cost)
+        converged &= score >= self.min_score  # stopped AND good: a wrong place scores low
         return AlignmentResult(
             history=history.reshape(rows, *batch_shape, P),
             cost=cost.reshape(rows, *batch_shape),
             converged=converged.reshape(batch_shape),
+            score=score.reshape(batch_shape),
         )
+
+    def _score(self, sampler: Sampler, p: np.ndarray, index) -> np.ndarray:
+        """ZNCC of the template and the image warped at ``p`` under the mask, ``(n,)``
+        (:func:`lkstn.score.zncc`); NaN where ``p`` is not finite."""
+        h, w, C = self._T.shape
+        finite = np.isfinite(p).all(-1)
+        score = np.full(len(p), np.nan)
+        if finite.any():
+            at = None if index is None else index[finite]
+            warped = sampler(p[finite], at)[..., :C].reshape(-1, h, w, C)
+            score[finite] = zncc(self._T, warped, self.mask, channel_axis=-1)
+        return score
 
     def _iterate(self, level, sampler, p, index, state, history, cost) -> None:
         """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``."""
@@ -269,6 +307,24 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """The mask as float64 weights ``(h, w)``, or None for no mask (or a mask of ones)."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype.kind not in "biuf" or m.shape != tuple(shape):
+        raise ValueError(f"mask must be real weights of shape {shape}, got {m.shape}")
+    m = m.astype(np.float64)
+    if not (np.isfinite(m).all() and (m >= 0).all() and m.sum() > 0):
+        raise ValueError("mask must hold finite weights >= 0, not all zero")
+    return m
+
+
+def _root(mask: np.ndarray | None) -> np.ndarray | None:
+    """Square roots of the weights, ``(h*w, 1)``: rows of a weighted least-squares problem."""
+    return None if mask is None else np.sqrt(np.maximum(mask, 0.0)).reshape(-1, 1)
 
 
 def _check_template(template: Any, channel_axis: int | None) -> np.ndarray:
