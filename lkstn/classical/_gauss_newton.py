@@ -21,6 +21,15 @@ of :mod:`lkstn.sampling`), so a start that leaves the image sees a dark border a
 Floating-point warnings are silenced inside ``align`` and every non-finite value is handled
 explicitly instead.
 
+Coarse to fine: each level starts from the previous level's result, except that an alignment
+the coarser levels left worse (a higher cost at this level) than its own start, or that failed
+there, restarts from its start. With a pyramid on one image, only the region around the starts
+is filtered and decimated (``_crop``), not the whole photograph.
+
+Success: ``converged`` means a small last step with finite parameters and cost AND a final
+``score`` (ZNCC of template and warped image under the mask, :func:`lkstn.score.zncc`) of at
+least ``min_score``. A template ``mask`` weights every residual (weighted least squares).
+
 Glossary: ``T`` template ``(h, w, C)``; ``I`` image(s) ``(B, H, W, C)``; ``I(p)`` the image sampled
 at ``W(x; p)`` over the template frame; ``e = I(p) - T`` the error image; ``sd`` steepest-descent
 images ``(..., h*w*C, P)``; ``hessian`` ``sd^T sd``; ``n`` number of alignments; ``K`` sampled
@@ -39,6 +48,7 @@ import numpy as np
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
+from lkstn.classical.region import check_mask, crop_around, root_weights
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
@@ -46,7 +56,7 @@ from lkstn.warps import Warp, warp_from_name
 
 _RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
 
-MIN_SCORE = 0.5
+MIN_SCORE = 0.7
 """Default ``min_score``: the final zero-normalised correlation below which an alignment that
 stopped moving is not called converged (``docs/registration.md``: false positive and false
 negative rates of ``converged`` against ground truth over six photographs)."""
@@ -128,14 +138,14 @@ class GaussNewton:
         if not (isinstance(min_score, int | float) and -1 <= min_score <= 1):
             raise ValueError(f"min_score must be a number in [-1, 1], got {min_score!r}")
         self.min_score = float(min_score)
-        self.mask = _check_mask(mask, self.template_shape)  # (h, w) weights or None
+        self.mask = check_mask(mask, self.template_shape)  # (h, w) weights or None
         pyr = gaussian_pyramid(T, self.pyramid, channel_axis=-1)
         masks = [None] * self.pyramid
         if self.mask is not None:  # the weights follow the template down the pyramid
             masks = gaussian_pyramid(self.mask, self.pyramid)
         self._T = T
         self._levels = [
-            self._prepare_level(Level(t, canonical_grid(t.shape[:2]), root_w=_root(m)))
+            self._prepare_level(Level(t, canonical_grid(t.shape[:2]), root_w=root_weights(m)))
             for t, m in zip(pyr, masks, strict=True)
         ]  # finest first
 
@@ -208,6 +218,11 @@ class GaussNewton:
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         n_iter = self.n_iter if n_iter is None else _check_int(n_iter, "n_iter", 0)
         images, p, index, batch_shape = self._parse(image, p_init)
+        p_given = p.copy()
+        crop = crop_around(images, self.warp, p, self.pyramid) if index is None else None
+        if crop is not None:  # the pyramid of the region the starts can reach, not the image
+            images, to_crop = crop
+            p = self.warp.params(to_crop @ self.warp.matrix(p))
         pyr = gaussian_pyramid(images, self.pyramid, channel_axis=-1, batch_ndim=1)
         n, P = p.shape
         rows = self.pyramid * n_iter + 1
@@ -215,14 +230,22 @@ class GaussNewton:
         history[0] = p
         false = np.zeros(n, bool)
         state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
+        p_start = p.copy()
         with np.errstate(all="ignore"):
             for i, level in enumerate(reversed(self._levels)):  # coarse to fine
+                sampler = self._sampler(self._sampled(pyr[self.pyramid - 1 - i]), level)
+                if i > 0:  # a coarser level must not leave an alignment worse than its start
+                    self._keep_better(level, sampler, p, p_start, index, state)
+                    history[i * n_iter] = p
                 state.live, state.done = ~state.failed, state.failed.copy()
                 state.converged[:] = False
-                sampler = self._sampler(self._sampled(pyr[self.pyramid - 1 - i]), level)
                 rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
                 self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i])
             score = self._score(sampler, p, index)  # the finest level's sampler
+        if crop is not None:  # back to the whole image's canonical frame
+            M = np.linalg.inv(to_crop) @ self.warp.matrix(history.reshape(-1, P))
+            history = self.warp.params(M).reshape(rows, n, P)
+            history[0] = p_given
         converged = state.converged & ~state.failed & np.isfinite(state.cost)
         converged &= score >= self.min_score  # stopped AND good: a wrong place scores low
         return AlignmentResult(
@@ -231,6 +254,20 @@ class GaussNewton:
             converged=converged.reshape(batch_shape),
             score=score.reshape(batch_shape),
         )
+
+    def _keep_better(self, level, sampler, p, p_start, index, state) -> None:
+        """Coarse-to-fine guard: at the start of a finer level, an alignment whose cost there is
+        higher than at its start (or that failed on a coarser level) restarts from its start.
+
+        A coarse level sees few pixels; on a template with little texture there (an edge, a
+        corner of a homography) it can walk far off, which the finer level cannot undo. The
+        guard costs one measurement per level; it never makes an alignment worse than the same
+        level started afresh."""
+        c_now = self._measure(level, sampler, p, index)[0]
+        c_start = self._measure(level, sampler, p_start, index)[0]
+        reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))
+        p[reset] = p_start[reset]
+        state.failed &= ~reset
 
     def _score(self, sampler: Sampler, p: np.ndarray, index) -> np.ndarray:
         """ZNCC of the template and the image warped at ``p`` under the mask, ``(n,)``
@@ -248,6 +285,10 @@ class GaussNewton:
         """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``."""
         for k in range(len(history)):
             live = np.flatnonzero(state.live)
+            if live.size == 0:  # every alignment frozen: the remaining rows repeat the last
+                cost[k:] = state.cost
+                history[k + 1 :] = p
+                break
             at = None if index is None else index[live]
             state.cost[live], work = self._measure(level, sampler, p[live], at)  # (1)-(2)
             cost[k] = state.cost  # mean squared residual of history[k]
@@ -307,24 +348,6 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray | None:
-    """The mask as float64 weights ``(h, w)``, or None for no mask (or a mask of ones)."""
-    if mask is None:
-        return None
-    m = np.asarray(mask)
-    if m.dtype.kind not in "biuf" or m.shape != tuple(shape):
-        raise ValueError(f"mask must be real weights of shape {shape}, got {m.shape}")
-    m = m.astype(np.float64)
-    if not (np.isfinite(m).all() and (m >= 0).all() and m.sum() > 0):
-        raise ValueError("mask must hold finite weights >= 0, not all zero")
-    return m
-
-
-def _root(mask: np.ndarray | None) -> np.ndarray | None:
-    """Square roots of the weights, ``(h*w, 1)``: rows of a weighted least-squares problem."""
-    return None if mask is None else np.sqrt(np.maximum(mask, 0.0)).reshape(-1, 1)
 
 
 def _check_template(template: Any, channel_axis: int | None) -> np.ndarray:

@@ -117,7 +117,7 @@ class ICLK(GaussNewton):
         ``sd^T W e``, also through the photometric projection and at every pyramid level.
     min_score : float
         ``converged`` also requires the final score (ZNCC of the template and the warped image
-        under the mask, ``AlignmentResult.score``) at or above this (default 0.5).
+        under the mask, ``AlignmentResult.score``) at or above this (default 0.7).
 
     Attributes
     ----------
