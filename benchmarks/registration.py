@@ -26,6 +26,7 @@ Usage::
     python benchmarks/registration.py --quick --out out/registration_quick.json
     python benchmarks/registration.py --seed 1 --out out/registration.json    # full, ~25 min
     python benchmarks/registration.py --timing --out out/registration_timing.json
+    python benchmarks/registration.py --table out/registration.json   # the docs' tables
 """
 
 from __future__ import annotations
@@ -276,6 +277,42 @@ def timing(args, overrides: dict) -> list[dict]:
     return rows
 
 
+def markdown(report: dict) -> str:
+    """The tables of ``docs/registration.md`` from a report."""
+    lines = []
+    if "cells" in report:
+        lines += ["| size | warp | sigma | variant | " + " | ".join(METHODS) + " |",
+                  "|---|---|---|---|" + "---|" * len(METHODS)]  # fmt: skip
+        for c in report["cells"]:
+            pct = c["percent_converged"]
+            lines.append(
+                f"| {c['size']} | {c['warp']} | {c['sigma']:g} | {c['variant']} | "
+                + " | ".join(f"{pct[m]:.1f}" for m in METHODS) + " |"
+            )  # fmt: skip
+        v = report["verdict"]
+        lines += ["", f"Cells meeting the target: {v['cells_meeting_target']} of {v['cells']}."]
+        lines += [f"- misses: {f}" for f in v["fails"]]
+        lines += ["", "| method | min_score | false positive rate | false negative rate |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for method, rates in report["signal"].items():
+            for t, r in rates.items():
+                lines.append(
+                    f"| {method} | {t} | {r['false_positive_rate']:.3f} "
+                    f"({r['false_positive']}/{r['wrong']}) | {r['false_negative_rate']:.3f} "
+                    f"({r['false_negative']}/{r['right']}) |"
+                )
+    if "timing" in report:
+        keys = list(report["timing"][0]["ms"])
+        lines += ["| size | warp | pairs | " + " | ".join(keys) + " |",
+                  "|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+        for r in report["timing"]:
+            lines.append(
+                f"| {r['size']} | {r['warp']} | {r['pairs']} | "
+                + " | ".join(f"{r['ms'][k]:.1f}" for k in keys) + " |"
+            )  # fmt: skip
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -321,7 +358,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="--timing: repeats per pair")
     ap.add_argument("--robust", nargs="*", default=[], help="ICLK.robust overrides KEY=VALUE")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--table", type=Path, help="print the markdown tables of a report, only")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
     args.photos = args.photos.split(",")
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.warps = args.warps.split(",")

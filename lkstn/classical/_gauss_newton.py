@@ -48,7 +48,7 @@ import numpy as np
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
-from lkstn.classical.region import check_mask, crop_around, root_weights
+from lkstn.classical.region import change_frame, check_mask, crop_around, root_weights
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
@@ -161,6 +161,10 @@ class GaussNewton:
         )
 
     # -- hooks ------------------------------------------------------------------------------------
+    def _stages(self) -> list[tuple[Level, int]]:
+        """``(level, pyramid index of the image)`` in the order they iterate: coarse to fine."""
+        return [(self._levels[j], j) for j in reversed(range(self.pyramid))]
+
     def _prepare_level(self, level: Level) -> Level:
         return level
 
@@ -210,8 +214,9 @@ class GaussNewton:
         Returns
         -------
         AlignmentResult
-            ``history`` ``(pyramid * n_iter + 1, ..., P)``, ``cost`` ``(pyramid * n_iter + 1,
-            ...)``, ``converged`` ``(...)``. With a pyramid, cost row ``j`` is measured at the
+            ``history`` ``(stages * n_iter + 1, ..., P)``, ``cost`` ``(stages * n_iter + 1,
+            ...)``, ``converged`` ``(...)``, ``score`` ``(...)``; ``stages`` is ``pyramid`` (one
+            more for ``ICLK(refine=True)``). With a pyramid, cost row ``j`` is measured at the
             resolution of the level that iterates from history row ``j``.
         """
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
@@ -222,18 +227,19 @@ class GaussNewton:
         crop = crop_around(images, self.warp, p, self.pyramid) if index is None else None
         if crop is not None:  # the pyramid of the region the starts can reach, not the image
             images, to_crop = crop
-            p = self.warp.params(to_crop @ self.warp.matrix(p))
+            p = change_frame(to_crop, p)
         pyr = gaussian_pyramid(images, self.pyramid, channel_axis=-1, batch_ndim=1)
         n, P = p.shape
-        rows = self.pyramid * n_iter + 1
+        stages = self._stages()
+        rows = len(stages) * n_iter + 1
         history, cost = np.empty((rows, n, P)), np.empty((rows, n))
         history[0] = p
         false = np.zeros(n, bool)
         state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
         p_start = p.copy()
         with np.errstate(all="ignore"):
-            for i, level in enumerate(reversed(self._levels)):  # coarse to fine
-                sampler = self._sampler(self._sampled(pyr[self.pyramid - 1 - i]), level)
+            for i, (level, j) in enumerate(stages):  # coarse to fine
+                sampler = self._sampler(self._sampled(pyr[j]), level)
                 if i > 0:  # a coarser level must not leave an alignment worse than its start
                     self._keep_better(level, sampler, p, p_start, index, state)
                     history[i * n_iter] = p
@@ -243,8 +249,7 @@ class GaussNewton:
                 self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i])
             score = self._score(sampler, p, index)  # the finest level's sampler
         if crop is not None:  # back to the whole image's canonical frame
-            M = np.linalg.inv(to_crop) @ self.warp.matrix(history.reshape(-1, P))
-            history = self.warp.params(M).reshape(rows, n, P)
+            history = change_frame(np.linalg.inv(to_crop), history)
             history[0] = p_given
         converged = state.converged & ~state.failed & np.isfinite(state.cost)
         converged &= score >= self.min_score  # stopped AND good: a wrong place scores low

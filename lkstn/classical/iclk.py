@@ -118,6 +118,13 @@ class ICLK(GaussNewton):
     min_score : float
         ``converged`` also requires the final score (ZNCC of the template and the warped image
         under the mask, ``AlignmentResult.score``) at or above this (default 0.7).
+    refine : bool
+        With ``gradient_sigma``: after the smoothed levels, iterate the finest level once more
+        (``n_iter`` more rows of history) with the template's own steepest-descent images,
+        plain Gauss-Newton. The smoothed step solves ``sd_G^T (I(p) - T) = 0``, whose zeros
+        include points where ``I(p) - T`` is not at a minimum (on photographs: a few pixels
+        off with a correlation of 0.9, ``docs/registration.md``); the plain step starts from
+        there, inside its own basin, and ends at the minimum.
 
     Attributes
     ----------
@@ -167,6 +174,7 @@ class ICLK(GaussNewton):
         dtype: Any = np.float64,
         mask: Any = None,
         min_score: float = MIN_SCORE,
+        refine: bool = False,
     ) -> None:
         try:
             self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
@@ -186,6 +194,17 @@ class ICLK(GaussNewton):
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
             min_score=min_score,
         )  # fmt: skip
+        self.refine = bool(refine) and self.gradient_sigma > 0
+        self._refined = None  # the finest level without smoothing: plain Gauss-Newton
+        if self.refine:
+            finest = self._levels[0]
+            self._refined = self._prepare_level(
+                Level(finest.template, finest.grid, root_w=finest.root_w), smoothing=False
+            )
+
+    def _stages(self):
+        stages = super()._stages()
+        return stages + [(self._refined, 0)] if self.refine else stages
 
     @classmethod
     def robust(cls, template: Any, *, warp: Any = "affine", mask: Any = None, **overrides) -> ICLK:
@@ -212,7 +231,7 @@ class ICLK(GaussNewton):
         settings.update(overrides)
         return cls(template, warp, mask=mask, **settings)
 
-    def _prepare_level(self, level: Level) -> _ICLevel:
+    def _prepare_level(self, level: Level, smoothing: bool = True) -> _ICLevel:
         J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
         T = level.template
         C = T.shape[-1]
@@ -222,7 +241,7 @@ class ICLK(GaussNewton):
         photometric = Photometric.of(T, self.photometric, level.root_w)
         sd = photometric.project(sd)  # blind to offsets (and gains); unchanged for None
         sd_G = sd  # the images the error is projected on
-        if self.gradient_sigma > 0:  # in template pixels: narrower on the coarser levels
+        if smoothing and self.gradient_sigma > 0:  # template pixels: narrower when coarser
             s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
             T_G = ndimage.gaussian_filter(T, (s, s, 0))
             sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
@@ -245,6 +264,8 @@ class ICLK(GaussNewton):
         extra = [f"gradient_sigma={self.gradient_sigma}"] if self.gradient_sigma else []
         extra += [f"photometric={self.photometric!r}"] if self.photometric else []
         extra += ["dtype='float32'"] if self.dtype == np.float32 else []
+        extra += ["refine=True"] if self.refine else []
+        extra += ["mask=..."] if self.mask is not None else []
         return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
 
     @property

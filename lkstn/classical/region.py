@@ -17,7 +17,7 @@ import numpy as np
 from lkstn.classical.pyramid import level_shape
 from lkstn.warps import Warp
 
-__all__ = ["check_mask", "crop_around", "root_weights"]
+__all__ = ["change_frame", "check_mask", "crop_around", "root_weights"]
 
 
 def check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray | None:
@@ -70,3 +70,14 @@ def crop_around(images: np.ndarray, warp: Warp, p: np.ndarray, pyramid: int):
          [0, 0, 1]]
     )  # fmt: skip
     return images[:, y0 : y1 + 1, x0 : x1 + 1], to_crop
+
+
+def change_frame(A: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Affine or homography parameters ``(..., P)`` of ``A @ M(p)`` for ``A`` ``(3, 3)`` with
+    bottom row ``(0, 0, 1)`` (which keeps ``M[2, 2] == 1``): ``p`` is the row-major flattening
+    of ``M(p) - I`` (``lkstn.warps``). No check of singularity: failure stays data."""
+    P = p.shape[-1]
+    flat = np.zeros((*p.shape[:-1], 9))
+    flat[..., :P] = p
+    M = flat.reshape(*p.shape[:-1], 3, 3) + np.eye(3)
+    return ((A @ M) - np.eye(3)).reshape(*p.shape[:-1], 9)[..., :P]

@@ -62,6 +62,7 @@ def robust_settings(
         "pyramid": levels,
         "gradient_sigma": smoothing * max(side - 1, 1),
         "photometric": "gain-bias",
+        "refine": True,
         "n_iter": 50,
         "tol": 1e-4,
     }

@@ -193,3 +193,24 @@ def test_pyramid_on_a_crop_of_a_large_image_finds_the_same_warp(monkeypatch):
     # differs, so both reach the same optimum (exact data: the truth) to the tolerance
     err = corner_error(Homography(), cropped.p, whole.p, (32, 32))
     assert (err < 1e-4).all() and cropped.converged.all() and whole.converged.all()
+
+
+@pytest.mark.parametrize("warp", [Affine(), Homography()])
+def test_change_frame_is_the_matrix_product(warp):
+    from lkstn.classical.region import change_frame
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(0, 0.05, (4, warp.n_params))
+    A = np.array([[1.7, 0, 0.3], [0, 1.4, -0.2], [0, 0, 1]])
+    np.testing.assert_allclose(warp.matrix(change_frame(A, p)), A @ warp.matrix(p), atol=1e-14)
+
+
+def test_refine_adds_one_plain_stage_at_the_finest_level():
+    image, template, p_init = problem()
+    smoothed = ICLK(template, Affine(), n_iter=20, gradient_sigma=2.0, pyramid=2, refine=True)
+    result = smoothed.align(image, p_init)
+    assert result.history.shape[0] == 3 * 20 + 1  # two pyramid levels, then the plain stage
+    # exact data: the plain Gauss-Newton stage ends on the truth, as plain IC-LK does
+    assert float(corner_error(Affine(), result.p, P_TRUE, SHAPE)) < 1e-3
+    plain = ICLK(template, Affine(), n_iter=20, refine=True)  # nothing smoothed: no stage
+    assert not plain.refine and plain.align(image, p_init).history.shape[0] == 21
