@@ -6,6 +6,9 @@ Learned aligners (PyTorch): :class:`STN`, :class:`CSTN`, :class:`ICSTN`.
 All follow the :class:`Aligner` contract and the conventions of :mod:`lkstn.warps`.
 
 ``import lkstn`` stays fast: torch and the aligners are imported on first use.
+
+``lkstn.perturb`` is the module :mod:`lkstn.perturb` (the paper's noise model) in every import
+order; it is callable as its function :func:`lkstn.perturb.perturb`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lkstn import perturb
 from lkstn.result import Aligner, AlignmentResult, corner_error, param_error
 from lkstn.warps import Affine, Homography, Similarity, Translation, Warp, warp_from_name
 
@@ -20,7 +24,6 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "warp_image": "lkstn.sampling",
-    "perturb": "lkstn.perturb",
     "LK": "lkstn.classical.lk",
     "CompositionalLK": "lkstn.classical.lk",
     "ICLK": "lkstn.classical.iclk",
@@ -40,6 +43,7 @@ __all__ = [
     "Warp",
     "corner_error",
     "param_error",
+    "perturb",
     "warp_from_name",
     *_LAZY,
 ]

@@ -67,7 +67,7 @@ def align_in_chunks(
     -------
     AlignmentResult
         As ``aligner.align(image, p_init, n_iter)``: ``history`` ``(rows, ..., P)``, ``cost``
-        ``(rows, ...)`` or ``None``, ``converged`` ``(...)``.
+        ``(rows, ...)`` or ``None``, ``converged`` ``(...)``, ``score`` ``(...)`` or ``None``.
 
     Examples
     --------
@@ -159,20 +159,24 @@ class _Collector:
 
     def __init__(self, n: int, batch: tuple[int, ...]) -> None:
         self.n, self.batch = n, tuple(batch)
-        self.history = self.cost = self.converged = None
+        self.history = self.cost = self.converged = self.score = None
 
     def add(self, s: slice, res: AlignmentResult, xp: Any) -> None:
         m = s.stop - s.start
         history = res.history.reshape(res.history.shape[0], m, res.history.shape[-1])
         cost = None if res.cost is None else res.cost.reshape(res.cost.shape[0], m)
         converged = res.converged.reshape(m)
+        score = None if res.score is None else res.score.reshape(m)
         if self.history is None:  # shapes and dtypes come from the first chunk
             self.history = _empty(xp, history, (history.shape[0], self.n, history.shape[-1]))
             self.cost = None if cost is None else _empty(xp, cost, (cost.shape[0], self.n))
             self.converged = _empty(xp, converged, (self.n,))
+            self.score = None if score is None else _empty(xp, score, (self.n,))
         self.history[:, s] = history
         if self.cost is not None:
             self.cost[:, s] = cost
+        if self.score is not None:
+            self.score[s] = score
         self.converged[s] = converged
 
     def result(self) -> AlignmentResult:
@@ -182,6 +186,7 @@ class _Collector:
             history=self.history.reshape(rows, *self.batch, P),
             cost=cost,
             converged=self.converged.reshape(self.batch),
+            score=None if self.score is None else self.score.reshape(self.batch),
         )
 
 
