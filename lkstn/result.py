@@ -40,7 +40,7 @@ class AlignmentResult:
     converged : bool array, shape (...)
         Per alignment: whether the final alignment is good. For the Gauss-Newton aligners
         (LK, CompositionalLK, ICLK): the last update fell below ``tol``, parameters and cost
-        are finite, AND ``score`` is at least the aligner's ``min_score`` (default 0.7), so a
+        are finite, AND ``score`` is at least the aligner's ``min_score`` (default 0.5), so a
         start that stopped moving in a wrong place is not converged. Its false positive and
         false negative rates against ground truth are measured in ``docs/registration.md``.
         Failure is data, never an exception.

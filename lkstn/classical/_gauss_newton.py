@@ -56,7 +56,7 @@ from lkstn.warps import Warp, warp_from_name
 
 _RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
 
-MIN_SCORE = 0.7
+MIN_SCORE = 0.5
 """Default ``min_score``: the final zero-normalised correlation below which an alignment that
 stopped moving is not called converged (``docs/registration.md``: false positive and false
 negative rates of ``converged`` against ground truth over six photographs)."""
@@ -240,8 +240,11 @@ class GaussNewton:
         state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
         p_start = p.copy()
         with np.errstate(all="ignore"):
+            samplers: dict = {}  # per pyramid level: a refining stage reuses the finest one's
             for i, (level, j) in enumerate(stages):  # coarse to fine
-                sampler = self._sampler(self._sampled(pyr[j]), level)
+                if j not in samplers:
+                    samplers[j] = self._sampler(self._sampled(pyr[j]), level)
+                sampler = samplers[j]
                 if i > 0:  # a coarser level must not leave an alignment worse than its start
                     self._keep_better(level, sampler, p, p_start, index, state)
                     history[i * n_iter] = p

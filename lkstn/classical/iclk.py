@@ -117,7 +117,7 @@ class ICLK(GaussNewton):
         ``sd^T W e``, also through the photometric projection and at every pyramid level.
     min_score : float
         ``converged`` also requires the final score (ZNCC of the template and the warped image
-        under the mask, ``AlignmentResult.score``) at or above this (default 0.7).
+        under the mask, ``AlignmentResult.score``) at or above this (default 0.5).
     refine : bool
         With ``gradient_sigma``: after the smoothed levels, iterate the finest level once more
         (``n_iter`` more rows of history) with the template's own steepest-descent images,

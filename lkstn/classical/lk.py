@@ -51,7 +51,7 @@ _DOC_PARAMS = """
         ``sd^T W e``, at every pyramid level (the mask follows the template down the pyramid).
     min_score : float
         ``converged`` also requires the final score (ZNCC of the template and the warped image
-        under the mask, ``AlignmentResult.score``) at or above this (default 0.7).
+        under the mask, ``AlignmentResult.score``) at or above this (default 0.5).
 """
 
 
