@@ -299,6 +299,15 @@ class ICLK(GaussNewton):
             R = R * np.repeat(self._levels[0].root_w[:, 0], self._T.shape[-1])
         return R.copy(), -R @ self._T.ravel()  # [LL17] eq. (6)
 
+    def align(self, image: Any, p_init: Any, n_iter: int | None = None, **kwargs):
+        """See :meth:`GaussNewton.align`; ``dtype="float32"`` samples on one torch thread."""
+        if self.dtype != np.float32:
+            return super().align(image, p_init, n_iter, **kwargs)
+        from lkstn.classical._single import one_thread  # imports torch
+
+        with one_thread():
+            return super().align(image, p_init, n_iter, **kwargs)
+
     def _sampler(self, images: np.ndarray, level: _ICLevel):
         if self.dtype == np.float32:
             from lkstn.classical._single import SingleSampler  # imports torch

@@ -214,3 +214,26 @@ def test_refine_adds_one_plain_stage_at_the_finest_level():
     assert float(corner_error(Affine(), result.p, P_TRUE, SHAPE)) < 1e-3
     plain = ICLK(template, Affine(), n_iter=20, refine=True)  # nothing smoothed: no stage
     assert not plain.refine and plain.align(image, p_init).history.shape[0] == 21
+
+
+def test_float32_align_runs_torch_on_one_thread_and_restores_the_setting():
+    torch = pytest.importorskip("torch")
+    import lkstn.classical._single as single
+
+    image, template, p_init = problem()
+    seen = []
+    blocks = single.SingleSampler.blocks
+
+    def spy(self, p, index):
+        seen.append(torch.get_num_threads())
+        yield from blocks(self, p, index)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        single.SingleSampler.blocks = spy
+        result = ICLK(template, Affine(), dtype="float32").align(image, p_init)
+        assert set(seen) == {1} and torch.get_num_threads() == 2 and bool(result.converged)
+    finally:
+        single.SingleSampler.blocks = blocks
+        torch.set_num_threads(before)
