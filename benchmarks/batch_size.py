@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from classical_vs_ecc import ECC  # noqa: E402
 from lkstn import ICLK  # noqa: E402
 from lkstn.experiments.convergence import fixed_starts  # noqa: E402
 from lkstn.experiments.problems import planar_problem  # noqa: E402
+from lkstn.machine import fingerprint
 
 BATCHES = (1, 3, 10, 30, 100, 300, 1000)
 N_ITER = 20
@@ -81,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result = {
         "command": " ".join(["batch_size.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": _cpu_model(),
-            "cpus": os.cpu_count(),
-            "threads": 1,
-            "load_average_at_start": list(os.getloadavg()),
-        },
+        "machine": {**fingerprint(), "threads": 1, "load_average_at_start": list(os.getloadavg())},
         "problem": f"50x50 affine cat, sigma 3 px, {N_ITER} iterations, no early stopping",
     }
     with threadpool_limits(limits=1):
@@ -98,18 +92,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} ({result['seconds']:.0f} s)")
     return 0
-
-
-def _cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

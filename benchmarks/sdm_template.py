@@ -22,25 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
+from lkstn.machine import cpu_info, fingerprint
+
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "text")
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_info()["model_name"]
 
 
 def photo(name: str) -> np.ndarray:
@@ -185,10 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"{s['median_px']:>8.3f}{100 * s['under_1px']:>5.0f}%{100 * s['false_pos']:>4.0f}%"
             f"{100 * s['false_neg']:>4.0f}%{i['median_px']:>9.3f}{100 * i['under_1px']:>5.0f}%"
         )
-    machine = {
-        "cpu": cpu_model(), "cpus": os.cpu_count(), "load_start": load0,
-        "load_end": os.getloadavg(), "numpy": np.__version__, "platform": platform.platform(),
-    }  # fmt: skip
+    machine = {**fingerprint(), "cpu": cpu_model(), "cpus": os.cpu_count(), "load_start": load0,
+               "load_end": os.getloadavg()}  # fmt: skip
     print(f"{machine['cpu']}, {machine['cpus']} CPUs, load {load0[0]:.1f} -> "
           f"{machine['load_end'][0]:.1f}, {time.strftime('%Y-%m-%d', time.gmtime())}")  # fmt: skip
     report = {"args": vars(args), "rows": rows, "machine": machine}

@@ -4,6 +4,9 @@ Classical aligners (NumPy/SciPy): :class:`LK`, :class:`CompositionalLK`, :class:
 :class:`SDM`.
 Learned aligners (PyTorch): :class:`STN`, :class:`CSTN`, :class:`ICSTN`.
 All follow the :class:`Aligner` contract and the conventions of :mod:`lkstn.warps`.
+A user's own files: :func:`read_image`, warps in pixels (:func:`pixel_matrix`,
+:func:`params_from_pixel_matrix`, :func:`box_matrix`), :func:`align_pixels`, and
+:func:`lkstn.track.track` for sequences.
 
 ``import lkstn`` stays fast: torch and the aligners are imported on first use.
 
@@ -24,6 +27,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "warp_image": "lkstn.sampling",
+    "read_image": "lkstn.io",
+    "box_matrix": "lkstn.pixels",
+    "params_from_pixel_matrix": "lkstn.pixels",
+    "pixel_matrix": "lkstn.pixels",
+    "align_pixels": "lkstn.register",
     "LK": "lkstn.classical.lk",
     "CompositionalLK": "lkstn.classical.lk",
     "ICLK": "lkstn.classical.iclk",

@@ -18,12 +18,10 @@ Batch forms (DESIGN.md Sec. 3), told apart by the image:
   W)`` against ``(N, M, P)``) is gathered per chunk: a chunk then holds a copy of its images.
 
 Every alignment is independent of the others in all lkstn aligners, so the chunked result is the
-unchunked one. It is the same bits whenever each matrix product keeps at least two rows: NumPy and
-torch send a one-row product to a matrix-vector kernel whose rounding can differ in the last bit.
-That happens with ``chunk_size=1``, with a last chunk of one alignment, and inside the classical
-aligners when all but one alignment of a block have frozen (converged or failed), with or without
-chunks; such differences are ~1e-16 relative (float64) or ~1e-7 (float32), and only a diverging
-start amplifies them (``tests/reliability/test_chunks.py`` checks both regimes).
+unchunked one up to rounding: a chunk changes the shapes of the matrix products, and BLAS picks
+its kernel (its order of summation) by shape and by CPU, so the two can differ by a few ulps per
+product, ~1e-16 relative (float64) or ~1e-7 (float32); only a diverging start amplifies them
+(``tests/reliability/test_chunks.py``).
 
 Glossary: ``n`` the number of alignments, ``chunk`` a slice of them, ``rows`` ``n_iter + 1``.
 """

@@ -3,6 +3,9 @@
 ``lkstn align TEMPLATE IMAGE``
     Align a template image file to an image file with an LK-family method; writes the
     parameters (JSON) and an overlay PNG.
+``lkstn track TEMPLATE FRAME...``
+    Follow a template through a sequence of image files; writes a CSV and a JSON of pixel
+    matrices and scores and an overlay per frame (or a GIF).
 ``lkstn reproduce planar|equivalence|mnist|gtsrb|boundary [--quick]``
     Run one of the paper's experiments (each module in :mod:`lkstn.experiments` adds its
     own options through ``add_arguments(parser)`` and runs through ``run(args)``).
@@ -10,7 +13,8 @@
     Run the benchmarks in ``benchmarks/`` (from a source checkout).
 
 Exit codes: 0 success (for ``align``: the alignment converged), 1 the alignment ran but did not
-converge (results are still written), 2 bad arguments or unreadable input, 3 an internal error.
+converge (for ``track``: some frame was lost; results are still written), 2 bad arguments or
+unreadable input, 3 an internal error.
 Errors are one line on stderr; ``lkstn --debug ...`` shows the traceback of an internal error.
 Bad arguments (argparse's own errors included) and the data loaders' errors (a missing or
 malformed dataset file, :mod:`lkstn.data.errors`) are input errors: one line naming the argument
@@ -25,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lkstn.cli import align
+from lkstn.cli import align, track
 from lkstn.data.errors import CorruptDataError, DatasetNotFoundError
 from lkstn.errors import UsageError
 
@@ -73,6 +77,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     align.add_arguments(a)
     a.set_defaults(func=align.run)
+
+    t = sub.add_parser("track", help="follow a template through a sequence of image files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    track.add_arguments(t)
+    t.set_defaults(func=track.run)
 
     r = sub.add_parser("reproduce", help="reproduce a table or figure of the paper")
     rsub = r.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")

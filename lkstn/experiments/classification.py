@@ -250,26 +250,14 @@ def _schedule(recipe: Recipe, n_steps: int) -> Iterator[None]:
 
 
 def machine(device: str) -> dict[str, Any]:
-    """Where a number was measured: host, CPU model and count, threads, torch, device, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """Where a number was measured: :func:`lkstn.machine.fingerprint`, the device and its GPU."""
+    from lkstn.machine import fingerprint
+
+    fp = fingerprint()
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
-    return {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": device,
-        "gpu": gpu,
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
+    cpu = fp["cpu"]["model_name"]
+    short = {"cpu_count": fp["cores"], "torch": torch.__version__, "cpu_details": fp.pop("cpu")}
+    return {**fp, **short, "cpu": cpu, "device": device, "gpu": gpu}
 
 
 def _checkpoint_step(run_dir: Path) -> int:
