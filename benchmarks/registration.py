@@ -19,7 +19,7 @@ false positive rate ``P(converged | wrong)`` and false negative rate ``P(not con
 interleaved in one process, one thread each.
 
 ECC conventions: ``warpMatrix`` maps template pixels to image pixels
-(``lkstn.experiments.problems.pixel_matrix``); an ECC call that raises leaves the start.
+(``lkstn.pixels.pixel_matrix``); an ECC call that raises leaves the start.
 
 Usage::
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,8 @@ from threadpoolctl import threadpool_limits
 from lkstn import ICLK, warp_image
 from lkstn.classical.robust import robust_settings
 from lkstn.experiments.convergence import fixed_starts, safe_corner_error
-from lkstn.experiments.problems import params_from_pixel_matrix, pixel_matrix
+from lkstn.machine import fingerprint
+from lkstn.pixels import params_from_pixel_matrix, pixel_matrix
 from lkstn.warps import warp_from_name
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "text")
@@ -314,24 +314,10 @@ def markdown(report: dict) -> str:
 
 
 def machine() -> dict:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model or platform.processor(),
-        "platform": platform.platform(),
-        "loadavg": list(os.getloadavg()),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "skimage": skimage.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    """Where the numbers were measured (``lkstn.machine.fingerprint``), with the date."""
+    fp = fingerprint()
+    fp.update(skimage=skimage.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    return fp
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -390,7 +376,7 @@ def main(argv=None) -> int:
                           f"{v['false_positive_rate']:.3f} ({v['false_positive']}/{v['wrong']}), "
                           f"false negative rate {v['false_negative_rate']:.3f} "
                           f"({v['false_negative']}/{v['right']})")  # fmt: skip
-    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))

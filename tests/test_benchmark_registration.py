@@ -27,7 +27,7 @@ def test_registration_quick_run(tmp_path):
     out = tmp_path / "reg.json"
     assert bench.main(["--quick", "--n-trials", "4", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["machine"]["cpu"] and len(data["machine"]["loadavg"]) == 3
+    assert data["machine"]["cpu"] and len(data["machine"]["load_average"]) == 3
     cells = data["cells"]
     assert [(c["size"], c["variant"]) for c in cells] == [(16, "relit"), (64, "relit")]
     for c in cells:

@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage
 
 from lkstn import ICLK, LK, Affine, CompositionalLK, Homography, corner_error, warp_image
-from lkstn.experiments.problems import params_from_pixel_matrix
 from lkstn.perturb import perturb
+from lkstn.pixels import params_from_pixel_matrix
 from lkstn.score import zncc
 
 P_TRUE = np.array([-0.45, 0.03, 0.08, -0.02, -0.5, -0.05])  # about the central half
