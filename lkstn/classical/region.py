@@ -49,7 +49,7 @@ def crop_around(images: np.ndarray, warp: Warp, p: np.ndarray, pyramid: int):
     than half the template's size) read zeros instead of the image. Affine and homography
     only (a translation cannot absorb the change of scale); None when cropping saves little.
     """
-    if pyramid == 1 or warp.n_params < 6:
+    if pyramid == 1 or warp.n_params < 6 or len(p) == 0:
         return None
     _, H, W, _ = images.shape
     corners = warp.matrix(p) @ np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])
