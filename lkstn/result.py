@@ -38,8 +38,12 @@ class AlignmentResult:
     cost : array, shape (n_iter + 1, ...), or None
         Mean squared residual per iterate, where a template exists.
     converged : bool array, shape (...)
-        Per alignment. For classical aligners: the update fell below ``tol`` with finite
-        parameters and a finite cost. Failure is data, never an exception.
+        Per alignment: whether the final alignment is good. For the Gauss-Newton aligners
+        (LK, CompositionalLK, ICLK): the last update fell below ``tol``, parameters and cost
+        are finite, AND ``score`` is at least the aligner's ``min_score`` (default 0.5), so a
+        start that stopped moving in a wrong place is not converged. Its false positive and
+        false negative rates against ground truth are measured in ``docs/registration.md``.
+        Failure is data, never an exception.
     score : array, shape (...), or None
         Per alignment, where the aligner has a template: the zero-normalised correlation of
         the template and the image warped at the final ``p`` (:func:`lkstn.score.zncc`).

@@ -21,6 +21,15 @@ of :mod:`lkstn.sampling`), so a start that leaves the image sees a dark border a
 Floating-point warnings are silenced inside ``align`` and every non-finite value is handled
 explicitly instead.
 
+Coarse to fine: each level starts from the previous level's result, except that an alignment
+the coarser levels left worse (a higher cost at this level) than its own start, or that failed
+there, restarts from its start. With a pyramid on one image, only the region around the starts
+is filtered and decimated (``_crop``), not the whole photograph.
+
+Success: ``converged`` means a small last step with finite parameters and cost AND a final
+``score`` (ZNCC of template and warped image under the mask, :func:`lkstn.score.zncc`) of at
+least ``min_score``. A template ``mask`` weights every residual (weighted least squares).
+
 Glossary: ``T`` template ``(h, w, C)``; ``I`` image(s) ``(B, H, W, C)``; ``I(p)`` the image sampled
 at ``W(x; p)`` over the template frame; ``e = I(p) - T`` the error image; ``sd`` steepest-descent
 images ``(..., h*w*C, P)``; ``hessian`` ``sd^T sd``; ``n`` number of alignments; ``K`` sampled
@@ -31,7 +40,7 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,11 +48,18 @@ import numpy as np
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
+from lkstn.classical.region import change_frame, check_mask, crop_around, root_weights
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
+from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
 
 _RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
+
+MIN_SCORE = 0.5
+"""Default ``min_score``: the final zero-normalised correlation below which an alignment that
+stopped moving is not called converged (``docs/registration.md``: false positive and false
+negative rates of ``converged`` against ground truth over six photographs)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,9 @@ class Level:
 
     template: np.ndarray  # (h, w, C)
     grid: np.ndarray  # (h*w, 2) canonical pixel centres of the template frame
+    # square roots of the mask's weights at this level, (h*w, 1), or None (no mask): every
+    # residual and steepest-descent row is multiplied by them (weighted least squares)
+    root_w: np.ndarray | None = field(default=None, kw_only=True)
 
 
 def singular(hessian: np.ndarray) -> np.ndarray:
@@ -96,6 +115,8 @@ class GaussNewton:
         *,
         channel_axis: int | None = None,
         pyramid: int = 1,
+        mask: Any = None,
+        min_score: float = MIN_SCORE,
     ) -> None:
         self.warp = warp_from_name(warp)
         self.n_iter = _check_int(n_iter, "n_iter", 0)
@@ -114,10 +135,18 @@ class GaussNewton:
                 f"pyramid={pyramid} shrinks the {self.template_shape} template to {coarsest}; "
                 f"the coarsest level needs at least {MIN_SIZE} pixels a side"
             )
+        if not (isinstance(min_score, int | float) and -1 <= min_score <= 1):
+            raise ValueError(f"min_score must be a number in [-1, 1], got {min_score!r}")
+        self.min_score = float(min_score)
+        self.mask = check_mask(mask, self.template_shape)  # (h, w) weights or None
         pyr = gaussian_pyramid(T, self.pyramid, channel_axis=-1)
+        masks = [None] * self.pyramid
+        if self.mask is not None:  # the weights follow the template down the pyramid
+            masks = gaussian_pyramid(self.mask, self.pyramid)
         self._T = T
         self._levels = [
-            self._prepare_level(Level(t, canonical_grid(t.shape[:2]))) for t in pyr
+            self._prepare_level(Level(t, canonical_grid(t.shape[:2]), root_w=root_weights(m)))
+            for t, m in zip(pyr, masks, strict=True)
         ]  # finest first
 
     @property
@@ -132,6 +161,10 @@ class GaussNewton:
         )
 
     # -- hooks ------------------------------------------------------------------------------------
+    def _stages(self) -> list[tuple[Level, int]]:
+        """``(level, pyramid index of the image)`` in the order they iterate: coarse to fine."""
+        return [(self._levels[j], j) for j in reversed(range(self.pyramid))]
+
     def _prepare_level(self, level: Level) -> Level:
         return level
 
@@ -149,7 +182,11 @@ class GaussNewton:
         T = level.template.reshape(1, -1, level.template.shape[-1])  # (1, h*w, C)
         samples = sampler(p, index)  # (1) I(W(x; p)), (n, h*w, K)
         e = samples[..., : T.shape[-1]] - T  # (2) error image I(p) - T, (n, h*w, C)
-        return np.einsum("nqc,nqc->n", e, e) / T.size, (samples, e)
+        if level.root_w is None:
+            return np.einsum("nqc,nqc->n", e, e) / T.size, (samples, e)
+        e *= level.root_w  # weighted residuals: sum w e^2 is their sum of squares
+        total = (level.root_w**2).sum() * T.shape[-1]
+        return np.einsum("nqc,nqc->n", e, e) / total, (samples, e)
 
     def _step(self, level: Level, p: np.ndarray, *work: np.ndarray):
         raise NotImplementedError
@@ -179,39 +216,89 @@ class GaussNewton:
         Returns
         -------
         AlignmentResult
-            ``history`` ``(pyramid * n_iter + 1, ..., P)``, ``cost`` ``(pyramid * n_iter + 1,
-            ...)``, ``converged`` ``(...)``. With a pyramid, cost row ``j`` is measured at the
+            ``history`` ``(stages * n_iter + 1, ..., P)``, ``cost`` ``(stages * n_iter + 1,
+            ...)``, ``converged`` ``(...)``, ``score`` ``(...)``; ``stages`` is ``pyramid`` (one
+            more for ``ICLK(refine=True)``). With a pyramid, cost row ``j`` is measured at the
             resolution of the level that iterates from history row ``j``.
         """
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         n_iter = self.n_iter if n_iter is None else _check_int(n_iter, "n_iter", 0)
         images, p, index, batch_shape = self._parse(image, p_init)
+        p_given = p.copy()
+        crop = crop_around(images, self.warp, p, self.pyramid) if index is None else None
+        if crop is not None:  # the pyramid of the region the starts can reach, not the image
+            images, to_crop = crop
+            p = change_frame(to_crop, p)
         pyr = gaussian_pyramid(images, self.pyramid, channel_axis=-1, batch_ndim=1)
         n, P = p.shape
-        rows = self.pyramid * n_iter + 1
+        stages = self._stages()
+        rows = len(stages) * n_iter + 1
         history, cost = np.empty((rows, n, P)), np.empty((rows, n))
         history[0] = p
         false = np.zeros(n, bool)
         state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
+        p_start = p.copy()
         with np.errstate(all="ignore"):
-            for i, level in enumerate(reversed(self._levels)):  # coarse to fine
+            samplers: dict = {}  # per pyramid level: a refining stage reuses the finest one's
+            for i, (level, j) in enumerate(stages):  # coarse to fine
+                if j not in samplers:
+                    samplers[j] = self._sampler(self._sampled(pyr[j]), level)
+                sampler = samplers[j]
+                if i > 0:  # a coarser level must not leave an alignment worse than its start
+                    self._keep_better(level, sampler, p, p_start, index, state)
+                    history[i * n_iter] = p
                 state.live, state.done = ~state.failed, state.failed.copy()
                 state.converged[:] = False
-                sampler = self._sampler(self._sampled(pyr[self.pyramid - 1 - i]), level)
                 rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
                 self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i])
+            score = self._score(sampler, p, index)  # the finest level's sampler
+        if crop is not None:  # back to the whole image's canonical frame
+            history = change_frame(np.linalg.inv(to_crop), history)
+            history[0] = p_given
         converged = state.converged & ~state.failed & np.isfinite(state.cost)
+        converged &= score >= self.min_score  # stopped AND good: a wrong place scores low
         return AlignmentResult(
             history=history.reshape(rows, *batch_shape, P),
             cost=cost.reshape(rows, *batch_shape),
             converged=converged.reshape(batch_shape),
+            score=score.reshape(batch_shape),
         )
+
+    def _keep_better(self, level, sampler, p, p_start, index, state) -> None:
+        """Coarse-to-fine guard: at the start of a finer level, an alignment whose cost there is
+        higher than at its start (or that failed on a coarser level) restarts from its start.
+
+        A coarse level sees few pixels; on a template with little texture there (an edge, a
+        corner of a homography) it can walk far off, which the finer level cannot undo. The
+        guard costs one measurement per level; it never makes an alignment worse than the same
+        level started afresh."""
+        c_now = self._measure(level, sampler, p, index)[0]
+        c_start = self._measure(level, sampler, p_start, index)[0]
+        reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))
+        p[reset] = p_start[reset]
+        state.failed &= ~reset
+
+    def _score(self, sampler: Sampler, p: np.ndarray, index) -> np.ndarray:
+        """ZNCC of the template and the image warped at ``p`` under the mask, ``(n,)``
+        (:func:`lkstn.score.zncc`); NaN where ``p`` is not finite."""
+        h, w, C = self._T.shape
+        finite = np.isfinite(p).all(-1)
+        score = np.full(len(p), np.nan)
+        if finite.any():
+            at = None if index is None else index[finite]
+            warped = sampler(p[finite], at)[..., :C].reshape(-1, h, w, C)
+            score[finite] = zncc(self._T, warped, self.mask, channel_axis=-1)
+        return score
 
     def _iterate(self, level, sampler, p, index, state, history, cost) -> None:
         """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``."""
         for k in range(len(history)):
             live = np.flatnonzero(state.live)
+            if live.size == 0:  # every alignment frozen: the remaining rows repeat the last
+                cost[k:] = state.cost
+                history[k + 1 :] = p
+                break
             at = None if index is None else index[live]
             state.cost[live], work = self._measure(level, sampler, p[live], at)  # (1)-(2)
             cost[k] = state.cost  # mean squared residual of history[k]

@@ -21,16 +21,41 @@ coordinate instead of a ``(3, h*w)`` product. ``torch`` is imported only when th
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lkstn.warps import Warp
 
-__all__ = ["SingleSampler"]
+__all__ = ["SingleSampler", "one_thread"]
 
 _BLOCK = 1 << 18  # samples per grid_sample call (fewer calls; ~2 MB of float32 grid)
 _YIELD = 1 << 16  # samples per block yielded: what the caller does with them stays in cache
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread inside, restoring the caller's setting after (``ICLK.align``
+    with ``dtype="float32"`` runs in it, switching once per call).
+
+    A ``grid_sample`` call here samples at most ``_BLOCK`` points (a few milliseconds), too
+    little to share between threads: with torch's default of one thread per core, on a 2-core
+    Xeon with other busy processes (load 2.2-5.2) 100 starts of a 50 px template took a median
+    349 ms on 2 threads against 44 ms on one, and 50 ms through ``ICLK.align`` with the caller
+    at 2 (``python benchmarks/float32_threads.py``, 2026-12-05). Switching threads around every
+    ``grid_sample`` call instead cost more than it saved.
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class SingleSampler:

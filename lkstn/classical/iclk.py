@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from lkstn.classical._gauss_newton import _RCOND, GaussNewton, Level, singular
+from lkstn.classical._gauss_newton import _RCOND, MIN_SCORE, GaussNewton, Level, singular
 from lkstn.classical.photometric import Photometric
+from lkstn.classical.robust import robust_settings
 from lkstn.sampling import image_gradients
 
 __all__ = ["ICLK"]
@@ -111,6 +112,19 @@ class ICLK(GaussNewton):
         templates; much wider smoothing stops converging on small templates).
         Still computed once, one fixed linear map per level: :meth:`regressor` and
         ``ICSTN.from_iclk`` apply.
+    mask : ndarray (h, w), optional
+        Template weights (0 ignores a pixel): weighted least squares, ``H = sd^T W sd`` and
+        ``sd^T W e``, also through the photometric projection and at every pyramid level.
+    min_score : float
+        ``converged`` also requires the final score (ZNCC of the template and the warped image
+        under the mask, ``AlignmentResult.score``) at or above this (default 0.5).
+    refine : bool
+        With ``gradient_sigma``: after the smoothed levels, iterate the finest level once more
+        (``n_iter`` more rows of history) with the template's own steepest-descent images,
+        plain Gauss-Newton. The smoothed step solves ``sd_G^T (I(p) - T) = 0``, whose zeros
+        include points where ``I(p) - T`` is not at a minimum (on photographs: a few pixels
+        off with a correlation of 0.9, ``docs/registration.md``); the plain step starts from
+        there, inside its own basin, and ends at the minimum.
 
     Attributes
     ----------
@@ -158,6 +172,9 @@ class ICLK(GaussNewton):
         gradient_sigma: float = 0.0,
         photometric: str | None = None,
         dtype: Any = np.float64,
+        mask: Any = None,
+        min_score: float = MIN_SCORE,
+        refine: bool = False,
     ) -> None:
         try:
             self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
@@ -173,19 +190,61 @@ class ICLK(GaussNewton):
         ):
             raise ValueError(f"gradient_sigma must be a finite number >= 0, got {gradient_sigma!r}")
         self.gradient_sigma = float(gradient_sigma)  # read by _prepare_level, called below
-        super().__init__(template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid)
+        super().__init__(
+            template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
+            min_score=min_score,
+        )  # fmt: skip
+        self.refine = bool(refine) and self.gradient_sigma > 0
+        self._refined = None  # the finest level without smoothing: plain Gauss-Newton
+        if self.refine:
+            finest = self._levels[0]
+            self._refined = self._prepare_level(
+                Level(finest.template, finest.grid, root_w=finest.root_w), smoothing=False
+            )
 
-    def _prepare_level(self, level: Level) -> _ICLevel:
+    def _stages(self):
+        stages = super()._stages()
+        return stages + [(self._refined, 0)] if self.refine else stages
+
+    @classmethod
+    def robust(cls, template: Any, *, warp: Any = "affine", mask: Any = None, **overrides) -> ICLK:
+        """ICLK configured for real photographs: see :mod:`lkstn.classical.robust`.
+
+        Coarse to fine as deep as the template allows, smoothing scaled to the template, blind
+        to gain and offset; ``overrides`` replace any of these settings (or add others, e.g.
+        ``channel_axis=-1``). The paper's IC-LK stays ``ICLK``'s default.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from lkstn import ICLK, Affine, warp_image
+        >>> yy, xx = np.mgrid[0:120, 0:160]
+        >>> image = np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.2 * np.sin(xx * yy / 900.0)
+        >>> p_true = np.array([-0.5, 0.0, 0.1, 0.0, -0.5, 0.0])
+        >>> template = warp_image(image, Affine(), p_true, (64, 64))
+        >>> aligner = ICLK.robust(template)
+        >>> result = aligner.align(2.0 * image + 1.0, p_true + [0, 0, 0.05, 0, 0, -0.04])
+        >>> bool(result.converged), bool(np.allclose(result.p, p_true, atol=1e-4))
+        (True, True)
+        """
+        settings = robust_settings(np.shape(template)[:2])
+        settings.update(overrides)
+        return cls(template, warp, mask=mask, **settings)
+
+    def _prepare_level(self, level: Level, smoothing: bool = True) -> _ICLevel:
         J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
         T = level.template
-        sd = steepest_descent(T, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
-        photometric = Photometric.of(T, self.photometric)
+        C = T.shape[-1]
+        # weighted least squares: rows scaled by sqrt(w), so that H = sd^T W sd, sd^T W e
+        r = 1.0 if level.root_w is None else np.repeat(level.root_w, C, axis=0)  # (h*w*C, 1)
+        sd = r * steepest_descent(T, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
+        photometric = Photometric.of(T, self.photometric, level.root_w)
         sd = photometric.project(sd)  # blind to offsets (and gains); unchanged for None
         sd_G = sd  # the images the error is projected on
-        if self.gradient_sigma > 0:  # in template pixels: narrower on the coarser levels
+        if smoothing and self.gradient_sigma > 0:  # template pixels: narrower when coarser
             s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
             T_G = ndimage.gaussian_filter(T, (s, s, 0))
-            sd_G = photometric.project(steepest_descent(T_G, J).reshape(sd.shape))
+            sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
         hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
         if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / _RCOND:
             raise ValueError(
@@ -198,12 +257,15 @@ class ICLK(GaussNewton):
         return _ICLevel(
             level.template, level.grid, sd, hessian, R, photometric, products,
             products.astype(np.float32), level.template.astype(np.float32),
+            root_w=level.root_w,
         )  # fmt: skip
 
     def __repr__(self) -> str:
         extra = [f"gradient_sigma={self.gradient_sigma}"] if self.gradient_sigma else []
         extra += [f"photometric={self.photometric!r}"] if self.photometric else []
         extra += ["dtype='float32'"] if self.dtype == np.float32 else []
+        extra += ["refine=True"] if self.refine else []
+        extra += ["mask=..."] if self.mask is not None else []
         return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
 
     @property
@@ -232,8 +294,19 @@ class ICLK(GaussNewton):
                 'with photometric="gain-bias" the step is not linear in I(p): each channel is '
                 "scaled to the template's contrast first (lkstn.classical.photometric)"
             )
-        R = self._levels[0].R
+        R = self._levels[0].R  # applies to sqrt(w) (I(p) - T) with a mask
+        if self.mask is not None:
+            R = R * np.repeat(self._levels[0].root_w[:, 0], self._T.shape[-1])
         return R.copy(), -R @ self._T.ravel()  # [LL17] eq. (6)
+
+    def align(self, image: Any, p_init: Any, n_iter: int | None = None, **kwargs):
+        """See :meth:`GaussNewton.align`; ``dtype="float32"`` samples on one torch thread."""
+        if self.dtype != np.float32:
+            return super().align(image, p_init, n_iter, **kwargs)
+        from lkstn.classical._single import one_thread  # imports torch
+
+        with one_thread():
+            return super().align(image, p_init, n_iter, **kwargs)
 
     def _sampler(self, images: np.ndarray, level: _ICLevel):
         if self.dtype == np.float32:
@@ -249,8 +322,13 @@ class ICLK(GaussNewton):
         T = (level.template32 if single else level.template).reshape(1, h * w, C)
         fixed = level.products32 if single else level.products
         sq, proj = np.zeros((len(p), C)), np.zeros((len(p), len(fixed)))
+        r = level.root_w
+        if r is not None and single:
+            r = r.astype(np.float32)
         for s, t, Ip in sampler.blocks(p, index):  # (1) I(W(x; p)), (na, nq, C)
             Ip -= T[:, t]  # (2) error image I(p) - T
+            if r is not None:
+                Ip *= r[t]  # weighted: sqrt(w) (I(p) - T)
             if C == 1:  # the 2-D form is a fast dot product per row
                 sq[s, 0] += np.einsum("nq,nq->n", Ip[..., 0], Ip[..., 0])
             else:
@@ -258,7 +336,8 @@ class ICLK(GaussNewton):
             rows = fixed[:, t.start * C : t.stop * C]  # columns of these pixels
             proj[s] += (rows @ Ip.reshape(len(Ip), -1).T).T  # (7)-(8) H^-1 sd^T (I(p) - T)
         ssd, dp = level.photometric.finish(proj, sq)
-        return ssd / (h * w * C), (dp,)
+        total = h * w * C if r is None else float((r.astype(np.float64) ** 2).sum()) * C
+        return ssd / total, (dp,)
 
     def _step(self, level: _ICLevel, p, dp):
         return dp, np.isfinite(dp).all(-1)  # computed in _measure, [BM04] Fig. 4 steps 7-8

@@ -46,6 +46,12 @@ _DOC_PARAMS = """
         ``-1`` for a multi-channel template (and images).
     pyramid : int
         Number of coarse-to-fine levels (1: no pyramid); see :mod:`lkstn.classical.pyramid`.
+    mask : ndarray (h, w), optional
+        Template weights (0 ignores a pixel): weighted least squares, ``H = sd^T W sd`` and
+        ``sd^T W e``, at every pyramid level (the mask follows the template down the pyramid).
+    min_score : float
+        ``converged`` also requires the final score (ZNCC of the template and the warped image
+        under the mask, ``AlignmentResult.score``) at or above this (default 0.5).
 """
 
 
@@ -59,6 +65,16 @@ def gauss_newton_step(sd: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.nda
     hessian = sd.swapaxes(-1, -2) @ sd  # (n, P, P), [BM04] Fig. 1 step 6
     rhs = -np.einsum("nmk,nm->nk", sd, e)  # sd^T (T - I(p)), [BM04] Fig. 1 step 7
     return solve(hessian, rhs)  # [BM04] Fig. 1 step 8; ok=False where singular
+
+
+def _weighted(sd: np.ndarray, level: Level) -> np.ndarray:
+    """Steepest-descent rows ``(n, h*w*C, P)`` times ``sqrt(w)`` of the mask (if any): with the
+    residuals weighted alike, ``H = sd^T W sd`` and ``sd^T W e``."""
+    if level.root_w is None:
+        return sd
+    n, m, P = sd.shape
+    hw = len(level.root_w)
+    return (sd.reshape(n, hw, m // hw, P) * level.root_w[:, :, None]).reshape(n, m, P)
 
 
 def _chain(gx: np.ndarray, gy: np.ndarray, J: np.ndarray) -> np.ndarray:
@@ -96,7 +112,9 @@ class LK(GaussNewton):
     )
 
     def _prepare_level(self, level: Level) -> _JLevel:
-        return _JLevel(level.template, level.grid, self.warp.jacobian(level.grid))
+        return _JLevel(
+            level.template, level.grid, self.warp.jacobian(level.grid), root_w=level.root_w
+        )
 
     def _sampled(self, images: np.ndarray) -> np.ndarray:
         gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
@@ -108,7 +126,7 @@ class LK(GaussNewton):
         # dW/dp(x; p), step 4: constant for linear warps, depends on p for a homography
         J = self.warp._jacobian(level.grid, p) if self.warp.projective else level.J
         sd = _chain(gx, gy, J)  # steepest-descent images, [BM04] Fig. 1 step 5
-        return gauss_newton_step(sd, e.reshape(len(e), -1))
+        return gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         return p + dp  # [BM04] Fig. 1 step 9
@@ -140,14 +158,16 @@ class CompositionalLK(GaussNewton):
     )
 
     def _prepare_level(self, level: Level) -> _JLevel:
-        return _JLevel(level.template, level.grid, self.warp.jacobian(level.grid))
+        return _JLevel(
+            level.template, level.grid, self.warp.jacobian(level.grid), root_w=level.root_w
+        )
 
     def _step(self, level: _JLevel, p, samples, e):
         h, w, C = level.template.shape
         warped = samples.reshape(len(samples), h, w, C)  # I(p), step 1
         gx, gy = image_gradients(warped, channel_axis=-1)  # grad I(p) per template unit, step 3
         sd = _chain(gx.reshape(len(e), -1, C), gy.reshape(len(e), -1, C), level.J)  # step 5
-        return gauss_newton_step(sd, e.reshape(len(e), -1))
+        return gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         return self.warp._compose(p, dp)  # p <- p o dp, [BM04] Fig. 3 step 9

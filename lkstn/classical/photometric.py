@@ -19,6 +19,9 @@ pulls the warp off (or stops it converging). Two remedies, both computed once fr
 Everything reduces to products of the error image ``e = I(p) - T`` with fixed rows (``R`` per
 channel, and ``Q``) and per-channel sums of squares of ``e``, so the aligner keeps its fused,
 block-by-block evaluation; :meth:`Photometric.finish` turns those into the step and the cost.
+With a template mask of weights ``w``, every residual is multiplied by ``sqrt(w)``
+(weighted least squares); the same algebra holds in that space, with ``sqrt(w)`` for the
+constant image and ``sqrt(w) (T - mean_w T)`` for the template's zero-mean channel.
 Glossary: ``C`` channels, ``N`` pixels per channel, ``P`` warp parameters.
 """
 
@@ -53,17 +56,21 @@ class Photometric:
     t_norm: np.ndarray
 
     @classmethod
-    def of(cls, template: np.ndarray, mode: str | None) -> Photometric:
-        """From a template ``(h, w, C)``."""
+    def of(cls, template: np.ndarray, mode: str | None, root_w: np.ndarray | None = None):
+        """From a template ``(h, w, C)``; ``root_w`` ``(h*w, 1)``: square roots of the mask's
+        weights, for residuals weighted by them (the constant image becomes ``root_w``, and the
+        template's channels are centred on their weighted means and weighted likewise)."""
         if mode not in MODES:
             raise ValueError(f"photometric must be one of {MODES}, got {mode!r}")
         h, w, C = template.shape
-        t = template.reshape(h * w, C) - template.reshape(h * w, C).mean(0)  # zero-mean channels
+        r = np.ones((h * w, 1)) if root_w is None else root_w
+        T = template.reshape(h * w, C)
+        t = r * (T - (r * r * T).sum(0) / (r * r).sum())  # weighted zero-mean channels
         t_norm = np.sqrt((t * t).sum(0))
         rows = []
         for c in range(C if mode else 0):
             one = np.zeros((h * w, C))
-            one[:, c] = 1.0 / np.sqrt(h * w)
+            one[:, c] = r[:, 0] / np.sqrt((r * r).sum())
             rows.append(one.ravel())
             if mode == "gain-bias":
                 gain = np.zeros((h * w, C))

@@ -1,0 +1,387 @@
+"""Registration of photographs lkstn never saw: ``ICLK.robust`` against plain ICLK and OpenCV's ECC.
+
+Problems: templates of 16, 32, 64 and 128 px cut at native scale (no resizing) from scikit-image
+photographs, each at the most textured of a few random boxes; affine and homography; starts
+perturbed by the paper's noise model with ``sigma`` given for a 50 px template and scaled to the
+template (``sigma * side / 50`` template pixels); three variants of the image: ``clean``,
+``relit`` (gain and offset) and ``noisy`` (Gaussian noise); the template is always cut from the
+clean photograph. Methods, on the same starts: ``ICLK.robust``, plain ``ICLK`` (the paper's
+IC-LK, 50 iterations), ``cv2.findTransformECC`` with OpenCV's defaults (50 iterations, eps 1e-3,
+``gaussFiltSize=5``) and with ``gaussFiltSize=1``. An alignment has *converged* when its corner
+error is under 2 % of the template side + 0.5 px.
+
+It also measures the success signal: the ICLK aligners' own ``converged`` (small last step,
+finite, and ``score >= min_score``) against that ground truth, for a range of ``min_score``:
+false positive rate ``P(converged | wrong)`` and false negative rate ``P(not converged | right)``.
+
+``--timing`` aligns one pair at a time (one image, one start: what the CLI and a tracker do) at
+64, 128 and 256 px, ICLK.robust (construction + alignment, and alignment alone) and ECC
+interleaved in one process, one thread each.
+
+ECC conventions: ``warpMatrix`` maps template pixels to image pixels
+(``lkstn.pixels.pixel_matrix``); an ECC call that raises leaves the start.
+
+Usage::
+
+    python benchmarks/registration.py --quick --out out/registration_quick.json
+    python benchmarks/registration.py --seed 1 --out out/registration.json    # full, ~25 min
+    python benchmarks/registration.py --timing --out out/registration_timing.json
+    python benchmarks/registration.py --table out/registration.json   # the docs' tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage
+from skimage import data
+from skimage.color import rgb2gray
+from skimage.util import img_as_float
+from threadpoolctl import threadpool_limits
+
+from lkstn import ICLK, warp_image
+from lkstn.classical.robust import robust_settings
+from lkstn.experiments.convergence import fixed_starts, safe_corner_error
+from lkstn.machine import fingerprint
+from lkstn.pixels import params_from_pixel_matrix, pixel_matrix
+from lkstn.warps import warp_from_name
+
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "text")
+SIZES = (16, 32, 64, 128)
+SIGMAS = (1.0, 2.5, 5.0)  # template pixels of a 50 px template, scaled to each size
+VARIANTS = ("clean", "relit", "noisy")
+THRESHOLDS = (-1.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+METHODS = ("ICLK.robust", "ICLK", "ECC", "ECC-g1")
+MOTION = {"affine": cv2.MOTION_AFFINE, "homography": cv2.MOTION_HOMOGRAPHY}
+
+
+def photo(name: str) -> np.ndarray:
+    """A scikit-image photograph as float64 grey in [0, 1]."""
+    image = img_as_float(getattr(data, name)())
+    return rgb2gray(image[..., :3]) if image.ndim == 3 else image
+
+
+def variant(image: np.ndarray, name: str, seed: int) -> np.ndarray:
+    """The image the template is registered to: clean, relit or noisy."""
+    if name == "relit":
+        return 0.6 * image + 0.25  # less contrast, brighter
+    if name == "noisy":
+        return image + np.random.default_rng(seed).normal(0.0, 0.05, image.shape)
+    return image
+
+
+def tolerance(side: int) -> float:
+    """Corner error (px) under which an alignment has converged."""
+    return 0.02 * side + 0.5
+
+
+def texture_box(image: np.ndarray, side: int, rng) -> tuple[int, int] | None:
+    """Top-left ``(x, y)`` of the most textured of 12 random boxes (smallest eigenvalue of the
+    structure tensor), a quarter side from the border; None if the photo is too small."""
+    H, W = image.shape
+    m = max(4, side // 4)
+    if min(H, W) < side + 2 * m:
+        return None
+    gy, gx = np.gradient(image)
+    best, score = None, -1.0
+    for _ in range(12):
+        x, y = int(rng.integers(m, W - side - m + 1)), int(rng.integers(m, H - side - m + 1))
+        a, b = gx[y : y + side, x : x + side], gy[y : y + side, x : x + side]
+        tensor = np.array([[(a * a).sum(), (a * b).sum()], [(a * b).sum(), (b * b).sum()]])
+        s = np.linalg.eigvalsh(tensor)[0]
+        if s > score:
+            best, score = (x, y), s
+    return best
+
+
+def truth(warp, box: tuple[int, int], side: int, image_shape) -> np.ndarray:
+    """Canonical ``p`` of a template cut at ``box``: a pixel translation."""
+    M = np.eye(3)
+    M[:2, 2] = box
+    return params_from_pixel_matrix(warp, M, (side, side), image_shape)
+
+
+def ecc(template, image, warp, p_init, gauss: int) -> np.ndarray:
+    """``cv2.findTransformECC`` from each start, OpenCV's default criteria."""
+    T = np.ascontiguousarray(template, dtype=np.float32)
+    I = np.ascontiguousarray(image, dtype=np.float32)
+    M0 = pixel_matrix(warp, p_init, T.shape, I.shape)
+    rows = 3 if warp.projective else 2
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 0.001)
+    out = M0.copy()
+    for i, M in enumerate(M0[:, :rows].astype(np.float32)):
+        try:
+            out[i, :rows] = cv2.findTransformECC(T, I, M, MOTION[warp.name], criteria, None, gauss)[
+                1
+            ]
+        except cv2.error:  # StsNoConv: ECC gives up, the start stays
+            pass
+    return params_from_pixel_matrix(warp, out, T.shape, I.shape)
+
+
+def iclk(template, image, warp, p_init, robust: bool, overrides: dict):
+    """Final ``p``, stopped flag (small step, finite) and score of ICLK from each start."""
+    if robust:
+        shape = {k: overrides[k] for k in ("coarsest", "smoothing") if k in overrides}
+        settings = robust_settings(template.shape, **shape) if shape else {}
+        settings.update({k: v for k, v in overrides.items() if k not in shape})
+        aligner = ICLK.robust(template, warp=warp, min_score=-1.0, **settings)
+    else:
+        aligner = ICLK(template, warp, n_iter=50, min_score=-1.0)
+    result = aligner.align(image, p_init)
+    return result.p, result.converged, result.score
+
+
+def confusion(right: np.ndarray, stopped: np.ndarray, score: np.ndarray) -> dict:
+    """False positive / negative counts of ``converged`` per threshold on the score."""
+    out = {}
+    for t in THRESHOLDS:
+        flag = stopped & (np.nan_to_num(score, nan=-2.0) >= t)
+        out[f"{t:g}"] = {
+            "false_positive": int((flag & ~right).sum()),
+            "wrong": int((~right).sum()),
+            "false_negative": int((~flag & right).sum()),
+            "right": int(right.sum()),
+        }
+    return out
+
+
+def add(total: dict, part: dict) -> None:
+    for t, counts in part.items():
+        cell = total.setdefault(t, dict.fromkeys(counts, 0))
+        for k, v in counts.items():
+            cell[k] += v
+
+
+def convergence(args, overrides: dict) -> list[dict]:
+    cells = []
+    for side in args.sizes:
+        boxes = {}
+        for name in args.photos:
+            image = photo(name)
+            box = texture_box(image, side, np.random.default_rng([args.seed, side, len(name)]))
+            if box is not None:
+                boxes[name] = (image, box)
+        for warp_name in args.warps:
+            warp = warp_from_name(warp_name)
+            for sigma in args.sigmas:
+                for var in args.variants:
+                    t0 = time.perf_counter()
+                    hits = dict.fromkeys(METHODS, 0)
+                    signal = {"ICLK.robust": {}, "ICLK": {}}
+                    n = 0
+                    for k, (image, box) in enumerate(boxes.values()):
+                        p_true = truth(warp, box, side, image.shape)
+                        T = warp_image(image, warp, p_true, (side, side))
+                        I = variant(image, var, args.seed * 1000 + k)
+                        s_px = sigma * side / 50.0
+                        starts = fixed_starts(
+                            warp, p_true, s_px, (side, side), args.n_trials, args.seed * 97 + k
+                        )
+                        n += len(starts)
+                        for method in METHODS:
+                            if method.startswith("ECC"):
+                                g = 1 if method == "ECC-g1" else 5
+                                p = ecc(T, I, warp, starts, g)
+                            else:
+                                robust = method == "ICLK.robust"
+                                p, stopped, score = iclk(T, I, warp, starts, robust, overrides)
+                            err = safe_corner_error(warp, p, p_true, (side, side))
+                            right = err < tolerance(side)
+                            hits[method] += int(right.sum())
+                            if method in signal:
+                                add(signal[method], confusion(right, stopped, score))
+                    pct = {m: round(100.0 * hits[m] / max(n, 1), 1) for m in METHODS}
+                    cells.append(
+                        {"size": side, "warp": warp_name, "sigma": sigma, "variant": var,
+                         "n": n, "photos": list(boxes), "percent_converged": pct,
+                         "signal": signal}
+                    )  # fmt: skip
+                    print(
+                        f"{side:4d}px {warp_name:10s} sigma {sigma:<4g} {var:6s} n={n:4d} "
+                        + " ".join(f"{m} {v:5.1f}" for m, v in pct.items())
+                        + f"  ({time.perf_counter() - t0:.1f} s)",
+                        flush=True,
+                    )
+    return cells
+
+
+def verdict(cells: list[dict]) -> dict:
+    """Cells where ICLK.robust meets the target: >= both ECCs and >= plain ICLK - 3 points."""
+    fails = []
+    for c in cells:
+        pct = c["percent_converged"]
+        r = pct["ICLK.robust"]
+        if r < pct["ECC"] or r < pct["ECC-g1"] or r < pct["ICLK"] - 3.0:
+            fails.append(f"{c['size']}px {c['warp']} sigma {c['sigma']:g} {c['variant']}")
+    return {"cells": len(cells), "cells_meeting_target": len(cells) - len(fails), "fails": fails}
+
+
+def signal_rates(cells: list[dict]) -> dict:
+    """Pooled false positive / negative rates of each ICLK's converged, per threshold."""
+    out = {}
+    for method in ("ICLK.robust", "ICLK"):
+        total: dict = {}
+        for c in cells:
+            add(total, c["signal"][method])
+        out[method] = {
+            t: {
+                "false_positive_rate": round(v["false_positive"] / max(v["wrong"], 1), 4),
+                "false_negative_rate": round(v["false_negative"] / max(v["right"], 1), 4),
+                **v,
+            }
+            for t, v in total.items()
+        }
+    return out
+
+
+def timing(args, overrides: dict) -> list[dict]:
+    """One pair at a time, ICLK.robust and ECC interleaved, median over repeats."""
+    rows = []
+    for side in (64, 128, 256):
+        for warp_name in args.warps:
+            warp = warp_from_name(warp_name)
+            times = {"ICLK.robust (build + align)": [], "ICLK.robust (align)": [], "ECC": [],
+                     "ECC-g1": []}  # fmt: skip
+            for k, name in enumerate(args.photos):
+                image = photo(name)
+                box = texture_box(image, side, np.random.default_rng([args.seed, side, k]))
+                if box is None:
+                    continue
+                p_true = truth(warp, box, side, image.shape)
+                T = warp_image(image, warp, p_true, (side, side))
+                start = fixed_starts(warp, p_true, 2.5 * side / 50, (side, side), 1, args.seed)
+                built = ICLK.robust(T, warp=warp, **overrides)
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    ICLK.robust(T, warp=warp, **overrides).align(image, start[0])
+                    t1 = time.perf_counter()
+                    built.align(image, start[0])
+                    t2 = time.perf_counter()
+                    ecc(T, image, warp, start, 5)
+                    t3 = time.perf_counter()
+                    ecc(T, image, warp, start, 1)
+                    t4 = time.perf_counter()
+                    for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                        times[key].append(dt)
+            ms = {k: round(1e3 * float(np.median(v)), 2) for k, v in times.items()}
+            rows.append({"size": side, "warp": warp_name, "pairs": len(times["ECC"]), "ms": ms})
+            print(f"{side:4d}px {warp_name:10s} " + ", ".join(f"{k} {v} ms" for k, v in ms.items()))
+    return rows
+
+
+def markdown(report: dict) -> str:
+    """The tables of ``docs/registration.md`` from a report."""
+    lines = []
+    if "cells" in report:
+        lines += ["| size | warp | sigma | variant | " + " | ".join(METHODS) + " |",
+                  "|---|---|---|---|" + "---|" * len(METHODS)]  # fmt: skip
+        for c in report["cells"]:
+            pct = c["percent_converged"]
+            lines.append(
+                f"| {c['size']} | {c['warp']} | {c['sigma']:g} | {c['variant']} | "
+                + " | ".join(f"{pct[m]:.1f}" for m in METHODS) + " |"
+            )  # fmt: skip
+        v = report["verdict"]
+        lines += ["", f"Cells meeting the target: {v['cells_meeting_target']} of {v['cells']}."]
+        lines += [f"- misses: {f}" for f in v["fails"]]
+        lines += ["", "| method | min_score | false positive rate | false negative rate |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for method, rates in report["signal"].items():
+            for t, r in rates.items():
+                lines.append(
+                    f"| {method} | {t} | {r['false_positive_rate']:.3f} "
+                    f"({r['false_positive']}/{r['wrong']}) | {r['false_negative_rate']:.3f} "
+                    f"({r['false_negative']}/{r['right']}) |"
+                )
+    if "timing" in report:
+        keys = list(report["timing"][0]["ms"])
+        lines += ["| size | warp | pairs | " + " | ".join(keys) + " |",
+                  "|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+        for r in report["timing"]:
+            lines.append(
+                f"| {r['size']} | {r['warp']} | {r['pairs']} | "
+                + " | ".join(f"{r['ms'][k]:.1f}" for k in keys) + " |"
+            )  # fmt: skip
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """Where the numbers were measured (``lkstn.machine.fingerprint``), with the date."""
+    fp = fingerprint()
+    fp.update(skimage=skimage.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    return fp
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a miniature run (< 1 min)")
+    ap.add_argument("--timing", action="store_true", help="time one pair at a time instead")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-trials", type=int, help="starts per photo and cell (20; --quick 6)")
+    ap.add_argument("--photos", default=",".join(PHOTOS))
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--warps", default="affine,homography")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--repeats", type=int, default=5, help="--timing: repeats per pair")
+    ap.add_argument("--robust", nargs="*", default=[], help="ICLK.robust overrides KEY=VALUE")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--table", type=Path, help="print the markdown tables of a report, only")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
+    args.photos = args.photos.split(",")
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.warps = args.warps.split(",")
+    args.variants = args.variants.split(",")
+    args.sigmas = SIGMAS
+    if args.quick:
+        args.photos, args.sizes, args.warps = args.photos[:2], [16, 64], ["affine"]
+        args.variants, args.sigmas, args.repeats = ["relit"], (2.5,), 1
+    args.n_trials = args.n_trials or (6 if args.quick else 20)
+    overrides = parse_overrides(args.robust)
+    cv2.setNumThreads(1)
+    report = {"command": "python benchmarks/registration.py " + " ".join(argv or sys.argv[1:])}
+    report["machine"] = machine()
+    report.update(seed=args.seed, n_trials=args.n_trials, photos=args.photos, overrides=overrides)
+    with threadpool_limits(1):
+        if args.timing:
+            report["timing"] = timing(args, overrides)
+        else:
+            cells = convergence(args, overrides)
+            report.update(cells=cells, verdict=verdict(cells), signal=signal_rates(cells))
+            print(json.dumps(report["verdict"]))
+            for method, rates in report["signal"].items():
+                for t, v in rates.items():
+                    print(f"{method} min_score {t}: false positive rate "
+                          f"{v['false_positive_rate']:.3f} ({v['false_positive']}/{v['wrong']}), "
+                          f"false negative rate {v['false_negative_rate']:.3f} "
+                          f"({v['false_negative']}/{v['right']})")  # fmt: skip
+    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
