@@ -43,6 +43,7 @@ import numpy as np
 
 from lkstn.experiments.convergence import _finite_or_none, fixed_starts
 from lkstn.experiments.curves import ErrorCurves, error_curves, plot_curves
+from lkstn.experiments.planar_sweep import add_sweep_arguments, sweep_options
 from lkstn.experiments.problems import PlanarProblem, planar_problem
 from lkstn.perturb import perturb
 from lkstn.sampling import warp_image
@@ -140,28 +141,17 @@ def train_model(
     rerun); returns the training wall time summed over every session, in seconds."""
     import torch
 
+    from lkstn.experiments.planar_sweep import phase_config
     from lkstn.learned.streams import AlignmentData
-    from lkstn.learned.train import TrainConfig, train
+    from lkstn.learned.train import train
 
     data = AlignmentData(
         torch.as_tensor(prob.image, dtype=torch.float32)[None],
         torch.as_tensor(prob.p_true, dtype=torch.float32),
     )
-    steps = recipe.n_steps // len(recipe.phases)
     start = time.perf_counter()
-    for i, factor in enumerate(recipe.phases):  # fresh Adam per phase, its own stream and run dir
-        config = TrainConfig(
-            n_steps=steps,
-            sigma=sigma,
-            batch_size=recipe.batch_size,
-            optimizer="adam",
-            lr_predictor=recipe.lr * factor / model.n_warps,
-            seed=recipe.seed * 100 + i,
-            n_test=recipe.batch_size,
-            eval_every=steps,
-            checkpoint_every=min(steps, 500),
-            progress=progress,
-        )
+    for i in range(len(recipe.phases)):  # fresh Adam per phase, its own stream and run dir
+        config = phase_config(recipe, sigma, model.n_warps, i, progress)
         train(model, config, data, run_dir=run_dir / f"phase{i}", resume=True)
     timing = run_dir / "seconds.json"  # wall time summed over the sessions that trained it
     spent = time.perf_counter() - start
@@ -191,11 +181,20 @@ def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, An
 
 
 def run_experiment(
-    out: str | Path, recipe: Recipe = Recipe(), *, progress: bool = False, log=print
+    out: str | Path,
+    recipe: Recipe = Recipe(),
+    *,
+    progress: bool = False,
+    log=print,
+    sweep: str = "batched",
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Train every (sigma, depth), evaluate on fixed test sets, write figures and JSON to ``out``.
 
-    Returns the JSON-ready record (also written to ``out/planar.json``).
+    ``sweep="batched"`` trains the cells together (:mod:`lkstn.experiments.planar_sweep`, on
+    ``executor``), ``"separate"`` one after the other. Returns the JSON-ready record (also
+    written to ``out/planar.json``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,15 +204,24 @@ def run_experiment(
     table: dict[str, dict[str, dict[str, float]]] = {}
     curves: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+    trained = {}
+    if sweep == "batched":
+        from lkstn.experiments.planar_sweep import train_table1
+
+        trained = train_table1(recipe, out, executor=executor, address=address, progress=progress)
     for sigma in recipe.sigmas:
         test = fixed_starts(prob.warp, prob.p_true, sigma, SHAPE, recipe.n_test, recipe.seed + 1)
         models = {}
         for depth in recipe.depths:
             name = model_name(depth)
             model = build_model(prob, depth, sigma, recipe)
-            seconds[f"{name} sigma={sigma:g}"] = train_model(
-                model, prob, sigma, recipe, out / "runs" / f"sigma{sigma:g}" / name, progress
-            )
+            if trained:  # batched: the sweep's seconds, shared by its cells
+                model.load_state_dict(trained[(float(sigma), depth)][0])
+                seconds[f"{name} sigma={sigma:g}"] = trained[(float(sigma), depth)][1]
+            else:
+                seconds[f"{name} sigma={sigma:g}"] = train_model(
+                    model, prob, sigma, recipe, out / "runs" / f"sigma{sigma:g}" / name, progress
+                )
             models[name] = model
             log(
                 f"trained {name} at sigma={sigma:g} px ({seconds[f'{name} sigma={sigma:g}']:.0f} s)"
@@ -248,6 +256,7 @@ def run_experiment(
         },
         "curves": curves,
         "train_seconds": seconds,
+        "sweep": sweep,
         "total_seconds": total,
         "machine": _machine(),
     }
@@ -368,6 +377,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
+    add_sweep_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -378,5 +388,5 @@ def run(args: argparse.Namespace) -> int:
     recipe = replace(QUICK if args.quick else Recipe(), seed=args.seed)
     if args.steps is not None:
         recipe = replace(recipe, n_steps=args.steps)
-    run_experiment(args.out, recipe, progress=args.progress)
+    run_experiment(args.out, recipe, progress=args.progress, **sweep_options(args))
     return 0
