@@ -291,7 +291,8 @@ def train_sweep(
         target = torch.stack([b.target for b in batches])[stream]  # (N, B, P)
         p = stack(image, p_init, stream)  # (N, B, P)
         loss = (p - target).pow(2).sum(-1).mean(-1)  # (N,): each model's own mean loss
-        bad = [order[k] for k in range(N) if not math.isfinite(float(loss[k]))]
+        losses = loss.detach().tolist()
+        bad = [order[k] for k in range(N) if not math.isfinite(losses[k])]
         if bad:
             raise TrainingDiverged(
                 f"loss is not finite at step {step} for model(s) {bad}: training diverged; the "
@@ -309,7 +310,7 @@ def train_sweep(
             stack.write_back()
         for k in live if evaluate else ():
             i = order[k]
-            record = {"step": done, "train_loss": float(loss[k]),
+            record = {"step": done, "train_loss": losses[k],
                       **_evaluate(models[i], data[i], tests[k]), "time": time.time()}  # fmt: skip
             records[i].append(record)
             if runs is not None:
