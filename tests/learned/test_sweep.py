@@ -1,4 +1,4 @@
-"""Tests for lkstn.learned.sweep: the stacked forward, batched == separate training, exact resume."""
+"""Tests for lkstn.learned.sweep: stacked forward, batched == separate training, exact resume."""
 
 from __future__ import annotations
 
