@@ -73,7 +73,10 @@ def run_jobs(
     started = not ray.is_initialized()
     if started:
         if address is None:  # a local instance: workers inherit this environment (PYTHONPATH)
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )  # fmt: skip
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
