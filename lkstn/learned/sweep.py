@@ -2,35 +2,30 @@
 
 [LL17] Table 1 is 20 small trainings (5 depths x 4 sigma) of an IC-STN whose predictor is one
 linear layer on the pixels, optionally behind fixed standardisation buffers ``(x - mu) / s``.
-Trained one at a time, each step is a few tensor operations on 100 samples and the machine is
-mostly paying per-operation overhead. :func:`train_sweep` trains N such models in lockstep:
-
-- the N predictors are stacked, ``W`` ``(N, P, D)`` and ``b`` ``(N, P)``, and the
-  standardisation is folded into them, ``dp = (W / s) x + (b - (W / s) mu)`` (the same affine
-  map, [LL17] eq. (5)-(6); the trained parameters are still ``W`` and ``b``, so Adam sees the
-  gradients a separate training sees);
-- models are ordered by depth (most warps first), so the models still running at warp ``k``
-  are a prefix of the stack and every warp is one ``grid_sample`` over ``a_k * B`` samples and
-  one batched matrix product ([LL17] eq. (10): ``M(p) <- M(dp) M(p)``);
-- the first sample ``I(p_init)`` needs no gradient and is computed once per distinct data
-  stream (Table 1's five depths at one sigma share one stream);
-- the warp grid is built as a broadcast sum (``x = M00 u + M01 v + M02``) rather than a product
-  with an inner dimension of 3, and the unused final sample ``I(p)`` of a c-STN is skipped;
-- Adam (or SGD) runs on the stacked tensors with one learning rate per model, the arithmetic of
-  ``torch.optim.Adam`` (single-tensor form) with ``lr`` a per-model tensor.
+:func:`train_sweep` trains N such models in lockstep as one computation
+(:class:`~lkstn.learned.stacked.LinearICSTNStack`: one ``grid_sample`` and one batched product
+per warp for all models still running, the first sample shared by models that share a data
+stream, no unused final sample), and runs Adam (or SGD) on the stacked parameters with one
+learning rate per model: ``torch.optim.Adam``'s arithmetic (single-tensor form) with ``lr`` a
+per-model tensor. On a CPU the step is dominated by ``grid_sample`` and its backward, whose cost
+per sample batching does not change; the gains are the samples not computed, the per-operation
+overhead, and kernels large enough to use more than one thread (``benchmarks/sweep_step.py``).
 
 Each model keeps its own data stream (``step_generator(config.seed, step)`` at its ``sigma``, as
 :func:`lkstn.learned.train.train` draws it), learning rate, run directory, ``log.jsonl`` and
 ``checkpoint.pt`` (the format of :mod:`lkstn.learned.checkpoint`, with a ``torch.optim.Adam``
-state, so a model checkpointed by a sweep resumes under ``train`` and back). The result equals
-separate training up to float32 rounding: the folded layer and the larger kernels sum in another
-order (``tests/learned/test_sweep.py`` states the tolerance). A resumed sweep is bit-identical to
+state, so a model checkpointed by a sweep resumes under ``train`` and back). The function is
+the one separate training computes, summed in another order (folded standardisation, larger
+kernels): in float64 the trajectories agree to 1e-9 of the weights (``tests/learned/
+test_sweep.py``); in float32 Adam's normalised steps amplify the rounding differences (~1e-2
+relative after some hundred steps), so float32 results agree as two runs of one recipe do,
+within the run-to-run spread (``docs/planar.md``). A resumed sweep is bit-identical to
 an uninterrupted one: each model restarts from its own checkpoint, and a model whose checkpoint
 is ahead of the others (a kill between two models' writes) takes no update until the sweep
 reaches its step.
 
-Glossary: ``N`` models, ``B`` batch size, ``P`` warp parameters, ``D = C h w`` pixels of a
-sample, ``a_k`` models with more than ``k`` warps, ``U`` distinct data streams.
+Glossary: ``N`` models, ``B`` batch size, ``P`` warp parameters, ``U`` distinct data streams,
+``m``, ``v`` Adam's moments.
 """
 
 from __future__ import annotations
@@ -43,159 +38,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from lkstn.learned._torch_warp import WarpSampler
 from lkstn.learned.checkpoint import load_checkpoint, save_checkpoint
-from lkstn.learned.predictors import LinearPredictor
+from lkstn.learned.stacked import LinearICSTNStack, linear_parts
 from lkstn.learned.stn import ICSTN
 from lkstn.learned.streams import AlignmentData, step_generator
 from lkstn.learned.train import TrainConfig, TrainingDiverged, TrainResult
 
-__all__ = ["LinearICSTNStack", "train_sweep"]
+__all__ = ["train_sweep"]
 
 _SHARED = ("n_steps", "batch_size", "n_test", "eval_every", "checkpoint_every", "optimizer")
-
-
-def _linear_parts(model: nn.Module) -> tuple[nn.Linear, Tensor | None, Tensor | None]:
-    """``(linear, mu, s)`` of an IC-STN whose predictor is ``LinearPredictor`` or
-    ``Sequential(standardise, LinearPredictor)`` (``standardise`` with buffers ``mu``, ``s``)."""
-    if not isinstance(model, ICSTN) or model.update != "eq10":
-        raise ValueError("train_sweep takes ICSTN models with update='eq10'")
-    f = model.predictor
-    if isinstance(f, LinearPredictor):
-        return f.linear, None, None
-    if (
-        isinstance(f, nn.Sequential)
-        and len(f) == 2
-        and isinstance(f[1], LinearPredictor)
-        and isinstance(getattr(f[0], "mu", None), Tensor)
-        and isinstance(getattr(f[0], "s", None), Tensor)
-        and not list(f[0].parameters())
-    ):
-        return f[1].linear, f[0].mu, f[0].s
-    raise ValueError(
-        "train_sweep takes IC-STNs whose predictor is LinearPredictor or "
-        f"Sequential(standardise, LinearPredictor), got {type(f).__name__}"
-    )
-
-
-class _Grid(torch.autograd.Function):
-    """``A (n, r, 3) -> A G`` laid out ``(n, h, w, r)``, ``G`` the homogeneous grid ``(3, h w)``.
-
-    Forward: a broadcast sum over rows and columns (``x = A00 u + A01 v + A02``: no product with
-    an inner dimension of 3). Backward: ``dA = dX K`` with ``K = kron(G^T, I_r)`` ``(h w r, 3 r)``,
-    one matrix product over the whole batch instead of autograd's two strided reductions.
-    """
-
-    @staticmethod
-    def forward(ctx, A: Tensor, G: Tensor, K: Tensor, shape: tuple[int, int]) -> Tensor:
-        h, w = shape
-        ctx.save_for_backward(K)
-        u, v = G[0, :w], G[1, ::w]  # canonical column / row positions
-        cols = A[:, :, 0, None] * u  # (n, r, w)
-        lines = A[:, :, 1, None] * v + A[:, :, 2, None]  # (n, r, h)
-        xyz = cols[:, :, None, :] + lines[:, :, :, None]  # (n, r, h, w): rows contiguous
-        return xyz.permute(0, 2, 3, 1)  # (n, h, w, r)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (K,) = ctx.saved_tensors
-        n, h, w, r = grad.shape
-        dA = grad.reshape(n, h * w * r) @ K  # (n, 3 r): dA[c r + i] = sum_k G[c, k] dX[k r + i]
-        return dA.view(n, 3, r).transpose(1, 2), None, None, None
-
-
-class LinearICSTNStack(nn.Module):
-    """N one-linear-layer IC-STNs of one warp and template frame as one batched forward.
-
-    Parameters
-    ----------
-    models : sequence of ICSTN
-        Predictors ``LinearPredictor`` (optionally behind ``(x - mu) / s`` buffers); any depths.
-        Their weights are copied in; :meth:`write_back` copies them out.
-
-    Attributes
-    ----------
-    order : list of int
-        Stack position -> index in ``models`` (deepest first).
-    """
-
-    def __init__(self, models: Sequence[ICSTN]) -> None:
-        super().__init__()
-        if not models:
-            raise ValueError("models must not be empty")
-        first = models[0]
-        for m in models:
-            if m.warp.name != first.warp.name or m.template_shape != first.template_shape:
-                raise ValueError("every model of a sweep needs the same warp and template_shape")
-        self.models = list(models)
-        self.order = sorted(range(len(models)), key=lambda i: -models[i].n_warps)
-        parts = [_linear_parts(models[i]) for i in self.order]
-        like = parts[0][0].weight
-        D = like.shape[1]
-        self.W = nn.Parameter(torch.stack([p[0].weight.detach() for p in parts]).clone())
-        self.b = nn.Parameter(torch.stack([p[0].bias.detach() for p in parts]).clone())
-        mu = [like.new_zeros(D) if p[1] is None else p[1].reshape(-1).to(like) for p in parts]
-        s = [like.new_ones(()) if p[2] is None else p[2].to(like) for p in parts]
-        self.register_buffer("mu", torch.stack(mu))  # (N, D)
-        self.register_buffer("s", torch.stack(s))  # (N,)
-        self.depths = [models[i].n_warps for i in self.order]
-        self.sampler = WarpSampler(first.warp, first.template_shape).to(like)
-        self._kron: Tensor | None = None
-
-    def write_back(self) -> None:
-        """Copy the stacked ``W``, ``b`` into the models' own layers."""
-        with torch.no_grad():
-            for k, i in enumerate(self.order):
-                linear = _linear_parts(self.models[i])[0]
-                linear.weight.copy_(self.W[k])
-                linear.bias.copy_(self.b[k])
-
-    def grid(self, M: Tensor) -> Tensor:
-        """Sampling grid ``W(x; p)``, ``(n, 3, 3) -> (n, h, w, 2)``."""
-        S = self.sampler
-        h, w = S.template_shape
-        r = 3 if S.warp.projective else 2
-        if self._kron is None or self._kron.dtype != M.dtype or self._kron.device != M.device:
-            eye = torch.eye(r, dtype=M.dtype, device=M.device)
-            self._kron = torch.kron(S.grid.T.to(M).contiguous(), eye)  # (h w r, 3 r)
-        xyz = _Grid.apply(M[:, :r], S.grid, self._kron, (h, w))  # (n, h, w, r)
-        return xyz[..., :2] / xyz[..., 2:] if S.warp.projective else xyz
-
-    def sample(self, image: Tensor, M: Tensor) -> Tensor:
-        """``I(p)`` flattened, ``(n, 3, 3) -> (n, D)``; ``image`` ``(1, C, H, W)``."""
-        n = M.shape[0]
-        out = F.grid_sample(
-            image.expand(n, *image.shape[1:]), self.grid(M), mode="bilinear",
-            padding_mode="zeros", align_corners=True,
-        )  # fmt: skip  # [LL17] eq. (1)
-        return out.reshape(n, -1)
-
-    def forward(self, image: Tensor, p_init: Tensor, stream: Tensor) -> Tensor:
-        """Final warps ``(N, B, P)`` in stack order.
-
-        ``image`` ``(1, C, H, W)``; ``p_init`` ``(U, B, P)``, one set of starts per distinct
-        stream; ``stream`` ``(N,)`` the stream of each stacked model.
-        """
-        S, N = self.sampler, len(self.depths)
-        U, B, P = p_init.shape
-        Wf = self.W / self.s[:, None, None]  # (N, P, D): the standardisation folded in
-        bf = self.b - (Wf @ self.mu[:, :, None])[..., 0]  # (N, P)
-        M0 = S.matrix(p_init.reshape(U * B, P))  # (U*B, 3, 3)
-        x = self.sample(image, M0).view(U, B, -1)[stream]  # (N, B, D): I(p_init), no gradient
-        M = M0.view(U, B, 3, 3)[stream]  # (N, B, 3, 3)
-        for k in range(max(self.depths)):
-            a = sum(d > k for d in self.depths)  # the models still running: a prefix
-            if k > 0:
-                x = self.sample(image, M[:a].reshape(a * B, 3, 3)).view(a, B, -1)
-            dp = torch.baddbmm(bf[:a, None, :], x[:a], Wf[:a].transpose(1, 2))  # (a, B, P)
-            dM = S.matrix(dp.reshape(a * B, P))
-            Ma = S.compose(dM, M[:a].reshape(a * B, 3, 3)).view(a, B, 3, 3)  # [LL17] eq. (10)
-            M = Ma if a == N else torch.cat([Ma, M[a:]])
-        return S.params(M.reshape(N * B, 3, 3)).view(N, B, P)
 
 
 def train_sweep(
@@ -250,7 +104,7 @@ def train_sweep(
         raise ValueError("every model of a sweep must train on the same image")
     runs = None if run_dirs is None else [Path(r) for r in run_dirs]
     cfg = configs[0]
-    like = _linear_parts(models[0])[0].weight
+    like = linear_parts(models[0])[0].weight
     data = [d.to(like.device, like.dtype) for d in data]
     starts = [0] * n
     adams = [_adam(m, c) for m, c in zip(models, configs, strict=True)]
@@ -360,7 +214,7 @@ def _adam(model: ICSTN, config: TrainConfig) -> torch.optim.Optimizer:
 
 def _moments(opt: torch.optim.Optimizer, model: ICSTN) -> list[Tensor]:
     """``[m_W, v_W, m_b, v_b]`` from ``opt`` (zeros before its first step)."""
-    linear = _linear_parts(model)[0]
+    linear = linear_parts(model)[0]
     out = []
     for param in (linear.weight, linear.bias):
         state = opt.state.get(param, {})
@@ -373,7 +227,7 @@ def _fill_adam(opt: torch.optim.Optimizer, model: ICSTN, moments: list[Tensor], 
     """Put one model's stacked moments into its ``torch.optim.Adam`` (for its checkpoint)."""
     if not isinstance(opt, torch.optim.Adam):
         return
-    linear = _linear_parts(model)[0]
+    linear = linear_parts(model)[0]
     for j, param in enumerate((linear.weight, linear.bias)):
         opt.state[param] = {
             "step": torch.tensor(float(step)),

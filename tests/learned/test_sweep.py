@@ -16,9 +16,10 @@ from torch import nn
 
 from lkstn.learned.checkpoint import load_checkpoint
 from lkstn.learned.predictors import LinearPredictor
+from lkstn.learned.stacked import LinearICSTNStack
 from lkstn.learned.stn import ICSTN
 from lkstn.learned.streams import AlignmentData, step_generator
-from lkstn.learned.sweep import LinearICSTNStack, train_sweep
+from lkstn.learned.sweep import train_sweep
 from lkstn.learned.train import TrainConfig, train
 from lkstn.warps import Affine, Homography
 
