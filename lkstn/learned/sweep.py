@@ -45,7 +45,7 @@ from lkstn.learned.checkpoint import load_checkpoint, save_checkpoint
 from lkstn.learned.stacked import LinearICSTNStack, linear_parts
 from lkstn.learned.stn import ICSTN
 from lkstn.learned.streams import AlignmentData, step_generator
-from lkstn.learned.train import TrainConfig, TrainingDiverged, TrainResult
+from lkstn.learned.train import TrainConfig, TrainingDiverged, TrainResult, evaluate
 
 __all__ = ["train_sweep"]
 
@@ -158,14 +158,14 @@ def train_sweep(
             _update(stack, (gW, gb), m1, lr, step + 1, cfg.optimizer, active)
         done = step + 1
         live = [k for k in range(N) if active[k]]
-        evaluate = done % cfg.eval_every == 0 or done == cfg.n_steps
+        due = done % cfg.eval_every == 0 or done == cfg.n_steps
         save = runs is not None and (done % cfg.checkpoint_every == 0 or done == cfg.n_steps)
-        if evaluate or save:
+        if due or save:
             stack.write_back()
-        for k in live if evaluate else ():
+        for k in live if due else ():
             i = order[k]
             record = {"step": done, "train_loss": losses[k],
-                      **_evaluate(models[i], data[i], tests[k]), "time": time.time()}  # fmt: skip
+                      **evaluate(models[i], data[i], tests[k]), "time": time.time()}  # fmt: skip
             records[i].append(record)
             if runs is not None:
                 with open(runs[i] / "log.jsonl", "a") as f:
@@ -234,23 +234,6 @@ def _fill_adam(opt: torch.optim.Optimizer, model: ICSTN, moments: list[Tensor], 
             "exp_avg": moments[2 * j].clone(),
             "exp_avg_sq": moments[2 * j + 1].clone(),
         }
-
-
-def _evaluate(model: ICSTN, data: AlignmentData, test) -> dict[str, float]:
-    """Mean test loss and errors of one model over its fixed test starts (eval, no gradients)."""
-    sums: dict[str, float] = {}
-    n = 0
-    model.eval()
-    with torch.no_grad():
-        for batch in test:
-            out = model(batch.images, batch.p_init)
-            m = len(batch.target)
-            sums["test_loss"] = sums.get("test_loss", 0.0) + data.loss(out, batch).item() * m
-            for key, v in data.errors(out, batch, model.warp, model.template_shape).items():
-                sums[f"test_{key}"] = sums.get(f"test_{key}", 0.0) + v.sum().item()
-            n += m
-    model.train()
-    return {key: value / n for key, value in sums.items()}
 
 
 def _start_log(run: Path, config: TrainConfig, model: ICSTN, start: int) -> None:

@@ -53,7 +53,7 @@ from lkstn.learned.graphed import GraphedStep
 from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "evaluate", "train"]
 
 _OPTIMIZERS = ("sgd", "momentum", "adam")
 MAX_SKIPS_IN_A_ROW = 10  # nonfinite="skip": this many non-finite batches in a row stop the run
@@ -272,7 +272,7 @@ def train(
                                     refresh=False)  # fmt: skip
                 if done % config.eval_every == 0 or done == config.n_steps:
                     record = {"step": done, "train_loss": loss.item(),
-                              **_evaluate(model, data, test)}  # fmt: skip
+                              **evaluate(model, data, test)}  # fmt: skip
                     if config.nonfinite == "skip":  # the steps skipped since the last record
                         record["skipped_steps"] = skipped
                         skipped = []
@@ -320,7 +320,7 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=config.lr_predictor, momentum=momentum)
 
 
-def _evaluate(model: nn.Module, data, test) -> dict[str, float]:
+def evaluate(model: nn.Module, data, test) -> dict[str, float]:
     """Mean test loss and errors over the fixed test perturbations (eval mode, no gradients)."""
     aligner = getattr(model, "aligner", model)
     was_training = model.training
