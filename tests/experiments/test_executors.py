@@ -34,6 +34,12 @@ def test_local_jobs_run_in_order_without_ray() -> None:
         run_jobs(add, [(1, 2)], executor="spark")
 
 
+def test_ray_executor_without_ray_is_a_usage_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(UsageError, match="lkstn\\[distributed\\]"):
+        run_jobs(add, [(1, 2)], executor="ray")
+
+
 def dies_once(cells, recipe, out, marker):
     """``train_cells`` that SIGKILLs its own worker at its first checkpoint, on the first try."""
     if not Path(marker).exists():
