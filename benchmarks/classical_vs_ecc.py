@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -44,6 +43,7 @@ from lkstn import ICLK, LK, AlignmentResult, CompositionalLK, Warp, corner_error
 from lkstn.classical.pyramid import level_shape
 from lkstn.experiments.convergence import evaluate, fixed_starts
 from lkstn.experiments.problems import params_from_pixel_matrix, pixel_matrix, planar_problem
+from lkstn.machine import fingerprint
 
 MOTION = {"affine": cv2.MOTION_AFFINE, "homography": cv2.MOTION_HOMOGRAPHY}
 HAS_MULTISCALE = hasattr(cv2, "findTransformECCMultiScale")
@@ -253,8 +253,7 @@ def main(argv=None) -> int:
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
         "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
+            **fingerprint(),
             "threads": args.threads,
             "load_average_at_start": list(os.getloadavg()),
         },

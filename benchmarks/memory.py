@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import time
 import tracemalloc
 
 import numpy as np
+
+from lkstn.machine import cpu_info, fingerprint
 
 LIMIT_MIB = 2048.0
 CASES = {  # name: (aligner, chunk size or None, fraction of --starts)
@@ -175,7 +176,7 @@ def table(rows: list[dict], threads: int) -> str:
     """The markdown table of docs/reliability.md, and the equality line."""
     load = os.getloadavg()[0]
     lines = [
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {load:.1f}; "
+        f"machine: {cpu_info()['model_name']}, {os.cpu_count()} CPUs, load {load:.1f}; "
         f"torch threads {threads}; limit {LIMIT_MIB:.0f} MiB",
         "| aligner | starts | chunk | peak RSS MiB | growth MiB | NumPy traced MiB "
         "| history MiB | time s | < 1 px | < 2 GiB |",
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"starts": args.starts, "seed": args.seed, "rows": rows}, f, indent=2)
+            report = {"starts": args.starts, "seed": args.seed, "rows": rows}
+            json.dump({**report, "machine": fingerprint()}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -38,6 +37,7 @@ from lkstn import corner_error
 from lkstn.classical.iclk import ICLK
 from lkstn.classical.sdm import SDM
 from lkstn.experiments.problems import planar_problem
+from lkstn.machine import cpu_info, fingerprint
 from lkstn.perturb import perturb
 from lkstn.result import CONVERGED_PX
 
@@ -155,13 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"target (median < {TARGET_MEDIAN_PX} px, >= {100 * TARGET_CONVERGED:.0f}% "
             f"converged): {'met' if ok else 'NOT met'}"
         )
-    print(f"wall time {wall:.1f} s on {platform.machine()} with {os.cpu_count()} CPUs")
+    print(f"wall time {wall:.1f} s on {cpu_info()['model_name']} with {os.cpu_count()} CPUs")
     report = {
         "args": vars(args),
         "split": split,
         "results": rows,
         "wall_s": wall,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": fingerprint(),
     }
     if args.out:
         with open(args.out, "w") as f:

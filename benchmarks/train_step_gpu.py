@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +47,7 @@ from lkstn.learned.graphed import GraphedStep  # noqa: E402
 from lkstn.learned.shards import ShardedStep  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
 from lkstn.learned.streams import ClassificationData, step_generator  # noqa: E402
+from lkstn.machine import fingerprint
 from lkstn.warps import Homography  # noqa: E402
 
 
@@ -125,11 +125,7 @@ def main() -> None:
             rates[name].append(args.steps / (time.perf_counter() - start))
     base = statistics.median(rates["reference"])
     result = {
-        "machine": {
-            "gpu": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-        },
+        "machine": fingerprint(),
         "tf32": args.tf32,
         "rounds": args.rounds,
         "steps": args.steps,

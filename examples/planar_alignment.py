@@ -3,6 +3,7 @@
 Reproduces [LL17] Sec. 5.1 (Table 1, Figs. 6-7) on ``skimage.data.chelsea()``:
 
     python examples/planar_alignment.py --quick --out out/planar   # about a minute on 2 cores
+    python examples/planar_alignment.py --quick --out out/planar --resume   # again: re-evaluates
     python examples/planar_alignment.py --out runs/planar_full     # the full Table 1 (< 1 hour)
 
 What it does, step by step (see :mod:`lkstn.experiments.planar` for the recipe):

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-Array = Any  # np.ndarray or torch.Tensor
+if TYPE_CHECKING:  # precise for type checkers, without importing torch at run time
+    import numpy.typing as npt
+    import torch
+
+    Array: TypeAlias = np.ndarray | torch.Tensor
+    ArrayLike: TypeAlias = npt.ArrayLike | torch.Tensor  # what np.asarray or a tensor accepts
+else:
+    Array = Any  # np.ndarray or torch.Tensor
+    ArrayLike = Any  # anything np.asarray accepts, or a torch.Tensor
 
 
 def is_torch(x: Any) -> bool:

@@ -18,12 +18,10 @@ Batch forms (DESIGN.md Sec. 3), told apart by the image:
   W)`` against ``(N, M, P)``) is gathered per chunk: a chunk then holds a copy of its images.
 
 Every alignment is independent of the others in all lkstn aligners, so the chunked result is the
-unchunked one. It is the same bits whenever each matrix product keeps at least two rows: NumPy and
-torch send a one-row product to a matrix-vector kernel whose rounding can differ in the last bit.
-That happens with ``chunk_size=1``, with a last chunk of one alignment, and inside the classical
-aligners when all but one alignment of a block have frozen (converged or failed), with or without
-chunks; such differences are ~1e-16 relative (float64) or ~1e-7 (float32), and only a diverging
-start amplifies them (``tests/reliability/test_chunks.py`` checks both regimes).
+unchunked one up to rounding: a chunk changes the shapes of the matrix products, and BLAS picks
+its kernel (its order of summation) by shape and by CPU, so the two can differ by a few ulps per
+product, ~1e-16 relative (float64) or ~1e-7 (float32); only a diverging start amplifies them
+(``tests/reliability/test_chunks.py``).
 
 Glossary: ``n`` the number of alignments, ``chunk`` a slice of them, ``rows`` ``n_iter + 1``.
 """
@@ -67,7 +65,7 @@ def align_in_chunks(
     -------
     AlignmentResult
         As ``aligner.align(image, p_init, n_iter)``: ``history`` ``(rows, ..., P)``, ``cost``
-        ``(rows, ...)`` or ``None``, ``converged`` ``(...)``.
+        ``(rows, ...)`` or ``None``, ``converged`` ``(...)``, ``score`` ``(...)`` or ``None``.
 
     Examples
     --------
@@ -159,20 +157,24 @@ class _Collector:
 
     def __init__(self, n: int, batch: tuple[int, ...]) -> None:
         self.n, self.batch = n, tuple(batch)
-        self.history = self.cost = self.converged = None
+        self.history = self.cost = self.converged = self.score = None
 
     def add(self, s: slice, res: AlignmentResult, xp: Any) -> None:
         m = s.stop - s.start
         history = res.history.reshape(res.history.shape[0], m, res.history.shape[-1])
         cost = None if res.cost is None else res.cost.reshape(res.cost.shape[0], m)
         converged = res.converged.reshape(m)
+        score = None if res.score is None else res.score.reshape(m)
         if self.history is None:  # shapes and dtypes come from the first chunk
             self.history = _empty(xp, history, (history.shape[0], self.n, history.shape[-1]))
             self.cost = None if cost is None else _empty(xp, cost, (cost.shape[0], self.n))
             self.converged = _empty(xp, converged, (self.n,))
+            self.score = None if score is None else _empty(xp, score, (self.n,))
         self.history[:, s] = history
         if self.cost is not None:
             self.cost[:, s] = cost
+        if self.score is not None:
+            self.score[s] = score
         self.converged[s] = converged
 
     def result(self) -> AlignmentResult:
@@ -182,6 +184,7 @@ class _Collector:
             history=self.history.reshape(rows, *self.batch, P),
             cost=cost,
             converged=self.converged.reshape(self.batch),
+            score=None if self.score is None else self.score.reshape(self.batch),
         )
 
 

@@ -9,6 +9,10 @@ squares for affine, similarity and translation). In canonical units the noise is
 A start is ``p_init = compose(p_true, delta)``: the noise lives in the template frame, as in SDM
 ([LL17] eq. (7), ``p_n o dp_nj``).
 
+``lkstn.perturb`` is always this module, whatever the import order (``from lkstn import
+perturb`` and ``import lkstn.perturb`` give the same object), and the module is callable as its
+function: ``lkstn.perturb(warp, p_true, ...)`` is ``lkstn.perturb.perturb(warp, p_true, ...)``.
+
 Glossary: ``delta`` the perturbation, ``sigma`` its scale in template pixels, ``rng`` a
 ``numpy.random.Generator`` (NumPy result) or ``torch.Generator`` (torch result).
 """
@@ -16,12 +20,16 @@ Glossary: ``delta`` the perturbation, ``sigma`` its scale in template pixels, ``
 from __future__ import annotations
 
 import sys
-from typing import Any
+import types
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lkstn._backend import Array, asarray, is_torch
+from lkstn._backend import Array, ArrayLike, asarray, is_torch
 from lkstn.warps import Warp
+
+if TYPE_CHECKING:  # torch is imported only when a torch generator is passed in
+    import torch
 
 __all__ = ["perturb", "perturbation"]
 
@@ -31,11 +39,11 @@ def perturbation(
     n: int | tuple[int, ...],
     sigma: float,
     template_shape: tuple[int, int],
-    rng: Any,
+    rng: np.random.Generator | torch.Generator,
     *,
     translation: bool = True,
-    dtype: Any = None,
-    device: Any = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> Array:
     """Random warp parameters ``delta`` of shape ``(*n, P)`` drawn from the paper's model.
 
@@ -93,10 +101,10 @@ def perturbation(
 
 def perturb(
     warp: Warp,
-    p_true: Any,
+    p_true: ArrayLike,
     sigma: float,
     template_shape: tuple[int, int],
-    rng: Any,
+    rng: np.random.Generator | torch.Generator,
     *,
     n: int | None = None,
 ) -> Array:
@@ -121,3 +129,13 @@ def perturb(
     kwargs = {"dtype": p_true.dtype, "device": p_true.device} if is_torch(p_true) else {}
     delta = perturbation(warp, shape, sigma, template_shape, rng, **kwargs)
     return warp._compose(asarray(p_true, like=delta), delta)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`perturb` (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Array:
+        return perturb(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

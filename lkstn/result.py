@@ -32,7 +32,9 @@ class AlignmentResult:
     Attributes
     ----------
     history : array, shape (n_iter + 1, ..., P)
-        Parameters per iteration; row 0 is ``p_init``.
+        Parameters per iteration; row 0 is ``p_init``. Rows after an alignment stopped repeat
+        its final estimate (``n_iter`` here is the number asked for; the property
+        :attr:`n_iter` counts those run).
     cost : array, shape (n_iter + 1, ...), or None
         Mean squared residual per iterate, where a template exists.
     converged : bool array, shape (...)
@@ -45,9 +47,11 @@ class AlignmentResult:
     Examples
     --------
     >>> import numpy as np
-    >>> r = AlignmentResult(np.zeros((3, 4, 6)), None, np.ones(4, bool))
-    >>> r.p.shape, r.n_iter
-    ((4, 6), 2)
+    >>> history = np.zeros((4, 2, 6))  # 3 iterations asked for, 2 alignments
+    >>> history[1:, 0, 2] = 0.1  # the first moved once then stopped; the second never moved
+    >>> r = AlignmentResult(history, None, np.array([True, False]))
+    >>> r.p.shape, r.n_iter, r.n_iter_each
+    ((2, 6), 1, array([1, 0]))
     """
 
     history: Array
@@ -62,8 +66,26 @@ class AlignmentResult:
 
     @property
     def n_iter(self) -> int:
-        """Number of iterations run."""
-        return int(self.history.shape[0]) - 1
+        """Number of iterations actually run: the largest of :attr:`n_iter_each`.
+
+        An aligner that stops early (a classical one once every update is below ``tol``) keeps
+        the rows it did not run as copies of its final estimate, so that ``history`` has the
+        length it was asked for; those rows are not counted.
+        """
+        each = self.n_iter_each
+        return int(each.max()) if each.size else 0
+
+    @property
+    def n_iter_each(self) -> np.ndarray:
+        """Iterations run per alignment, int array of shape ``(...)``: the last history row in
+        which its parameters changed (0 for an alignment that never moved)."""
+        history = self.history
+        if not isinstance(history, np.ndarray):  # a torch tensor
+            history = history.detach().cpu().numpy()
+        changed = (history[1:] != history[:-1]).any(-1)  # (rows - 1, ...)
+        rows = changed.shape[0]
+        last = rows - np.argmax(changed[::-1], axis=0)  # 1 + index of the last change
+        return np.where(changed.any(0), last, 0)
 
 
 @runtime_checkable
@@ -107,6 +129,13 @@ def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int
     Returns
     -------
     array, shape (...)
+        ``inf`` where ``p`` has a non-finite entry or the error itself is not finite (a diverged
+        estimate is a failed alignment: failure is data, never an exception).
+
+    Raises
+    ------
+    ValueError
+        On wrong shapes, or a non-finite ``p_true`` (the truth must be a warp).
 
     Examples
     --------
@@ -117,14 +146,20 @@ def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int
     1.0
     """
     _check_shape(template_shape)
-    p, p_true = warp._check_p(p, "p"), warp._check_p(p_true, "p_true")
+    p, p_true = asarray(p), warp._check_p(p_true, "p_true")
+    if p.ndim < 1 or p.shape[-1] != warp.n_params:
+        raise ValueError(f"p must have shape (..., {warp.n_params}), got {tuple(p.shape)}")
     p_true = asarray(p_true, like=p)
     xp = namespace(p, p_true)
+    finite = xp.isfinite(p).all(-1)  # (...,) rows that are warps
+    p = xp.where(finite[..., None], p, 0 * p_true)  # identity stands in; its error is set below
     rel = warp._compose(warp.inverse(p_true), p)  # (..., P)
     corners = warp.corners(like=rel)  # (4, 2)
     moved = warp._apply(rel, corners)  # (..., 4, 2)
     d = (moved - corners) * _canonical_to_pixel_scale(template_shape, rel)
-    return xp.sqrt((d**2).sum(-1).mean(-1))
+    err = xp.sqrt((d**2).sum(-1).mean(-1))
+    out = xp.where(finite & xp.isfinite(err), err, xp.inf)
+    return out[()] if xp is np else out  # NumPy: a scalar for one alignment, as before
 
 
 def param_error(p: Any, p_true: Any) -> Array:

@@ -18,12 +18,12 @@ Glossary: ``xy`` canonical points, ``grid`` the template's pixel centres in cano
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
-from lkstn._backend import Array, asarray, is_torch
+from lkstn._backend import Array, ArrayLike, asarray, is_torch
 from lkstn.warps import Warp
 
 __all__ = [
@@ -37,32 +37,64 @@ __all__ = [
 Mode = Literal["zeros", "border"]
 
 
-def canonical_grid(shape: tuple[int, int], like: Any = None) -> Array:
-    """Pixel centres of an ``(h, w)`` frame in canonical units, ``(h * w, 2)``, row-major."""
+def canonical_grid(shape: tuple[int, int], like: Array | None = None) -> Array:
+    """Pixel centres of an ``(h, w)`` frame in canonical units, ``(h * w, 2)``, row-major.
+
+    Examples
+    --------
+    >>> from lkstn.sampling import canonical_grid
+    >>> canonical_grid((2, 3))  # corner pixel centres at -1 and +1, x varying fastest
+    array([[-1., -1.],
+           [ 0., -1.],
+           [ 1., -1.],
+           [-1.,  1.],
+           [ 0.,  1.],
+           [ 1.,  1.]])
+    """
     h, w = shape
     ys, xs = np.meshgrid(np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w), indexing="ij")
     grid = np.stack([xs.ravel(), ys.ravel()], -1)  # (h*w, 2)
     return grid if like is None else asarray(grid, like=like)
 
 
-def pixel_to_canonical(xy_pix: Any, shape: tuple[int, int]) -> Array:
-    """``x = 2 x_pix / (W - 1) - 1`` for ``(..., 2)`` points in an ``(H, W)`` image."""
+def pixel_to_canonical(xy_pix: ArrayLike, shape: tuple[int, int]) -> Array:
+    """``x = 2 x_pix / (W - 1) - 1`` for ``(..., 2)`` points in an ``(H, W)`` image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn.sampling import canonical_to_pixel, pixel_to_canonical
+    >>> pixel_to_canonical(np.array([[0.0, 0.0], [99.0, 49.0]]), (50, 100))  # (H, W) = (50, 100)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    >>> xy = np.array([[0.3, -0.7]])
+    >>> bool(np.allclose(pixel_to_canonical(canonical_to_pixel(xy, (50, 100)), (50, 100)), xy))
+    True
+    """
     h, w = shape
     scale = asarray([(w - 1) / 2.0, (h - 1) / 2.0], like=asarray(xy_pix))
     return asarray(xy_pix) / scale - 1.0
 
 
-def canonical_to_pixel(xy: Any, shape: tuple[int, int]) -> Array:
-    """``x_pix = (x + 1) (W - 1) / 2`` for ``(..., 2)`` points in an ``(H, W)`` image."""
+def canonical_to_pixel(xy: ArrayLike, shape: tuple[int, int]) -> Array:
+    """``x_pix = (x + 1) (W - 1) / 2`` for ``(..., 2)`` points in an ``(H, W)`` image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn.sampling import canonical_to_pixel
+    >>> canonical_to_pixel(np.array([[0.0, 0.0]]), (5, 9))  # the centre of a 5x9 image
+    array([[4., 2.]])
+    """
     h, w = shape
     scale = asarray([(w - 1) / 2.0, (h - 1) / 2.0], like=asarray(xy))
     return (asarray(xy) + 1.0) * scale
 
 
 def warp_image(
-    image: Any,
+    image: ArrayLike,
     warp: Warp,
-    p: Any,
+    p: ArrayLike,
     out_shape: tuple[int, int],
     *,
     channel_axis: int | None = None,
@@ -181,11 +213,20 @@ def _warp_torch(image, warp, p, out_shape, mode):
     return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=True)
 
 
-def image_gradients(image: Any, *, channel_axis: int | None = None) -> tuple[Array, Array]:
+def image_gradients(image: ArrayLike, *, channel_axis: int | None = None) -> tuple[Array, Array]:
     """Intensity derivatives per *canonical* unit, ``(dI/dx, dI/dy)``, same shape as ``image``.
 
     Central differences inside, one-sided at the border (``np.gradient``), then scaled by
     ``(W - 1) / 2`` and ``(H - 1) / 2`` so that they pair with ``Warp.jacobian`` ([BM04] eq. (9)).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn.sampling import image_gradients
+    >>> ramp = np.tile(np.arange(5.0), (3, 1))  # I = x_pix on a 3x5 image
+    >>> gx, gy = image_gradients(ramp)
+    >>> float(gx[1, 2]), float(gy[1, 2])  # 1 per pixel = (W - 1) / 2 per canonical unit
+    (2.0, 0.0)
     """
     image = np.asarray(image, dtype=np.float64)
     off = 0 if channel_axis is None else 1

@@ -17,7 +17,19 @@ import numpy as np
 from lkstn.sampling import canonical_to_pixel
 from lkstn.warps import Warp
 
-__all__ = ["box_corners", "plot_boxes", "plot_error_curves", "plot_grid", "plot_mean_variance"]
+__all__ = [
+    "box_corners",
+    "checkerboard",
+    "plot_boxes",
+    "plot_error_curves",
+    "plot_grid",
+    "plot_mean_variance",
+    "plot_overlay",
+    "save_overlay",
+]
+
+MAX_FIGSIZE = (14.0, 4.5)
+"""Largest overlay figure (inches): at 100 dpi it fits a laptop screen whatever the input size."""
 
 
 def _plt():
@@ -165,3 +177,95 @@ def plot_mean_variance(
         axes[2 * i + 1, 0].set_ylabel("variance", fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def _outline(H: np.ndarray, template_shape: tuple[int, int]) -> np.ndarray:
+    """The template's corner pixels moved by the pixel matrix ``H``, ``(4, 2)``."""
+    h, w = template_shape
+    c = np.array(
+        [[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [w - 1.0, h - 1.0, 1.0], [0.0, h - 1.0, 1.0]]
+    )
+    m = c @ np.asarray(H, dtype=float).T  # (4, 3)
+    return m[:, :2] / m[:, 2:]
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """Grey or RGB in ``[0, 1]`` for imshow, standardised to the 1st-99th percentiles."""
+    image = np.asarray(image, dtype=float)
+    lo, hi = np.nanpercentile(image, [1, 99])
+    return np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, n_tiles: int = 6) -> np.ndarray:
+    """Tiles taken alternately from two equal-shaped grey images (``a`` in the top-left)."""
+    h, w = a.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    size = max(1, int(np.ceil(max(h, w) / n_tiles)))
+    pick_a = ((yy // size + xx // size) % 2 == 0).reshape(h, w, *([1] * (a.ndim - 2)))
+    return np.where(pick_a, a, b)
+
+
+def plot_overlay(
+    image: np.ndarray,
+    template: np.ndarray,
+    H: Any,
+    H_init: Any = None,
+    *,
+    title: str | None = None,
+) -> Any:
+    """What an alignment found, for a person: four panels on one row.
+
+    The image (in colour if it has colour) with the start box (dashed) and the result box
+    (solid) and a legend; the template; the image registered onto the template at ``H``;
+    a checkerboard of template and registered image (edges run on across the tiles where the
+    alignment is right). ``H`` and ``H_init`` are pixel matrices (:mod:`lkstn.pixels`).
+    The figure is at most :data:`MAX_FIGSIZE` inches whatever the image size. Made without
+    pyplot (a bare :class:`matplotlib.figure.Figure`), so no backend or window is involved.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Polygon
+
+    from lkstn.pixels import warp_image_pixels
+
+    image, template = np.asarray(image, dtype=float), np.asarray(template, dtype=float)
+    grey = template if template.ndim == 2 else template.mean(-1)
+    registered = warp_image_pixels(image, H, grey.shape)
+    reg_grey = registered if registered.ndim == 2 else registered.mean(-1)
+    ih, iw = image.shape[:2]
+    th, tw = grey.shape
+    ratios = [iw / ih, tw / th, tw / th, tw / th]
+    height = MAX_FIGSIZE[0] / (sum(ratios) + 0.3)
+    height = min(MAX_FIGSIZE[1], height)
+    fig = Figure(figsize=(min(MAX_FIGSIZE[0], height * (sum(ratios) + 0.3)), height + 0.6))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": ratios})
+    axes[0].imshow(_display(image), cmap="gray" if image.ndim == 2 else None)
+    if H_init is not None:
+        axes[0].add_patch(Polygon(_outline(H_init, (th, tw)), fill=False, ls="--", lw=1.5,
+                                  color="orange", label="start"))  # fmt: skip
+    axes[0].add_patch(Polygon(_outline(H, (th, tw)), fill=False, lw=2, color="cyan",
+                              label="result"))  # fmt: skip
+    axes[0].legend(loc="upper right", fontsize=8, framealpha=0.8)
+    axes[0].set_xlim(-0.5, iw - 0.5)
+    axes[0].set_ylim(ih - 0.5, -0.5)
+    axes[0].set_title("image", fontsize=9)
+    panels = [
+        (_display(template), "template"),
+        (_display(registered), "image registered"),
+        (checkerboard(_display(grey), _display(reg_grey)), "checkerboard"),
+    ]
+    for ax, (img, name) in zip(axes[1:], panels, strict=True):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        ax.set_title(name, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_overlay(path: Any, image: np.ndarray, template: np.ndarray, H: Any, H_init: Any = None,
+                 *, title: str | None = None, dpi: int = 100) -> None:  # fmt: skip
+    """Write :func:`plot_overlay` to a PNG (or any format matplotlib writes)."""
+    plot_overlay(image, template, H, H_init, title=title).savefig(path, dpi=dpi)

@@ -34,11 +34,11 @@ References: [LL17] Lin & Lucey, Inverse Compositional Spatial Transformer Networ
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from lkstn._backend import Array, all_finite, asarray, constant, is_torch, namespace
+from lkstn._backend import Array, ArrayLike, all_finite, asarray, constant, is_torch, namespace
 
 __all__ = [
     "Affine",
@@ -112,7 +112,7 @@ class Warp:
         return cls._pinv_cache
 
     # -- validation -----------------------------------------------------------------------------
-    def _check_p(self, p: Any, name: str = "p") -> Array:
+    def _check_p(self, p: ArrayLike, name: str = "p") -> Array:
         p = asarray(p)
         if p.ndim < 1 or p.shape[-1] != self.n_params:
             raise ValueError(
@@ -122,7 +122,7 @@ class Warp:
             raise ValueError(f"{name} has non-finite entries (NaN or inf)")
         return p
 
-    def _check_xy(self, xy: Any, like: Array | None = None) -> Array:
+    def _check_xy(self, xy: ArrayLike, like: Array | None = None) -> Array:
         xy = asarray(xy, like=like)
         if xy.ndim < 2 or xy.shape[-1] != 2:
             raise ValueError(f"xy must have shape (..., N, 2), got {tuple(xy.shape)}")
@@ -144,11 +144,11 @@ class Warp:
         pinv = constant(self._pinv(), M)  # (9, P)
         return (M - constant(_EYE, M)).reshape(*M.shape[:-2], 9) @ pinv
 
-    def matrix(self, p: Any) -> Array:
+    def matrix(self, p: ArrayLike) -> Array:
         """The homogeneous matrix ``M(p)``, shape ``(..., 3, 3)`` ([LL17] eq. (9))."""
         return self._matrix(self._check_p(p))
 
-    def params(self, M: Any) -> Array:
+    def params(self, M: ArrayLike) -> Array:
         """Parameters of a matrix of this family, ``(..., 3, 3) -> (..., P)``.
 
         Raises ``ValueError`` when ``M`` is singular, has ``M[2, 2] == 0`` (homography), or
@@ -171,7 +171,7 @@ class Warp:
             raise ValueError(f"M is not a {type(self).__name__} matrix")
         return p
 
-    def identity(self, batch_shape: tuple[int, ...] = (), like: Any = None) -> Array:
+    def identity(self, batch_shape: tuple[int, ...] = (), like: Array | None = None) -> Array:
         """Identity parameters (zeros), shape ``(*batch_shape, P)``, NumPy unless ``like``."""
         if like is not None and is_torch(like):
             xp = namespace(like)
@@ -181,7 +181,7 @@ class Warp:
     def _compose(self, p: Array, q: Array) -> Array:
         return self._params(self._matrix(p) @ self._matrix(q))
 
-    def compose(self, p: Any, q: Any) -> Array:
+    def compose(self, p: ArrayLike, q: ArrayLike) -> Array:
         """Parameters of ``M(p) @ M(q)``: ``q`` acts on the points first."""
         p, q = _same_kind(self._check_p(p, "p"), self._check_p(q, "q"))
         return self._compose(p, q)
@@ -190,7 +190,7 @@ class Warp:
         xp = namespace(p)
         return self._params(xp.linalg.inv(self._matrix(p)))
 
-    def inverse(self, p: Any) -> Array:
+    def inverse(self, p: ArrayLike) -> Array:
         """Parameters of ``M(p)^-1``; ``ValueError`` for a singular warp."""
         p = self._check_p(p)
         M = self._matrix(p)
@@ -210,12 +210,12 @@ class Warp:
             out = out / w
         return out
 
-    def apply(self, p: Any, xy: Any) -> Array:
+    def apply(self, p: ArrayLike, xy: ArrayLike) -> Array:
         """``W(xy; p)``: template points ``(..., N, 2)`` to image points ``(..., N, 2)``."""
         p = self._check_p(p)
         return self._apply(p, self._check_xy(xy, like=p))
 
-    def jacobian(self, xy: Any, p: Any = None) -> Array:
+    def jacobian(self, xy: ArrayLike, p: ArrayLike | None = None) -> Array:
         """``dW/dp`` at the points ``xy``, shape ``(..., N, 2, P)``; at the identity by default.
 
         For ``W = (u / w, v / w)`` with ``(u, v, w) = M(p) xh``:
@@ -238,7 +238,7 @@ class Warp:
         W = h[..., :2] / w  # (..., N, 2)
         return (Bx[..., :2, :] - W[..., :, None] * Bx[..., 2:3, :]) / w[..., None]
 
-    def fit(self, src_xy: Any, dst_xy: Any) -> Array:
+    def fit(self, src_xy: ArrayLike, dst_xy: ArrayLike) -> Array:
         """Parameters with ``W(src; p) ~ dst``, points ``(..., N, 2) -> (..., P)``.
 
         Exact for a homography from 4 points, least squares otherwise: the projective equation
@@ -272,7 +272,7 @@ class Warp:
             raise ValueError("fit is degenerate (collinear or repeated points)")
         return p
 
-    def corners(self, like: Any = None) -> Array:
+    def corners(self, like: Array | None = None) -> Array:
         """Template corners in the canonical frame, ``(4, 2)``: TL, TR, BR, BL."""
         c = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
         return c if like is None else asarray(c, like=like)
@@ -362,7 +362,7 @@ def warp_from_name(name: str | Warp) -> Warp:
         raise ValueError(f"warp must be one of {sorted(_WARPS)}, got {name!r}") from None
 
 
-def compose_jacobians(warp: Warp, dp: Any, p_in: Any) -> tuple[Array, Array]:
+def compose_jacobians(warp: Warp, dp: ArrayLike, p_in: ArrayLike) -> tuple[Array, Array]:
     """Closed-form derivatives of ``p_out = compose(dp, p_in)``, [LL17] eqs. (10)-(11).
 
     Returns ``(d p_out / d p_in, d p_out / d dp)``, each ``(..., P, P)`` (rows: ``p_out``).
@@ -374,6 +374,14 @@ def compose_jacobians(warp: Warp, dp: Any, p_in: Any) -> tuple[Array, Array]:
     ``d p_out / d p_in - I`` and its second (entries ``p_in``) is ``d p_out / d dp - I``. The
     paper writes their sum as ``d p_out / d p_in``; the two Jacobians are in fact separate, and
     ``tests/test_warps.py`` checks both against autograd and finite differences.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn.warps import Translation, compose_jacobians
+    >>> d_in, d_dp = compose_jacobians(Translation(), np.array([0.1, 0.2]), np.array([0.3, -0.1]))
+    >>> bool(np.allclose(d_in, np.eye(2)) and np.allclose(d_dp, np.eye(2)))  # translations add
+    True
     """
     dp, p_in = _same_kind(warp._check_p(dp, "dp"), warp._check_p(p_in, "p_in"))
     xp = namespace(dp, p_in)

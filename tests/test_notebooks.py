@@ -5,7 +5,8 @@ folder, with a per-cell timeout; any error fails the test. The notebooks state t
 checks (hand-built steepest-descent images against ``ICLK.sd_images``, one Gauss-Newton step
 against ``ICLK``, eq. (11) against autograd, the equivalence table, ...), so executing them tests
 what they teach. The stored files must hold the outputs of one top-to-bottom run (figures render
-on GitHub) and the cell sources of ``tools/make_notebooks.py``, which regenerates them.
+on GitHub and on the documentation site) and the cell sources of their jupytext ``py:percent``
+sources ``docs/notebooks/0N_*.py``, from which ``make notebooks`` regenerates them.
 
 These tests run in the default ``-m "not slow"`` selection on purpose: CI executes every notebook
 (about 25 s each on a loaded 2-core CPU).
@@ -14,17 +15,18 @@ These tests run in the default ``-m "not slow"`` selection on purpose: CI execut
 from __future__ import annotations
 
 import base64
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="the dev extra (nbformat, nbclient)")
+nbformat = pytest.importorskip("nbformat", reason="the dev extra (nbformat, nbclient, jupytext)")
+jupytext = pytest.importorskip("jupytext", reason="the dev extra (nbformat, nbclient, jupytext)")
 NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+SOURCES = DOCS / "notebooks"
 NAMES = [
     "01_lucas_kanade.ipynb",
     "02_supervised_descent.ipynb",
@@ -33,14 +35,6 @@ NAMES = [
 ]
 CELL_TIMEOUT_S = 300
 MAX_BYTES = 500 * 1024
-
-
-def _generator():
-    path = ROOT / "tools" / "make_notebooks.py"
-    spec = importlib.util.spec_from_file_location("make_notebooks", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _code_cells(nb) -> list:
@@ -59,9 +53,9 @@ def _image_cells(nb) -> list[int]:
     return sorted(set(found))
 
 
-def test_every_notebook_is_generated():
+def test_every_notebook_has_its_source():
     assert sorted(p.name for p in DOCS.glob("0*.ipynb")) == NAMES
-    assert list(_generator().NOTEBOOKS) == NAMES
+    assert sorted(p.with_suffix(".ipynb").name for p in SOURCES.glob("0*.py")) == NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -84,10 +78,10 @@ def test_stored_with_outputs_of_one_clean_run(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_its_source(name):
     stored = nbformat.read(DOCS / name, as_version=4)
-    cells = _generator().NOTEBOOKS[name]
+    source = jupytext.read(SOURCES / name.replace(".ipynb", ".py"), fmt="py:percent")
     assert [(c.cell_type, c.source) for c in stored.cells] == [
-        ("markdown" if kind == "md" else "code", source) for kind, source in cells
-    ], f"{name} differs from tools/make_notebooks.py: run `python tools/make_notebooks.py`"
+        (c.cell_type, c.source) for c in source.cells
+    ], f"{name} differs from docs/notebooks/{name[:-6]}.py: run `make notebooks`"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -55,3 +55,39 @@ def test_result_properties():
 def test_bad_template_shape():
     with pytest.raises(ValueError, match="template_shape"):
         corner_error(Affine(), np.zeros(6), np.zeros(6), (50,))
+
+
+def test_n_iter_counts_the_iterations_actually_run():
+    """ICLK asked for 50 iterations stops once every update is below ``tol``: ``n_iter`` is the
+    number it ran, and running exactly that many gives the same estimate, one fewer another."""
+    from lkstn import ICLK
+    from lkstn.experiments.problems import planar_problem
+    from lkstn.perturb import perturb
+
+    problem = planar_problem((40, 40))
+    starts = perturb(Affine(), problem.p_true, 2.0, (40, 40), np.random.default_rng(1), n=8)
+    iclk = ICLK(problem.template, warp=Affine(), n_iter=50)  # the default tol=1e-4 stops early
+    result = iclk.align(problem.image, starts)
+    assert result.history.shape[0] == 51  # the rows asked for
+    assert 0 < result.n_iter < 50 and result.n_iter == result.n_iter_each.max()
+    for j, k in enumerate(result.n_iter_each):  # rows after an alignment's last step repeat it
+        assert (result.history[k:, j] == result.history[-1, j]).all()
+        assert k == 0 or (result.history[k - 1, j] != result.history[-1, j]).any()
+    again = iclk.align(problem.image, starts, n_iter=result.n_iter)
+    # the same computation with fewer rows: the same arithmetic, so equal to rounding
+    np.testing.assert_allclose(again.p, result.p, rtol=0, atol=1e-12)
+    fewer = iclk.align(problem.image, starts, n_iter=result.n_iter - 1)
+    assert np.abs(fewer.p - result.p).max() > 0
+
+
+def test_corner_error_of_a_nan_row_is_inf():
+    """Failure is data: a diverged estimate in a batch gives inf for its row, the others their
+    error; a NaN truth is a caller's mistake and raises."""
+    p = np.zeros((3, 6))
+    p[1] = np.nan
+    p[2, 2] = 0.1  # 0.1 canonical units along x on a 21-pixel template: 1 px
+    np.testing.assert_allclose(corner_error(Affine(), p, np.zeros(6), (21, 21)), [0, np.inf, 1])
+    t = corner_error(Affine(), torch.tensor(p), torch.zeros(6, dtype=torch.float64), (21, 21))
+    np.testing.assert_allclose(t.numpy(), [0, np.inf, 1])
+    with pytest.raises(ValueError, match="p_true"):
+        corner_error(Affine(), p, np.full(6, np.nan), (21, 21))

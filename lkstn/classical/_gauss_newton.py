@@ -166,7 +166,9 @@ class GaussNewton:
         Parameters
         ----------
         image : ndarray (H, W[, C]) or (B, H, W[, C])
-            One image, or a batch (one leading dimension more than the template).
+            One image, or a batch (one leading dimension more than the template). With a grey
+            template, ``(H, W, 3)`` or ``(H, W, 4)`` is refused as a colour image rather than
+            read as a batch of images 3 or 4 pixels wide.
         p_init : array (..., P) for one image, (B, P) or (P,) for a batch
         n_iter : int, optional
             Iterations per pyramid level (default: the constructor's).
@@ -241,6 +243,13 @@ class GaussNewton:
             raise ValueError(
                 f"image must have {core} dims (one image) or {core + 1} (a batch), matching the "
                 f"template {self.template.shape}; got shape {image.shape}"
+            )
+        if self.channel_axis is None and image.ndim == 3 and image.shape[-1] in (3, 4):
+            # one RGB(A) image, not a batch of grey images 3 or 4 pixels wide (nothing to align)
+            raise ValueError(
+                f"image of shape {image.shape} is one colour image but the template is grey: "
+                f"expected (H, W) or a batch (B, H, W); convert it (skimage.color.rgb2gray) or "
+                f"use a colour template with channel_axis=-1"
             )
         C = self._T.shape[-1]
         if self.channel_axis is not None and image.shape[-1] != C:

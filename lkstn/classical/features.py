@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FEATURES", "FeatureFn", "get_features", "hog", "pixels"]
+__all__ = [
+    "FEATURES",
+    "FeatureFn",
+    "block_mean",
+    "get_features",
+    "hog",
+    "normalised",
+    "pixels",
+]
 
 FeatureFn = Callable[..., np.ndarray]
 
@@ -129,6 +137,85 @@ def hog(
     bad = ~np.isfinite(flat.reshape(flat.shape[0], -1)).all(-1)  # (B,)
     out[bad] = np.nan  # a NaN sample must not look like a valid (normalised) descriptor
     return out.reshape(*batch, -1)  # (..., D)
+
+
+def block_mean(
+    samples: Any, k: int, *, channel_axis: int | None = None, reduce: str = "mean"
+) -> np.ndarray:
+    """Mean over ``k x k`` pixel blocks: ``(..., h, w[, C]) -> (..., h // k, w // k[, C])``.
+
+    The anti-aliased low-resolution appearance that lets SDM regress from ``(h / k) (w / k)``
+    features instead of ``h w``. The ``h % k`` rows (``w % k`` columns) that fill no whole block
+    are dropped evenly from both sides, so the blocks stay centred on the frame: block ``(i, j)``
+    covers rows ``r0 + k i ... r0 + k i + k - 1`` with ``r0 = (h % k) // 2`` (columns alike).
+    ``reduce="min"`` takes the smallest value instead (a block mask: 0 if any pixel is 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> block_mean(np.arange(16.0).reshape(4, 4), 2)
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    n_core = _core_ndim(channel_axis)
+    if samples.ndim < n_core:
+        raise ValueError(f"samples must have at least {n_core} dims, got shape {samples.shape}")
+    axis = samples.ndim - n_core  # the row axis
+    h, w = samples.shape[axis : axis + 2]
+    if not 1 <= k <= min(h, w):
+        raise ValueError(f"pool must be between 1 and {min(h, w)} for samples {(h, w)}, got {k}")
+    r0, c0 = (h % k) // 2, (w % k) // 2
+    rows, cols = h // k, w // k
+    inner = (
+        samples[..., r0 : r0 + rows * k, c0 : c0 + cols * k]
+        if n_core == 2
+        else samples[..., r0 : r0 + rows * k, c0 : c0 + cols * k, :]
+    )
+    batch, tail = samples.shape[:axis], samples.shape[axis + 2 :]
+    blocks = inner.reshape(*batch, rows, k, cols, k, *tail)  # (..., rows, k, cols, k[, C])
+    if reduce not in ("mean", "min"):
+        raise ValueError(f"reduce must be 'mean' or 'min', got {reduce!r}")
+    return getattr(blocks, reduce)((axis + 1, axis + 3))
+
+
+def normalised(
+    samples: Any,
+    weights: Any = None,
+    *,
+    gain: bool = True,
+    channel_axis: int | None = None,
+) -> np.ndarray:
+    """Samples less their weighted mean (``gain``: and divided by their weighted RMS), per channel.
+
+    ``x -> w (x - mean_w x) / rms_w(x - mean_w x)``: the normalisation of the zero-normalised
+    correlation (:func:`lkstn.score.zncc`), so that features built on it ignore an offset (and a
+    gain) of the image, as ECC does. ``weights (h, w)`` (default ones) also zero ignored pixels;
+    a flat sample stays zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((2, 4, 4))
+    >>> bool(np.allclose(normalised(3 * x + 1), normalised(x)))
+    True
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    n_core = _core_ndim(channel_axis)
+    axis = samples.ndim - n_core
+    core = samples.shape[axis:]
+    w = np.ones(core[:2]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != core[:2]:
+        raise ValueError(f"weights must have shape {core[:2]}, got {w.shape}")
+    w = w if n_core == 2 else w[..., None]
+    space = (axis, axis + 1)  # rows and columns: one mean (and gain) per channel
+    total = w.sum((0, 1))
+    centred = w * (samples - (w * samples).sum(space, keepdims=True) / total)
+    if not gain:
+        return centred
+    with np.errstate(all="ignore"):
+        rms = np.sqrt((centred**2).sum(space, keepdims=True) / total)
+        return np.where(rms > 0, centred / np.where(rms > 0, rms, 1.0), 0.0)
 
 
 FEATURES: dict[str, FeatureFn] = {"pixels": pixels, "hog": hog}

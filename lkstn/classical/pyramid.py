@@ -46,14 +46,14 @@ def downsample(
 
     Parameters
     ----------
-    image : ndarray (*batch, H, W[, C])
+    image : ndarray (..., H, W[, C])
     channel_axis : None or -1
     batch_ndim : int
         Number of leading batch dimensions (not blurred).
 
     Returns
     -------
-    ndarray (*batch, (H - 1) // 2 + 1, (W - 1) // 2 + 1[, C])
+    ndarray (..., (H - 1) // 2 + 1, (W - 1) // 2 + 1[, C])
     """
     image = np.asarray(image, dtype=np.float64)
     n_chan = 0 if channel_axis is None else 1

@@ -16,8 +16,11 @@ Sequential learning ([LL17] Sec. 2)
     so it learns the error distribution it will actually see.
 Ridge
     Closed form with the intercept not penalised: exactly ``sklearn.linear_model.Ridge(alpha)``
-    (``alpha`` has sklearn's meaning: it multiplies ``||R||_F^2`` against the *summed*, not
-    averaged, squared error; ``alpha = 0`` gives the minimum-norm least-squares solution).
+    (:func:`lkstn.classical.ridge.ridge_regression`).
+Appearance and success
+    ``phi`` acts on ``I(p)`` pooled over blocks under the template mask; ``converged`` needs the
+    final ZNCC (``score``, :func:`lkstn.score.zncc`) and the first stage to agree that ``p`` is
+    aligned, so a cascade that stops in a wrong place reports failure.
 
 Glossary: ``I`` image, ``p`` warp parameters, ``delta`` displacement of ``p`` from ``p_true`` in
 the template frame, ``dp`` a predicted update, ``phi`` the feature function, ``D`` feature length,
@@ -32,65 +35,39 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import linalg
 
 from lkstn.chunks import align_in_chunks
-from lkstn.classical.features import FeatureFn, get_features
+from lkstn.classical.features import FeatureFn, block_mean, get_features, normalised
+from lkstn.classical.ridge import ridge_regression
+from lkstn.classical.sdm_cascade import (
+    Sampler,
+    corner_motion_px,
+    coverage,
+    inverse_or_nan,
+    learn_cascade,
+)
+from lkstn.classical.sdm_checks import (
+    check_fit_input,
+    check_image,
+    check_mask,
+    check_params,
+    check_photometric,
+    check_regressors,
+    check_settings,
+)
+from lkstn.classical.sdm_io import load_sdm, save_sdm
+from lkstn.classical.sdm_template import fit_template
 from lkstn.perturb import perturb
-from lkstn.result import AlignmentResult, _check_shape
+from lkstn.result import CONVERGED_PX, AlignmentResult
 from lkstn.sampling import warp_image
+from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
 
-__all__ = ["SDM", "ridge_regression"]
+__all__ = ["MIN_SCORE", "SDM", "ridge_regression"]
 
-
-def ridge_regression(X: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge with an unpenalised intercept: ``Y ~ X R^T + b``, as ``sklearn.linear_model.Ridge``.
-
-    Parameters
-    ----------
-    X : ndarray (n, D)
-    Y : ndarray (n, P)
-    alpha : float >= 0
-
-    Returns
-    -------
-    R : ndarray (P, D)
-    b : ndarray (P,)
-
-    Notes
-    -----
-    Centred data, then the primal normal equations ``(Xc^T Xc + alpha I) W = Xc^T Yc`` when
-    ``n >= D`` or the dual ``W = Xc^T (Xc Xc^T + alpha I)^-1 Yc`` when ``n < D`` (the same ``W``),
-    by Cholesky. ``alpha = 0`` (or a system that is not numerically positive definite) gives the
-    minimum-norm least-squares solution ``lstsq(Xc, Yc)``, the limit ``alpha -> 0+``.
-    """
-    x_mean, y_mean = X.mean(0), Y.mean(0)
-    Xc, Yc = X - x_mean, Y - y_mean  # (n, D), (n, P)
-    n, D = Xc.shape
-    primal = n >= D
-    A = Xc.T @ Xc if primal else Xc @ Xc.T  # (D, D) or (n, n)
-    rhs = Xc.T @ Yc if primal else Yc
-    A[np.diag_indices_from(A)] += alpha
-    try:
-        if alpha == 0:
-            raise linalg.LinAlgError("alpha = 0: least squares")
-        W = linalg.cho_solve(linalg.cho_factor(A, check_finite=False), rhs, check_finite=False)
-        W = W if primal else Xc.T @ W  # (D, P)
-    except linalg.LinAlgError:
-        W = np.linalg.lstsq(Xc, Yc, rcond=None)[0]  # (D, P) minimum norm, rank cut at eps
-    R = W.T  # (P, D)
-    return R, y_mean - R @ x_mean
-
-
-def _inverse(warp: Warp, p: np.ndarray) -> np.ndarray:
-    """``inverse(p)`` that never raises: a singular or NaN warp gives non-finite parameters."""
-    M = warp._matrix(p)  # (..., 3, 3)
-    r0, r1, r2 = M[..., 0, :], M[..., 1, :], M[..., 2, :]
-    with np.errstate(all="ignore"):
-        adj = np.stack([np.cross(r1, r2), np.cross(r2, r0), np.cross(r0, r1)], -1)  # (..., 3, 3)
-        det = (r0 * np.cross(r1, r2)).sum(-1)  # (...)
-        return warp._params(adj / det[..., None, None])
+MIN_SCORE = 0.5
+"""Default ``min_score``: the ZNCC below which a final alignment does not count as converged;
+the classical Gauss-Newton aligners' default (a test keeps the two equal)."""
 
 
 class SDM:
@@ -108,27 +85,41 @@ class SDM:
         Ridge penalty, sklearn's meaning (see the module docstring).
     features : "pixels", "hog" or callable
         ``phi(samples, *, channel_axis=None) -> (..., D)``; see :mod:`lkstn.classical.features`.
+        Only the named ones can be saved.
     channel_axis : None or -1
         ``-1`` for colour images ``(..., H, W, C)``.
     tol : float
-        Template pixels (IC-LK's ``tol`` is ``||dp||`` in canonical units). An alignment is
-        ``converged`` when its parameters and cost are finite, its last update moved the
-        template corners by less than ``tol`` (RMS, as :func:`lkstn.corner_error`), and at least
-        half of the template frame lies inside the image (zero padding beyond). A weak test
-        for a cascade: its last stage also makes small steps in a wrong basin (on the cat at
-        sigma = 5 px the flag agrees with "corner error < 1 px" for ~96-98 % of the starts).
+        Template pixels (IC-LK's ``tol`` is ``||dp||`` in canonical units): the largest RMS
+        corner displacement of the last update of a converged alignment.
+    mask : ndarray (h, w), optional
+        Template weights, 0 ignores a pixel. The pooled appearance is multiplied by
+        ``block_mask``, the smallest weight of each block: a block holding an ignored pixel
+        gives zeros, in fitting and aligning alike; ``score`` weights pixels by ``mask``.
+    pool : int
+        Appearance averaged over ``pool x pool`` template pixels before ``phi`` (1: none;
+        at most half the template's shorter side).
+    min_score : float
+        ``converged`` needs the final ZNCC (``score``) at least this high.
+    photometric : None, "bias" or "gain-bias"
+        Features blind to an offset (and a gain) of the image per channel: each pooled sample
+        less its mean (over its RMS) under the block mask, as ZNCC normalises.
 
-    Raises
-    ------
-    RuntimeError
-        From ``align`` and ``regressors`` before ``fit``.
+    residual_px : float
+        ``converged`` needs the first stage, applied at the final estimate, to predict a motion
+        under this many template px: the widest stage estimates the misalignment that is left.
+
+    An alignment is ``converged`` when its parameters and cost are finite, at least one stage
+    ran and its last update moved the template corners by less than ``tol`` px, at least half
+    of the template frame lies inside the image, ``score >= min_score`` and the final estimate
+    is a fixed point of the first stage (``residual_px``).
+
+    ``align``, ``regressors`` and ``save`` raise ``RuntimeError`` before ``fit``.
 
     Attributes (after ``fit``)
     --------------------------
     regressors : list of (R (P, D), b (P,))
     template : ndarray (h, w[, C])
-        Mean training appearance at ``p_true``, the template SDM implicitly learns; ``cost`` in
-        :meth:`align` is the mean squared residual against it.
+        Mean training appearance at ``p_true``, which ``cost`` and ``score`` compare with.
     train_errors : ndarray (n_stages + 1,)
         Median corner error (px) of the training estimates before stage 1 and after each stage.
 
@@ -155,20 +146,22 @@ class SDM:
         *,
         channel_axis: int | None = None,
         tol: float = 0.1,
+        mask: Any = None,
+        pool: int = 1,
+        min_score: float = MIN_SCORE,
+        photometric: str | None = None,
+        residual_px: float = CONVERGED_PX,
     ) -> None:
-        _check_shape(template_shape)
-        if not isinstance(n_stages, int | np.integer) or n_stages < 1:
-            raise ValueError(f"n_stages must be an int >= 1, got {n_stages!r}")
-        if not np.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        if not np.isfinite(tol) or tol <= 0:
-            raise ValueError(f"tol must be a finite number > 0 (pixels), got {tol!r}")
-        if channel_axis not in (None, -1):
-            raise ValueError(f"channel_axis must be None or -1, got {channel_axis!r}")
+        check_settings(template_shape, n_stages, alpha, tol, channel_axis, pool, min_score)
+        check_photometric(photometric, residual_px)
         self.template_shape = (int(template_shape[0]), int(template_shape[1]))
         self.warp = warp_from_name(warp)
         self.n_stages, self.alpha, self.tol = int(n_stages), float(alpha), float(tol)
         self.features, self.channel_axis = features, channel_axis
+        self.mask, self.pool = check_mask(mask, self.template_shape), int(pool)
+        self.block_mask = None if self.mask is None else block_mean(self.mask, pool, reduce="min")
+        self.min_score, self.photometric = float(min_score), photometric
+        self.residual_px = float(residual_px)
         self._phi = get_features(features)
         self._regressors: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.template: np.ndarray | None = None
@@ -177,7 +170,8 @@ class SDM:
     def __repr__(self) -> str:
         return (
             f"SDM(template_shape={self.template_shape}, warp={self.warp!r}, "
-            f"n_stages={self.n_stages}, alpha={self.alpha}, features={self.features!r})"
+            f"n_stages={self.n_stages}, alpha={self.alpha}, features={self.features!r}, "
+            f"pool={self.pool})"
         )
 
     @property
@@ -187,8 +181,17 @@ class SDM:
             raise RuntimeError("SDM is not fitted: call fit(images, p_true, p_init) first")
         return list(self._regressors)
 
+    @property
+    def n_features(self) -> int:
+        """``D``, the length of ``phi`` for one template-shaped sample."""
+        C = () if self.template is None else self.template.shape[2:]
+        return self._feature_length(C if self.channel_axis is None or C else (1,))
+
+    def _feature_length(self, channels: tuple[int, ...]) -> int:
+        return int(self.features_of(np.zeros((1, *self.template_shape, *channels))).shape[-1])
+
     # -- learning ---------------------------------------------------------------------------------
-    def fit(self, images: Any, p_true: Any, p_init: Any) -> SDM:
+    def fit(self, images: Any, p_true: Any, p_init: Any, *, progress: bool | None = None) -> SDM:
         """Learn the cascade from ``M`` perturbed starts per image ([LL17] eq. (7)).
 
         Parameters
@@ -196,42 +199,39 @@ class SDM:
         images : ndarray (N, H, W[, C]) or one image (H, W[, C])
         p_true : ndarray (N, P), or (P,) for one image
         p_init : ndarray (N, M, P), or (M, P) for one image
+        progress : bool, optional
+            A progress bar (tqdm, on stderr). ``None``: shown on a terminal once the fit has
+            run for 2 s.
 
         Returns ``self``.
 
         Raises
         ------
         ValueError
-            For bad shapes or non-finite input, for images whose features are the same at every
-            start (a flat image: no appearance to learn from), or when a stage diverges.
+            For bad shapes or non-finite input, for a fit that would need more than
+            :data:`~lkstn.classical.sdm_checks.FIT_BYTES` of memory, for images whose features
+            are the same at every start (a flat image: no appearance to learn from), or when a
+            stage diverges.
         """
-        images, p_true, p = self._check_fit(images, p_true, p_init)  # (N, ...), (N, P), (N, M, P)
+        images, p_true, p = check_fit_input(self.warp, self.channel_axis, images, p_true, p_init)
         warp, shape, ca = self.warp, self.template_shape, self.channel_axis
-        N, M, P = p.shape
-        self.template = warp_image(images, warp, p_true, shape, channel_axis=ca).mean(0)
-        p_true_inv = warp.inverse(p_true)[:, None]  # (N, 1, P)
-        errors, regressors = [self._median_error(p, p_true)], []
-        for k in range(self.n_stages):  # sequential learning ([LL17] Sec. 2)
-            samples = warp_image(images[:, None], warp, p, shape, channel_axis=ca)  # I_n(p_nj)
-            phi = self._features(samples).reshape(N * M, -1)  # (NM, D)
-            spread = np.abs(phi - phi.mean(0)).max() if k == 0 and N * M > 1 else np.inf
-            if spread <= 1e-9 * np.abs(phi).max():  # flat up to rounding of the sampler
-                raise ValueError(
-                    "images give the same features at every training start (flat images, or "
-                    "identical starts): there is no appearance to regress the warp from"
-                )
-            delta = warp._compose(p_true_inv, p).reshape(N * M, P)  # p = p_true o delta
-            R, b = ridge_regression(phi, delta, self.alpha)  # [LL17] eq. (7)
-            dp = (phi @ R.T + b).reshape(N, M, P)  # [LL17] eq. (6)
-            p = warp._compose(p, _inverse(warp, dp))  # p <- p o dp^-1, as IC-LK [BM04]
-            if not np.isfinite(p).all():
-                raise ValueError(f"stage {k + 1} diverged on the training starts: raise alpha")
-            regressors.append((R, b))
-            errors.append(self._median_error(p, p_true))
-        self._regressors, self.train_errors = regressors, np.array(errors)
-        return self
 
-    def fit_perturbed(self, image: Any, p_true: Any, sigma: float, n_samples: int, rng: Any) -> SDM:
+        def sample(n: int, p_n: np.ndarray) -> np.ndarray:
+            return warp_image(images[n], warp, p_n, shape, channel_axis=ca)  # I_n(p)
+
+        template = warp_image(images, warp, p_true, shape, channel_axis=ca).mean(0)
+        return self.fit_sampler(sample, template, p_true, p, progress=progress)
+
+    def fit_perturbed(
+        self,
+        image: Any,
+        p_true: Any,
+        sigma: float,
+        n_samples: int,
+        rng: Any,
+        *,
+        progress: bool | None = None,
+    ) -> SDM:
         """Draw ``n_samples`` starts per image with the paper's noise model, then :meth:`fit`.
 
         ``image`` (H, W[, C]) with ``p_true`` (P,), or a batch (N, H, W[, C]) with (N, P);
@@ -240,9 +240,62 @@ class SDM:
         """
         if not isinstance(n_samples, int | np.integer) or n_samples < 1:
             raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-        p_true = self.warp._check_p(np.asarray(p_true, dtype=np.float64), "p_true")
+        p_true = check_params(p_true, "p_true", self.warp)
         p_init = perturb(self.warp, p_true, sigma, self.template_shape, rng, n=int(n_samples))
-        return self.fit(image, p_true, np.moveaxis(p_init, 0, -2))  # (..., M, P)
+        return self.fit(image, p_true, np.moveaxis(p_init, 0, -2), progress=progress)  # (..., M, P)
+
+    for_template = classmethod(fit_template)  # SDM.for_template(template, *, warp=..., ...)
+
+    def fit_sampler(
+        self,
+        sample: Sampler,
+        template: np.ndarray,
+        p_true: np.ndarray,
+        p_init: np.ndarray,
+        *,
+        pooled: bool = False,
+        progress: bool | None = None,
+    ) -> SDM:
+        """The cascade of :meth:`fit` with any source of training appearance.
+
+        ``sample(n, p)`` returns image ``n`` warped at the starts ``p (m, P)``, ``(m, h, w[,
+        C])``, or already averaged over blocks (``pooled=True``, as :meth:`features_of`);
+        ``template (h, w[, C])``; ``p_true (N, P)``; ``p_init (N, M, P)``. The samples are drawn
+        in chunks: the fit holds only the features ``(N M, D)``
+        (:func:`~lkstn.classical.sdm_cascade.learn_cascade`).
+        """
+        regressors, errors = learn_cascade(
+            self, sample, p_true, p_init, pooled=pooled, progress=progress
+        )
+        self.set_regressors(regressors, template, errors)
+        return self
+
+    def set_regressors(
+        self,
+        regressors: list[tuple[np.ndarray, np.ndarray]],
+        template: Any,
+        train_errors: Any = None,
+    ) -> None:
+        """Install a fitted cascade (from :meth:`fit` or a file): ``n_stages`` pairs ``(R, b)``.
+
+        ``R (P, D)`` and ``b (P,)`` finite with ``D = n_features``; ``template (h, w[, C])``.
+        """
+        T = check_image(template, "template", self.channel_axis)
+        if T.shape[:2] != self.template_shape or not np.isfinite(T).all():
+            raise ValueError(
+                f"template must be finite, of shape {self.template_shape}, got {T.shape}"
+            )
+        D = self._feature_length(T.shape[2:])
+        pairs = check_regressors(regressors, self.n_stages, self.warp.n_params, D)
+        errors = None if train_errors is None else np.array(train_errors, dtype=np.float64)
+        if errors is not None and errors.shape != (self.n_stages + 1,):
+            raise ValueError(f"train_errors must be ({self.n_stages + 1},), got {errors.shape}")
+        self.template = T.copy()
+        self._regressors, self.train_errors = pairs, errors
+
+    # -- files ------------------------------------------------------------------------------------
+    save = save_sdm  # sdm.save(path): one .npz of arrays and JSON, no pickle
+    load = classmethod(load_sdm)  # SDM.load(path): every field checked
 
     # -- alignment --------------------------------------------------------------------------------
     def align(
@@ -256,7 +309,7 @@ class SDM:
             One image with many starts, or a batch broadcasting against ``p_init``.
         p_init : ndarray (..., P)
         n_iter : int, optional
-            Defaults to ``n_stages``.
+            Defaults to ``n_stages``. With 0 nothing moves and nothing counts as converged.
         chunk_size : int, optional
             Align at most this many starts at a time (:func:`lkstn.chunks.align_in_chunks`):
             memory bounded by the chunk, the same result.
@@ -265,16 +318,20 @@ class SDM:
         -------
         AlignmentResult
             ``history (n_iter + 1, ..., P)``, ``cost (n_iter + 1, ...)`` against ``template``,
-            ``converged (...)``.
+            ``converged (...)``, ``score (...)``.
         """
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         regressors = self.regressors
         n_iter = self.n_stages if n_iter is None else n_iter
-        if not isinstance(n_iter, int | np.integer) or n_iter < 0:
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int | np.integer) or n_iter < 0:
             raise ValueError(f"n_iter must be an int >= 0, got {n_iter!r}")
-        image = self._check_image(image, "image")
-        p = self.warp._check_p(np.asarray(p_init, dtype=np.float64), "p_init")
+        image = check_image(image, "image", self.channel_axis)
+        if self.channel_axis is not None and image.shape[-1] != self.template.shape[-1]:
+            raise ValueError(
+                f"image must have {self.template.shape[-1]} channels, got shape {image.shape}"
+            )
+        p = check_params(p_init, "p_init", self.warp)
         n_core = 2 if self.channel_axis is None else 3
         img_batch = image.shape[: image.ndim - n_core]
         try:
@@ -284,28 +341,47 @@ class SDM:
                 f"image batch {img_batch} and p_init {p.shape} do not broadcast"
             ) from None
         history, costs = [p], []
-        update_px = np.zeros(p.shape[:-1])
+        update_px = np.full(p.shape[:-1], np.inf)  # no stage run: no evidence of convergence
         with np.errstate(all="ignore"):  # NaN/inf pixels, points at infinity: flagged below
             for k in range(n_iter):
                 R, b = regressors[min(k, len(regressors) - 1)]
                 samples, cost = self._sample(image, p)  # I(p)
                 costs.append(cost)
-                dp = self._features(samples) @ R.T + b  # [LL17] eq. (6)
-                p = self.warp._compose(p, _inverse(self.warp, dp))  # p <- p o dp^-1 [BM04]
-                update_px = self._update_px(dp)
+                dp = self.features_of(samples) @ R.T + b  # [LL17] eq. (6)
+                p = self.warp._compose(p, inverse_or_nan(self.warp, dp))  # p <- p o dp^-1 [BM04]
+                update_px = corner_motion_px(self.warp, self.template_shape, dp)
                 history.append(p)
-            costs.append(self._sample(image, p)[1])
+            samples, cost = self._sample(image, p)
+            costs.append(cost)
         cost = np.stack(costs)  # (n_iter + 1, ...)
+        score = zncc(self.template, samples, self.mask, channel_axis=self.channel_axis)
         converged = np.isfinite(p).all(-1) & np.isfinite(cost[-1])
         with np.errstate(all="ignore"):
             converged &= update_px < self.tol  # NaN compares False
-            converged &= self._coverage(image, p) >= 0.5  # a template off the image: failed
-        return AlignmentResult(history=np.stack(history), cost=cost, converged=converged)
+            inside = coverage(image, self.warp, p, self.template_shape, self.channel_axis)
+            converged &= inside >= 0.5  # a template off the image: failed
+            converged &= score >= self.min_score  # stopped in a wrong place: failed
+            R, b = regressors[0]  # the widest basin: its estimate of the misalignment left
+            left = self.features_of(samples) @ R.T + b
+            converged &= corner_motion_px(self.warp, self.template_shape, left) < self.residual_px
+        return AlignmentResult(np.stack(history), cost, converged, score)
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _features(self, samples: np.ndarray) -> np.ndarray:
-        phi = np.asarray(self._phi(samples, channel_axis=self.channel_axis), dtype=np.float64)
-        n_core = 2 if self.channel_axis is None else 3
+    def features_of(self, samples: np.ndarray, *, pooled: bool = False) -> np.ndarray:
+        """``phi`` of samples ``(..., h, w[, C])`` after pooling and the block mask: ``(..., D)``.
+
+        ``pooled=True``: the samples are already block means ``(..., h // pool, w // pool[, C])``.
+        """
+        ca = self.channel_axis
+        if self.pool > 1 and not pooled:
+            samples = block_mean(samples, self.pool, channel_axis=ca)
+        if self.photometric is not None:
+            gain = self.photometric == "gain-bias"
+            samples = normalised(samples, self.block_mask, gain=gain, channel_axis=ca)
+        elif self.block_mask is not None:
+            samples = samples * (self.block_mask if ca is None else self.block_mask[..., None])
+        phi = np.asarray(self._phi(samples, channel_axis=ca), dtype=np.float64)
+        n_core = 2 if ca is None else 3
         batch = samples.shape[: samples.ndim - n_core]
         if phi.shape[:-1] != batch:
             raise ValueError(f"features returned shape {phi.shape} for samples {samples.shape}")
@@ -321,63 +397,3 @@ class SDM:
         samples[~finite] = np.nan
         axes = tuple(range(finite.ndim, samples.ndim))
         return samples, ((samples - self.template) ** 2).mean(axes)
-
-    def _coverage(self, image: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """Fraction of the template frame that ``W(.; p)`` puts inside the image, ``(...)``.
-
-        Outside the image the samples are zero padding, which no regressor can align: a last
-        stage that predicts a small step from them (its intercept) is no convergence.
-        """
-        n_core = 2 if self.channel_axis is None else 3
-        H, W = image.shape[image.ndim - n_core : image.ndim - n_core + 2]
-        p_safe = np.where(np.isfinite(p).all(-1)[..., None], p, 0.0)
-        inside = warp_image(np.ones((H, W)), self.warp, p_safe, self.template_shape)
-        return inside.mean((-2, -1))
-
-    def _update_px(self, dp: np.ndarray) -> np.ndarray:
-        """RMS displacement (template px) of the corners under ``W(.; dp)``."""
-        h, w = self.template_shape
-        corners = self.warp.corners()  # (4, 2)
-        with np.errstate(all="ignore"):
-            d = (self.warp._apply(dp, corners) - corners) * [(w - 1) / 2, (h - 1) / 2]
-            return np.sqrt((d**2).sum(-1).mean(-1))
-
-    def _median_error(self, p: np.ndarray, p_true: np.ndarray) -> float:
-        delta = self.warp._compose(self.warp.inverse(p_true)[:, None], p)  # (N, M, P)
-        return float(np.median(self._update_px(delta)))
-
-    def _check_image(self, image: Any, name: str) -> np.ndarray:
-        image = np.asarray(image)
-        image = image if np.issubdtype(image.dtype, np.floating) else image.astype(np.float64)
-        n_core = 2 if self.channel_axis is None else 3
-        if image.ndim < n_core or min(image.shape[image.ndim - n_core :][:2]) < 2:
-            layout = "(..., H, W)" if self.channel_axis is None else "(..., H, W, C)"
-            raise ValueError(f"{name} must be {layout} with H, W >= 2, got shape {image.shape}")
-        T = self.template if name == "image" else None
-        if self.channel_axis is not None and T is not None and image.shape[-1] != T.shape[-1]:
-            raise ValueError(f"{name} must have {T.shape[-1]} channels, got shape {image.shape}")
-        return image
-
-    def _check_fit(self, images: Any, p_true: Any, p_init: Any):
-        P, n_core = self.warp.n_params, 2 if self.channel_axis is None else 3
-        images = self._check_image(np.asarray(images, dtype=np.float64), "images")
-        if images.ndim not in (n_core, n_core + 1):
-            raise ValueError(f"images must be (N, H, W[, C]) or one image, got {images.shape}")
-        if not np.isfinite(images).all():
-            raise ValueError("images has non-finite entries (NaN or inf)")
-        p_true, p_init = np.asarray(p_true, dtype=np.float64), np.asarray(p_init, dtype=np.float64)
-        single = images.ndim == n_core
-        N = 1 if single else images.shape[0]
-        want_t, want_i = ((P,), ("M", P)) if single else ((N, P), (N, "M", P))
-        if p_true.shape != want_t:
-            raise ValueError(
-                f"p_true must be {want_t} for images {images.shape}, got {p_true.shape}"
-            )
-        bad_i = p_init.ndim != len(want_i) or p_init.shape[-1] != P or p_init.shape[-2] < 1
-        if bad_i or p_init.shape[:-2] != want_t[:-1]:
-            raise ValueError(
-                f"p_init must be {want_i} for images {images.shape}, got {p_init.shape}"
-            )
-        p_true = self.warp._check_p(p_true, "p_true").reshape(N, P)
-        p_init = self.warp._check_p(p_init, "p_init").reshape(N, -1, P)
-        return images.reshape(N, *images.shape[-n_core:]), p_true, p_init

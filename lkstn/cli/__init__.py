@@ -3,6 +3,9 @@
 ``lkstn align TEMPLATE IMAGE``
     Align a template image file to an image file with an LK-family method; writes the
     parameters (JSON) and an overlay PNG.
+``lkstn track TEMPLATE FRAME...``
+    Follow a template through a sequence of image files; writes a CSV and a JSON of pixel
+    matrices and scores and an overlay per frame (or a GIF).
 ``lkstn reproduce planar|equivalence|mnist|gtsrb|boundary [--quick]``
     Run one of the paper's experiments (each module in :mod:`lkstn.experiments` adds its
     own options through ``add_arguments(parser)`` and runs through ``run(args)``).
@@ -10,8 +13,12 @@
     Run the benchmarks in ``benchmarks/`` (from a source checkout).
 
 Exit codes: 0 success (for ``align``: the alignment converged), 1 the alignment ran but did not
-converge (results are still written), 2 bad arguments or unreadable input, 3 an internal error.
+converge (for ``track``: some frame was lost; results are still written), 2 bad arguments or
+unreadable input, 3 an internal error.
 Errors are one line on stderr; ``lkstn --debug ...`` shows the traceback of an internal error.
+Bad arguments (argparse's own errors included) and the data loaders' errors (a missing or
+malformed dataset file, :mod:`lkstn.data.errors`) are input errors: one line naming the argument
+or the file, exit code 2.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lkstn.cli import align
+from lkstn.cli import align, track
+from lkstn.data.errors import CorruptDataError, DatasetNotFoundError
 from lkstn.errors import UsageError
 
 __all__ = ["UsageError", "main"]
@@ -43,6 +51,15 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``lkstn reproduce mnist: error: argument
+    --threads: ...``) and exit code 2, rather than the usage text followed by the error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser of the ``lkstn`` command.
 
@@ -51,7 +68,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """
     from lkstn import __version__
 
-    parser = argparse.ArgumentParser(prog="lkstn", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="lkstn", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"lkstn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,6 +77,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     align.add_arguments(a)
     a.set_defaults(func=align.run)
+
+    t = sub.add_parser("track", help="follow a template through a sequence of image files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    track.add_arguments(t)
+    t.set_defaults(func=track.run)
 
     r = sub.add_parser("reproduce", help="reproduce a table or figure of the paper")
     rsub = r.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
@@ -87,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0, 1, 2 or 3; see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version (0), a bad argument (2, one line printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except (UsageError, CorruptDataError, DatasetNotFoundError) as exc:
         if args.debug:
             raise
-        print(f"lkstn: error: {exc}", file=sys.stderr)
+        print(f"lkstn: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lkstn: interrupted", file=sys.stderr)

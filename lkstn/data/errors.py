@@ -23,6 +23,8 @@ __all__ = [
     "CorruptDataError",
     "DatasetNotFoundError",
     "ENV_VAR",
+    "check_max_bytes",
+    "check_size_cap",
     "read_bounded",
     "resolve_root",
 ]
@@ -104,6 +106,30 @@ def resolve_root(root: str | os.PathLike[str] | None, name: str) -> list[Path]:
     if not base.is_dir():
         raise DatasetNotFoundError(f"data directory for {name} does not exist ({origin})")
     return [d for d in (base / name, base) if d.is_dir()]
+
+
+def check_max_bytes(max_bytes: object) -> int:
+    """``max_bytes`` as a positive int, else a ``ValueError`` naming it."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    return int(max_bytes)
+
+
+def check_size_cap(n_bytes: int, max_bytes: int, path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a declared size above the loader's cap, before anything of that size is read.
+
+    Raises
+    ------
+    CorruptDataError
+        If ``n_bytes > max_bytes``; the message names the file, the size and the keyword that
+        raises the cap.
+    """
+    if n_bytes > max_bytes:
+        raise CorruptDataError(
+            path,
+            f"{what} declares {n_bytes} bytes, above the cap of {max_bytes} bytes (the official "
+            f"files are far smaller; the loader's max_bytes raises the cap)",
+        )
 
 
 def read_bounded(

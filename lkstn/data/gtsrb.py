@@ -22,13 +22,14 @@ Decisions:
   rounded to uint8. It is linear and separable, so it is applied as ``R_y @ I @ R_x.T`` with 1-D
   operators made by resizing an identity matrix with scikit-image: the same numbers (to float
   rounding), several times faster than one call per image.
-- PPMs are read by a strict binary P6 parser written here rather than imageio (no plugin
-  dependency, sizes checked against the bytes present before any array exists, one-line errors):
-  ``P6``, width, height, maxval in 1..255 (rescaled to 0..255), ``#`` comments, one whitespace
-  byte, then exactly ``3 * width * height`` bytes.
-- The npz is read member by member with ``zipfile`` and ``numpy.lib.format``, validating each
-  header (dtype, shape) and reading the bytes in bounded chunks: ``numpy.load`` would allocate
-  whatever shape a forged header declares.
+- PPMs and the npz's arrays are read by the strict readers of :mod:`lkstn.data.formats`
+  (sizes checked against the bytes present and a cap before anything is read or inflated).
+- Every read is capped, so that a crafted file costs bounded memory: one PPM's pixels at most
+  ``max_bytes`` (default :data:`MAX_PPM_BYTES`, 16 MiB; the largest official image is 266x232,
+  185 KB), a CSV at most :data:`MAX_CSV_BYTES` (16 MiB; the official ones are under 1 MB), an
+  npz's arrays together at most ``max_bytes`` (default :data:`MAX_NPZ_BYTES`, 2 GiB: the training
+  set at 64x64 is 482 MB), checked in the zip directory and again in each array's header before
+  anything is inflated.
 
 Glossary: ``N`` number of images; ROI the sign's box ``(x1, y1, x2, y2)`` in pixels.
 """
@@ -36,22 +37,28 @@ Glossary: ``N`` number of images; ROI the sign's box ``(x1, y1, x2, y2)`` in pix
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
-import struct
 import zipfile
-import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from lkstn.data.errors import CorruptDataError, DatasetNotFoundError, read_bounded, resolve_root
+from lkstn.data.errors import (
+    CorruptDataError,
+    DatasetNotFoundError,
+    check_max_bytes,
+    check_size_cap,
+    resolve_root,
+)
+from lkstn.data.formats import MAX_PPM_BYTES, NPZ_ERRORS, read_npy_member, read_ppm
 
 __all__ = [
     "DEFAULT_SIZE",
+    "MAX_CSV_BYTES",
+    "MAX_NPZ_BYTES",
     "N_CLASSES",
     "gtsrb_is_official",
     "load_gtsrb",
@@ -61,66 +68,16 @@ __all__ = [
 
 N_CLASSES = 43
 DEFAULT_SIZE = 36
+MAX_CSV_BYTES = 16 << 20  # one annotation CSV; the official ones are under 1 MB
+MAX_NPZ_BYTES = 2 << 30  # the arrays of one split in a prepared npz, together
 _COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
 _SOURCES = (
     "GTSRB comes from https://benchmark.ini.rub.de/gtsrb_dataset.html (unpack Final_Training, "
     "Final_Test and GT-final_test.csv into <root>/gtsrb); a gtsrb*.npz with X_train, y_train, "
     "X_test, y_test is a prepared copy of it. Pass root=... or set LKSTN_DATA"
 )
-_PPM_FIELD = re.compile(rb"(?:\s|#[^\n\r]*[\n\r])+([0-9]{1,9})(?![0-9])")  # separator, number
-_NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, struct.error, OverflowError, SyntaxError, KeyError)
 _INT = re.compile(r"[0-9]{1,9}")
 _FILENAME = re.compile(r"[A-Za-z0-9_.-]+\.ppm", re.IGNORECASE)
-
-
-def read_ppm(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a binary (P6) 8-bit PPM image.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The ``.ppm`` file.
-
-    Returns
-    -------
-    numpy.ndarray, uint8, shape (H, W, 3)
-        RGB, rescaled to 0..255 when the file's maxval is below 255.
-
-    Raises
-    ------
-    CorruptDataError
-        On a header that is not ``P6 W H maxval`` with ``1 <= maxval <= 255``, a sample above
-        maxval, or pixel data shorter or longer than ``3 * W * H`` bytes.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    if not data.startswith(b"P6"):
-        raise CorruptDataError(path, f"not a binary PPM: starts with {data[:2]!r}, expected b'P6'")
-    values, pos = [], 2
-    for field in ("width", "height", "maxval"):
-        match = _PPM_FIELD.match(data, pos)
-        if match is None:
-            raise CorruptDataError(path, f"bad PPM header: no {field} after byte {pos}")
-        values.append(int(match.group(1)))
-        pos = match.end()
-    width, height, maxval = values
-    if data[pos : pos + 1] not in (b" ", b"\t", b"\n", b"\r"):
-        raise CorruptDataError(path, "bad PPM header: no whitespace byte after maxval")
-    if width < 1 or height < 1 or not 1 <= maxval <= 255:
-        raise CorruptDataError(
-            path, f"bad PPM header: width {width}, height {height}, maxval {maxval}"
-        )
-    n_bytes, n_have = 3 * width * height, len(data) - pos - 1
-    if n_have != n_bytes:  # checked before any array of the declared size exists
-        raise CorruptDataError(
-            path, f"PPM header declares {width}x{height} ({n_bytes} bytes), file has {n_have}"
-        )
-    image = np.frombuffer(data, dtype=np.uint8, count=n_bytes, offset=pos + 1)
-    if maxval < 255:
-        if image.max() > maxval:
-            raise CorruptDataError(path, f"PPM sample {image.max()} above maxval {maxval}")
-        image = np.rint(image * (255.0 / maxval)).astype(np.uint8)
-    return image.reshape(height, width, 3).copy()
 
 
 @lru_cache(maxsize=256)
@@ -175,10 +132,11 @@ def _read_csv(path: Path) -> list[tuple[str, int, int, int, int, int, int, int]]
     """Rows (filename, width, height, x1, y1, x2, y2, class_id) of a GTSRB annotation CSV."""
     if not path.is_file():
         raise CorruptDataError(path, "annotation CSV missing from its image directory")
+    check_size_cap(path.stat().st_size, MAX_CSV_BYTES, path, "annotation CSV")
     try:
         lines = path.read_bytes().decode("utf-8-sig").splitlines()
         table = [row for row in csv.reader(lines, delimiter=";") if any(f.strip() for f in row)]
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
         raise CorruptDataError(path, f"unreadable CSV ({type(exc).__name__}: {exc})") from exc
     if not table:
         raise CorruptDataError(path, "empty CSV: expected a header " + ";".join(_COLUMNS))
@@ -212,7 +170,10 @@ def _read_csv(path: Path) -> list[tuple[str, int, int, int, int, int, int, int]]
 
 
 def _load_official(
-    entries: list[tuple[Path, Path, int | None]], size: int, roi: bool = True
+    entries: list[tuple[Path, Path, int | None]],
+    size: int,
+    roi: bool = True,
+    max_bytes: int = MAX_PPM_BYTES,
 ) -> tuple:
     """Crop (``roi``) and resize the images listed by (image dir, CSV, class of the dir or
     None)."""
@@ -226,7 +187,7 @@ def _load_official(
             raise CorruptDataError(csv_path, f"{name} has ClassId {label} in class dir {want}")
         if not (image_dir / name).is_file():
             raise CorruptDataError(csv_path, f"lists {name}, missing from {image_dir}")
-        image = read_ppm(image_dir / name)
+        image = read_ppm(image_dir / name, max_bytes=max_bytes)
         if image.shape[:2] != (h, w):
             raise CorruptDataError(
                 image_dir / name, f"image is {image.shape[1]}x{image.shape[0]}, CSV says {w}x{h}"
@@ -266,36 +227,14 @@ def _official_entries(dirs: list[Path], split: str) -> list[tuple[Path, Path, in
     return None
 
 
-def _read_npy_member(zf: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
-    """One array of an npz, its header validated before its bytes are read."""
-    try:
-        info = zf.getinfo(f"{key}.npy")
-    except KeyError:
-        raise CorruptDataError(
-            path, f"npz has no array {key!r} (has {zf.namelist()[:8]})"
-        ) from None
-    with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise CorruptDataError(path, f"{key}: unsupported .npy format version {version}")
-        if dtype.hasobject or dtype.kind not in "biu":
-            raise CorruptDataError(path, f"{key}: dtype {dtype} is not an integer type")
-        payload = read_bounded(f, math.prod(shape) * dtype.itemsize, path, f"array {key}")
-    return np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
-
-
-def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(path: Path, split: str, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as zf:
-            x = _read_npy_member(zf, f"X_{split}", path)
-            y = _read_npy_member(zf, f"y_{split}", path)
+            x = read_npy_member(zf, f"X_{split}", path, max_bytes)
+            y = read_npy_member(zf, f"y_{split}", path, max_bytes - x.nbytes)
     except CorruptDataError:
         raise
-    except (*_NPZ_ERRORS, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as exc:
+    except (*NPZ_ERRORS, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as exc:
         raise CorruptDataError(path, f"unreadable npz ({type(exc).__name__}: {exc})") from exc
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
         raise CorruptDataError(
@@ -336,6 +275,7 @@ def load_gtsrb(
     *,
     source: Literal["auto", "official", "npz"] = "auto",
     roi: bool = True,
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load the GTSRB images and labels of one split.
 
@@ -355,6 +295,10 @@ def load_gtsrb(
         Official layout: crop each image to its sign's ROI (default) or keep the whole image
         with its margin (the authors' GTSRB code resizes whole images to 50x50). An npz holds
         what it was made with.
+    max_bytes : int or None
+        Cap on what one file may declare, checked before it is read or inflated: the pixels of
+        one PPM (default :data:`MAX_PPM_BYTES`) or the two arrays of the split in an npz together
+        (default :data:`MAX_NPZ_BYTES`).
 
     Returns
     -------
@@ -370,7 +314,8 @@ def load_gtsrb(
     DatasetNotFoundError
         If no data directory is given or no data of the requested source are in it.
     CorruptDataError
-        On malformed CSV rows, missing or malformed PPMs, a bad npz, missing keys or wrong shapes.
+        On malformed CSV rows, missing or malformed PPMs, a bad npz, missing keys or wrong shapes,
+        or a file declaring more than ``max_bytes``.
 
     Examples
     --------
@@ -384,6 +329,8 @@ def load_gtsrb(
         raise ValueError(f"source must be 'auto', 'official' or 'npz', got {source!r}")
     if size is not None:
         size = _check_size(size)
+    if max_bytes is not None:
+        max_bytes = check_max_bytes(max_bytes)
     if root is not None and Path(root).suffix == ".npz":
         if not Path(root).is_file():
             raise DatasetNotFoundError(f"GTSRB npz {root} does not exist. {_SOURCES}")
@@ -402,8 +349,9 @@ def load_gtsrb(
                 f"{_SOURCES}"
             )
     if entries is not None:
-        return _load_official(entries, DEFAULT_SIZE if size is None else size, roi)
-    images, labels = _read_npz(npz, split)
+        size = DEFAULT_SIZE if size is None else size
+        return _load_official(entries, size, roi, max_bytes or MAX_PPM_BYTES)
+    images, labels = _read_npz(npz, split, max_bytes or MAX_NPZ_BYTES)
     if size is not None and images.shape[1:3] != (size, size):
         images = resize_images(images, size)
     return images, labels

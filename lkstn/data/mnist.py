@@ -17,8 +17,12 @@ IDX format (big-endian): a 4-byte magic ``0x0000 TT NN`` with ``TT = 0x08`` (uns
 Decisions: the header is checked against the bytes actually present *before* anything of the
 declared size is allocated (raw files: against the file size; gzip: the stream is read in
 bounded chunks up to the declared size plus one byte), so a forged header cannot make us
-allocate an absurd array. Labels are returned as int64 (what torch's losses index with),
-images as uint8 (N, 28, 28). Every malformed file raises :class:`CorruptDataError`.
+allocate an absurd array. An honest header of an absurd size (a gzip bomb: a few MB that
+inflate to GBs) is refused before inflating: every file's declared payload must be at most
+``max_bytes`` (default :data:`MAX_BYTES`, 256 MiB, about 5.7 times the largest official file,
+the 47,040,000 pixel bytes of ``train-images``). Labels are returned as int64 (what torch's
+losses index with), images as uint8 (N, 28, 28). Every malformed file raises
+:class:`CorruptDataError`.
 
 Glossary: ``N`` number of samples; ``dims`` the sizes listed in an IDX header.
 """
@@ -35,9 +39,18 @@ from typing import Literal
 
 import numpy as np
 
-from lkstn.data.errors import CorruptDataError, DatasetNotFoundError, read_bounded, resolve_root
+from lkstn.data.errors import (
+    CorruptDataError,
+    DatasetNotFoundError,
+    check_max_bytes,
+    check_size_cap,
+    read_bounded,
+    resolve_root,
+)
 
-__all__ = ["IMAGE_SHAPE", "load_mnist", "read_idx"]
+__all__ = ["IMAGE_SHAPE", "MAX_BYTES", "load_mnist", "read_idx"]
+
+MAX_BYTES = 256 << 20  # cap on one file's payload: the largest official one is 47,040,000 bytes
 
 IMAGE_SHAPE = (28, 28)
 N_CLASSES = 10
@@ -92,7 +105,7 @@ def _parse_header(head: bytes, path: Path, ndim: int) -> tuple[int, ...]:
     return dims
 
 
-def read_idx(path: str | os.PathLike[str], ndim: int) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], ndim: int, *, max_bytes: int = MAX_BYTES) -> np.ndarray:
     """Read an unsigned-byte IDX file, gzip-compressed (``.gz``) or raw.
 
     Parameters
@@ -101,6 +114,9 @@ def read_idx(path: str | os.PathLike[str], ndim: int) -> np.ndarray:
         The file. A name ending in ``.gz`` is decompressed on the fly.
     ndim : int
         Number of dimensions the file must declare (3 for images, 1 for labels).
+    max_bytes : int
+        Largest payload accepted, checked against the header before anything is inflated or
+        read (default :data:`MAX_BYTES`).
 
     Returns
     -------
@@ -110,25 +126,29 @@ def read_idx(path: str | os.PathLike[str], ndim: int) -> np.ndarray:
     Raises
     ------
     CorruptDataError
-        On a bad magic number, a wrong number of dimensions, an empty array, a payload shorter or
-        longer than the header declares, or a damaged gzip stream.
+        On a bad magic number, a wrong number of dimensions, an empty array, a declared payload
+        above ``max_bytes``, a payload shorter or longer than the header declares, or a damaged
+        gzip stream.
     ValueError
-        If ``ndim`` is not a positive int.
+        If ``ndim`` or ``max_bytes`` is not a positive int.
     """
     if isinstance(ndim, bool) or not isinstance(ndim, int) or not 1 <= ndim <= 255:
         raise ValueError(f"ndim must be an int in [1, 255], got {ndim!r}")
+    max_bytes = check_max_bytes(max_bytes)
     path = Path(path)
     header_bytes = 4 + 4 * ndim
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
                 dims = _parse_header(f.read(header_bytes), path, ndim)
+                check_size_cap(math.prod(dims), max_bytes, path, f"IDX header (dims {dims})")
                 payload = read_bounded(f, math.prod(dims), path, f"IDX data for dims {dims}")
         else:
             file_bytes = path.stat().st_size
             with open(path, "rb") as f:
                 dims = _parse_header(f.read(header_bytes), path, ndim)
                 n_bytes = math.prod(dims)
+                check_size_cap(n_bytes, max_bytes, path, f"IDX header (dims {dims})")
                 if file_bytes != header_bytes + n_bytes:  # size check before reading anything
                     raise CorruptDataError(
                         path,
@@ -136,13 +156,18 @@ def read_idx(path: str | os.PathLike[str], ndim: int) -> np.ndarray:
                         f"holds {file_bytes - header_bytes} data bytes",
                     )
                 payload = read_bounded(f, n_bytes, path, f"IDX data for dims {dims}")
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+        if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+            raise CorruptDataError(path, f"unreadable ({type(exc).__name__})") from exc
         raise CorruptDataError(path, f"damaged gzip stream ({type(exc).__name__}: {exc})") from exc
     return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def load_mnist(
-    root: str | os.PathLike[str] | None = None, split: Literal["train", "test"] = "train"
+    root: str | os.PathLike[str] | None = None,
+    split: Literal["train", "test"] = "train",
+    *,
+    max_bytes: int = MAX_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load the MNIST images and labels of one split from the official IDX files.
 
@@ -153,6 +178,8 @@ def load_mnist(
         environment variable ``LKSTN_DATA``.
     split : {"train", "test"}
         ``"train"`` (60,000 images in the official files) or ``"test"`` (10,000, ``t10k``).
+    max_bytes : int
+        Largest payload accepted per file (see :func:`read_idx`).
 
     Returns
     -------
@@ -182,12 +209,12 @@ def load_mnist(
     dirs = resolve_root(root, "mnist")
     image_path = _find_file(dirs, split, "images")
     label_path = _find_file(dirs, split, "labels")
-    images = read_idx(image_path, ndim=3)
+    images = read_idx(image_path, ndim=3, max_bytes=max_bytes)
     if images.shape[1:] != IMAGE_SHAPE:
         raise CorruptDataError(
             image_path, f"MNIST images must be 28x28, header declares {images.shape[1:]}"
         )
-    labels = read_idx(label_path, ndim=1)
+    labels = read_idx(label_path, ndim=1, max_bytes=max_bytes)
     if len(labels) != len(images):
         raise CorruptDataError(
             label_path, f"{len(labels)} labels for {len(images)} images in {image_path.name}"

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lkstn import runs
+from lkstn.experiments import arguments as types
 from lkstn.learned.stn import CSTN, STN
 from lkstn.sampling import canonical_grid
 from lkstn.warps import Affine
@@ -42,6 +44,7 @@ from lkstn.warps import Affine
 __all__ = ["Fixed", "add_arguments", "boundary_effect", "crop_params", "run"]
 
 IMAGES = ("chelsea", "astronaut")
+MAX_SIZE = 1024  # --size: the frame is shown at a few hundred pixels; 1024 peaks at 0.7 GB
 
 
 class Fixed(nn.Module):
@@ -135,10 +138,12 @@ def _photo(name: str) -> Tensor:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lkstn reproduce boundary``."""
     parser.add_argument("--image", choices=IMAGES, default="chelsea")
-    parser.add_argument("--zoom", type=float, default=1.5, help="zoom-out scale (> 1)")
-    parser.add_argument("--size", type=int, default=96, help="output frame side (pixels)")
+    parser.add_argument("--zoom", type=types.positive_real, default=1.5, help="zoom-out (> 1)")
+    parser.add_argument(
+        "--size", type=types.integer(8, MAX_SIZE), default=96, help="output frame side (pixels)"
+    )
     parser.add_argument("--quick", action="store_true", help="accepted; the run is seconds")
-    parser.add_argument("--out", default="runs/boundary")
+    parser.add_argument("--out", type=types.output_dir, default="runs/boundary")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,8 +170,7 @@ def run(args: argparse.Namespace) -> int:
                    f"--size {args.size} --out {args.out}",
     }  # fmt: skip
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "boundary.json").write_text(json.dumps(record, indent=2))
+    runs.write_atomic(out / "boundary.json", json.dumps(record, indent=2))
     path = _figure(photo, p_crop, zoom_out, zoom_in, args.zoom, out / "fig2_boundary.png")
     lost, limit = zoom_out["lost_fraction"], zoom_out["expected_lost_fraction"]
     print(f"lost {100 * lost:.1f} % of the STN's pixels (continuous limit {100 * limit:.1f} %)")

@@ -50,6 +50,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from lkstn import runs
+from lkstn.experiments import arguments as types
 from lkstn.experiments.problems import box_warp
 from lkstn.learned.predictors import count_parameters
 from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify
@@ -204,8 +206,9 @@ def load_data(
                        test_images=standardize_images(data.test_images))  # fmt: skip
         note += ("; each image standardised per channel (zero mean, unit variance over the "
                  "whole image, before warping; zeros outside are its mean)")  # fmt: skip
+    sha = runs.digest(*(np.ascontiguousarray(a).view(np.uint8) for a in (x, y, xt, yt)))
     info = {"note": note, "n_train": len(x), "n_test": len(xt), "quick_subset": quick,
-            "frame": frame, "standardize": standardize}  # fmt: skip
+            "frame": frame, "standardize": standardize, "sha256": sha}  # fmt: skip
     return data, info
 
 
@@ -247,34 +250,53 @@ def _schedule(recipe: Recipe, n_steps: int) -> Iterator[None]:
 
 
 def machine(device: str) -> dict[str, Any]:
-    """Where a number was measured: host, CPU model and count, threads, torch, device, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """Where a number was measured: :func:`lkstn.machine.fingerprint`, the device and its GPU."""
+    from lkstn.machine import fingerprint
+
+    fp = fingerprint()
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
-    return {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": device,
-        "gpu": gpu,
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
+    cpu = fp["cpu"]["model_name"]
+    short = {"cpu_count": fp["cores"], "torch": torch.__version__, "cpu_details": fp.pop("cpu")}
+    return {**fp, **short, "cpu": cpu, "device": device, "gpu": gpu}
 
 
-def _read_progress(run_dir: Path, max_step: int) -> list[dict[str, float]]:
-    path = run_dir / "progress.jsonl"
-    if not path.exists():
-        return []
-    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    return [r for r in lines if r["step"] <= max_step]
+def _checkpoint_step(run_dir: Path) -> int:
+    from lkstn.learned.checkpoint import load_checkpoint
+
+    path = run_dir / "checkpoint.pt"
+    return load_checkpoint(path).step if path.exists() else 0
+
+
+def row_progress(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The progress of a row up to its checkpoint's step: ``(records of progress.jsonl, records
+    rebuilt from log.jsonl)``.
+
+    A kill after a chunk's checkpoint but before its ``progress.jsonl`` append leaves the chunk's
+    evaluation in ``log.jsonl`` only: its record is rebuilt from the log (wall time from the log's
+    timestamps, from the manifest's creation for the first chunk). A torn last line is ignored.
+    """
+    step = _checkpoint_step(run_dir)
+    progress = [r for r in runs.read_records(run_dir / "progress.jsonl") if r["step"] <= step]
+    done = progress[-1]["step"] if progress else 0
+    logged = [r for r in runs.read_records(run_dir / "log.jsonl") if r["step"] <= step]
+    rebuilt: list[dict[str, Any]] = []
+    elapsed = progress[-1]["elapsed_s"] if progress else 0.0
+    for i, rec in enumerate(logged):
+        if rec["step"] <= done:
+            continue
+        if i > 0:
+            then = logged[i - 1]["time"]
+        else:
+            manifest = json.loads((run_dir / runs.MANIFEST).read_text())
+            then = manifest["recorded"]["created"]
+        elapsed += max(0.0, rec["time"] - then)
+        entry = {"step": rec["step"], "elapsed_s": round(elapsed, 2),
+                 "test_error": rec["test_error"], "test_loss": rec["test_loss"],
+                 "train_loss": rec["train_loss"]}  # fmt: skip
+        if "skipped_steps" in rec:
+            entry["skipped_steps"] = rec["skipped_steps"]
+        rebuilt.append(entry)
+    return progress, rebuilt
 
 
 def train_row(
@@ -288,60 +310,68 @@ def train_row(
     eval_every: int,
     time_limit_s: float | None = None,
     resume: bool = False,
+    fresh: bool = False,
     device: str = "cpu",
     seed: int = 0,
     nonfinite: Literal["stop", "skip"] = "stop",
     cuda_graph: bool = True,
     tf32: bool = False,
+    data_identity: dict[str, Any] | None = None,
+    run_record: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[AlignThenClassify, list[dict[str, float]]]:
     """Train one row in chunks of ``eval_every`` steps; returns the model and its progress.
 
     Progress records: ``step``, ``elapsed_s`` (see the module docstring), ``test_error`` (%),
     ``test_loss``, ``train_loss`` (and ``skipped_steps`` with ``nonfinite="skip"``: see
-    :class:`~lkstn.learned.train.TrainConfig`). Without ``resume`` a previous run in ``run_dir``
-    is discarded.
+    :class:`~lkstn.learned.train.TrainConfig`). ``run_dir`` is a run directory
+    (:mod:`lkstn.runs`) whose manifest holds the row, the recipe, ``data_identity`` and the model:
+    without ``resume`` or ``fresh`` a previous run there is refused, a resume of another run too.
+    ``run_record`` (the command, the machine) is written to ``run.json`` once the run is open.
     """
+    from lkstn.learned.resume import run_identity
+
     model = build_model(exp, row, torch.Generator().manual_seed(seed)).to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for name in ("checkpoint.pt", "log.jsonl", "progress.jsonl", "row.json"):
-            (run_dir / name).unlink(missing_ok=True)
     config = TrainConfig(
         n_steps=n_steps, sigma=SIGMA, batch_size=recipe.batch_size, optimizer=recipe.optimizer,
         lr_predictor=recipe.lr_predictor, lr_classifier=recipe.lr_classifier, seed=seed,
         eval_every=eval_every, checkpoint_every=eval_every, progress=False, nonfinite=nonfinite,
         cuda_graph=cuda_graph, tf32=tf32,
     )  # fmt: skip
-    step = 0
-    if (run_dir / "checkpoint.pt").exists():
-        from lkstn.learned.checkpoint import load_checkpoint
-
-        step = load_checkpoint(run_dir / "checkpoint.pt").step
-    progress = _read_progress(run_dir, step)
-    (run_dir / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in progress))
-    elapsed = progress[-1]["elapsed_s"] if progress else 0.0
-    while step < n_steps and (time_limit_s is None or elapsed < time_limit_s):
-        target = min(n_steps, (step // eval_every + 1) * eval_every)
-        start = time.perf_counter()
-        with _schedule(recipe, n_steps):
-            result = train(model, replace(config, n_steps=target), data, run_dir=run_dir,
-                           resume=True)  # fmt: skip
-        elapsed += time.perf_counter() - start
-        step = target
-        for rec in result.records[-1:]:
-            entry = {"step": rec["step"], "elapsed_s": round(elapsed, 2),
-                     "test_error": rec["test_error"], "test_loss": rec["test_loss"],
-                     "train_loss": rec["train_loss"]}  # fmt: skip
-            if "skipped_steps" in rec:  # every step skipped in this chunk (one record a chunk)
-                entry["skipped_steps"] = [s for r in result.records for s in r["skipped_steps"]]
-            progress.append(entry)
-            with open(run_dir / "progress.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            log(f"{exp.name} {row.name} [{recipe.name}] step {step}/{n_steps} "
-                f"test error {entry['test_error']:.3f}% ({elapsed / 60:.1f} min)")  # fmt: skip
-    if step > 0 and not progress:
-        raise RuntimeError(f"{run_dir} holds a checkpoint at step {step} but no progress.jsonl")
+    cosine_steps = n_steps if recipe.schedule == "cosine" else None  # the decay spans them
+    identity = {"row": row.name, "recipe": asdict(recipe), "cosine_steps": cosine_steps,
+                "data": data_identity}  # fmt: skip
+    files = ("checkpoint.pt", "log.jsonl", "progress.jsonl", "run.json", "row.json")
+    with runs.lock(run_dir):
+        resumed = runs.open_run(run_dir, run_identity(model, config, data, identity),
+                                resume=resume, fresh=fresh, files=files)  # fmt: skip
+        if run_record is not None:
+            _write_run(run_dir, resumed, **run_record)
+        step = _checkpoint_step(run_dir)
+        runs.truncate_records(run_dir / "progress.jsonl", keep=lambda r: r["step"] <= step)
+        progress, rebuilt = row_progress(run_dir)
+        for entry in rebuilt:  # chunks whose record a kill prevented
+            runs.append_record(run_dir / "progress.jsonl", entry)
+        progress += rebuilt
+        elapsed = progress[-1]["elapsed_s"] if progress else 0.0
+        while step < n_steps and (time_limit_s is None or elapsed < time_limit_s):
+            target = min(n_steps, (step // eval_every + 1) * eval_every)
+            start = time.perf_counter()
+            with _schedule(recipe, n_steps):
+                result = train(model, replace(config, n_steps=target), data, run_dir=run_dir,
+                               resume=True, data_identity=identity)  # fmt: skip
+            elapsed += time.perf_counter() - start
+            step = target
+            for rec in result.records[-1:]:
+                entry = {"step": rec["step"], "elapsed_s": round(elapsed, 2),
+                         "test_error": rec["test_error"], "test_loss": rec["test_loss"],
+                         "train_loss": rec["train_loss"]}  # fmt: skip
+                if "skipped_steps" in rec:  # every step skipped in this chunk (one record a chunk)
+                    entry["skipped_steps"] = [s for r in result.records for s in r["skipped_steps"]]
+                progress.append(entry)
+                runs.append_record(run_dir / "progress.jsonl", entry)
+                log(f"{exp.name} {row.name} [{recipe.name}] step {step}/{n_steps} "
+                    f"test error {entry['test_error']:.3f}% ({elapsed / 60:.1f} min)")  # fmt: skip
     if step > 0:
         from lkstn.learned.checkpoint import load_checkpoint
 
@@ -482,7 +512,9 @@ def _save(fig: Any, path: Path) -> Path:
 def add_arguments(parser: Any, exp: Experiment) -> None:
     """Options of ``lkstn reproduce mnist|gtsrb``."""
     names = [r.name for r in exp.rows]
-    parser.add_argument("--data", default=None, help="data root (default: $LKSTN_DATA)")
+    parser.add_argument(
+        "--data", type=types.existing_path, default=None, help="data root (default: $LKSTN_DATA)"
+    )
     parser.add_argument(
         "--rows",
         nargs="+",
@@ -510,30 +542,40 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
         "authors' traffic-sign code; --no-standardize: intensities in [0, 1] (default: "
         f"{'--standardize' if exp.standardize else '--no-standardize'})",
     )
-    parser.add_argument("--iters", type=int, default=None, help="steps per row (default: recipe)")
     parser.add_argument(
-        "--lr-predictor", type=float, default=None, help="override the recipe's predictor rate"
+        "--iters",
+        type=types.integer(1, types.MAX_STEPS),
+        default=None,
+        help="steps per row (default: recipe)",
     )
     parser.add_argument(
-        "--lr-classifier", type=float, default=None, help="override the recipe's classifier rate"
+        "--lr-predictor", type=types.positive_real, default=None, help="override the recipe's rate"
     )
-    parser.add_argument("--eval-every", type=int, default=None, help="default 1000 (quick: 100)")
+    parser.add_argument(
+        "--lr-classifier", type=types.positive_real, default=None, help="override the recipe's rate"
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=types.integer(1, types.MAX_STEPS),
+        default=None,
+        help="default 1000 (quick: 100)",
+    )
     parser.add_argument(
         "--time-limit",
-        type=float,
+        type=types.positive_real,
         default=None,
         metavar="MINUTES",
         help="stop each row after this much wall time (checked every eval)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", type=types.device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=types.integer(1, types.MAX_THREADS),
         default=None,
         help="torch.set_num_threads; on a CPU each batch is cut into one shard per thread",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
+    parser.add_argument("--seed", type=types.seed, default=0, help=f"0..{types.MAX_SEED}")
+    runs.add_arguments(parser, "the selected rows' runs in --out")
     parser.add_argument(
         "--skip-nonfinite",
         action="store_true",
@@ -562,19 +604,20 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
     )
     parser.add_argument(
         "--compare",
+        type=types.existing_path,
         default=None,
         metavar="OUT",
         help="another --out of the same rows: time-to-accuracy section",
     )
     parser.add_argument("--no-figures", action="store_true")
-    parser.add_argument("--out", default=None, help="default runs/<experiment>-<recipe>[-quick]")
+    parser.add_argument(
+        "--out", type=types.output_dir, default=None, help="runs/<experiment>-<recipe>[-quick]"
+    )
 
 
 def run(exp: Experiment, args: Any) -> int:
     """``lkstn reproduce``: train the selected rows, then write the table, JSON and figures."""
-    import sys
 
-    from lkstn.data.errors import DatasetNotFoundError
     from lkstn.errors import UsageError
 
     if args.threads is not None:
@@ -586,13 +629,26 @@ def run(exp: Experiment, args: Any) -> int:
             if not (math.isfinite(value) and value > 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
             recipe = replace(recipe, **{name: value})  # recorded in run.json with the recipe
-    n_steps = args.iters or (200 if args.quick else recipe.n_steps)
-    eval_every = min(n_steps, args.eval_every or (100 if args.quick else 1000))
+    n_steps = args.iters if args.iters is not None else (200 if args.quick else recipe.n_steps)
+    every = args.eval_every if args.eval_every is not None else (100 if args.quick else 1000)
+    eval_every = min(n_steps, every)
     if n_steps < 1 or eval_every < 1:
         raise UsageError(f"--iters and --eval-every must be positive, got {n_steps}, {eval_every}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     out = Path(args.out or f"runs/{exp.name}-{recipe.name}{'-quick' if args.quick else ''}")
+    with runs.lock(out):  # one writer per output folder
+        return _run_rows(exp, args, recipe, n_steps, eval_every, out)
+
+
+def _run_rows(exp: Experiment, args: Any, recipe: Recipe, n_steps: int, eval_every: int,
+              out: Path) -> int:  # fmt: skip
+    """:func:`run` once its arguments are checked and ``out`` is locked."""
+    import sys
+
+    from lkstn.data.errors import DatasetNotFoundError
+    from lkstn.errors import UsageError
+
     frame, standardize = getattr(args, "frame", "own"), args.standardize
     if args.report_only:  # the frame and input the runs were trained with
         for name in args.rows:
@@ -618,23 +674,23 @@ def run(exp: Experiment, args: Any) -> int:
                 models[name] = model
             continue
         command = " ".join(["lkstn", *sys.argv[1:]])
-        _write_run(run_dir, args.resume, recipe=asdict(recipe), n_steps=n_steps,
-                   eval_every=eval_every, time_limit_min=args.time_limit, seed=args.seed,
-                   frame=frame, standardize=standardize, data=data_info,
-                   machine=machine(args.device),
-                   command=command)  # fmt: skip
+        record = dict(recipe=asdict(recipe), n_steps=n_steps, eval_every=eval_every,
+                      time_limit_min=args.time_limit, seed=args.seed, frame=frame,
+                      standardize=standardize, data=data_info, machine=machine(args.device),
+                      command=command)  # fmt: skip
         limit = None if args.time_limit is None else 60.0 * args.time_limit
         try:
             models[name], _ = train_row(
                 exp, row, recipe, data, run_dir, n_steps=n_steps, eval_every=eval_every,
-                time_limit_s=limit, resume=args.resume, device=args.device, seed=args.seed,
-                nonfinite="skip" if args.skip_nonfinite else "stop",
-                cuda_graph=args.cuda_graph, tf32=args.tf32,
+                time_limit_s=limit, resume=args.resume, fresh=args.fresh, device=args.device,
+                seed=args.seed, nonfinite="skip" if args.skip_nonfinite else "stop",
+                cuda_graph=args.cuda_graph, tf32=args.tf32, run_record=record,
+                data_identity={**data_info, "frame": frame, "standardize": standardize},
             )  # fmt: skip
         except TrainingDiverged as exc:  # a failed row is a result: record it, train the next
             print(f"{exp.name} {name}: {exc}", file=sys.stderr)
             record = {**json.loads((run_dir / "run.json").read_text()), "diverged": str(exc)}
-            _write_atomic(run_dir / "run.json", json.dumps(record, indent=2))
+            runs.write_atomic(run_dir / "run.json", json.dumps(record, indent=2))
     report = write_report(exp, out, compare=None if args.compare is None else Path(args.compare))
     print(f"{exp.table}: {len(report['rows'])} rows -> {out / 'table.md'}")
     if data is not None and not args.no_figures and models:
@@ -647,34 +703,16 @@ def run(exp: Experiment, args: Any) -> int:
 
 def _write_run(run_dir: Path, resume: bool, **run: Any) -> None:
     """Write ``run.json`` (how a row was trained); a resume keeps the first record, adds its own."""
-    from lkstn.errors import UsageError
-
     path = run_dir / "run.json"
     if resume and path.exists():
-        first = json.loads(path.read_text())
-        cosine = first["recipe"]["schedule"] == "cosine" and first["n_steps"] != run["n_steps"]
-        if first["recipe"] != run["recipe"] or first["seed"] != run["seed"] or cosine:
-            name, seed = first["recipe"]["name"], first["seed"]
-            raise UsageError(
-                f"--resume: {run_dir} was trained with recipe {name} and seed {seed} "
-                f"({first['n_steps']} steps); pass the same --recipe and --seed (and, for a "
-                "cosine schedule, the same --iters)"
-            )
-        if first.get("frame", "own") != run["frame"]:
-            raise UsageError(
-                f"--resume: {run_dir} was trained with --frame {first.get('frame', 'own')}"
-            )
-        if first.get("standardize", False) != run["standardize"]:
-            flag = "--standardize" if first.get("standardize", False) else "--no-standardize"
-            raise UsageError(f"--resume: {run_dir} was trained with {flag}; pass it again")
+        first = json.loads(path.read_text())  # the manifest has checked the settings
         resumes = first.get("resumes", [])
         resumes.append({k: run[k] for k in ("command", "machine", "n_steps", "time_limit_min")})
         if "diverged" in first:  # this resume goes on from the last checkpoint before it
             resumes[-1]["after"] = f"diverged: {first.pop('diverged')}"
         run = {**first, "n_steps": run["n_steps"], "time_limit_min": run["time_limit_min"],
                "resumes": resumes}  # fmt: skip
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(run, indent=2))
+    runs.write_atomic(path, json.dumps(run, indent=2))
 
 
 def _load_model(
@@ -700,10 +738,10 @@ def collect(exp: Experiment, out: Path) -> list[dict[str, Any]]:
         if not (run_dir / "run.json").exists():
             continue
         run = json.loads((run_dir / "run.json").read_text())
-        progress = _read_progress(run_dir, 10**12)
+        progress = sum(row_progress(run_dir), [])  # rebuilt from the checkpoint and log
         summary = row_summary(exp, row, Recipe(**run["recipe"]), progress)
         summary.update(run=run, finished=bool(progress) and progress[-1]["step"] >= run["n_steps"])
-        (run_dir / "row.json").write_text(json.dumps(summary, indent=2))
+        runs.write_atomic(run_dir / "row.json", json.dumps(summary, indent=2))
         rows.append(summary)
     return rows
 
@@ -745,8 +783,8 @@ def write_report(exp: Experiment, out: Path, *, compare: Path | None = None) -> 
         lines += ["", *time_to_accuracy(rows, other)]
         if rows and other:
             _save(_figure_curves(rows, other), out / "figures" / "time_to_accuracy.png")
-    _write_atomic(out / "results.json", json.dumps(report, indent=2))
-    _write_atomic(out / "table.md", "\n".join(lines) + "\n")
+    runs.write_atomic(out / "results.json", json.dumps(report, indent=2))
+    runs.write_atomic(out / "table.md", "\n".join(lines) + "\n")
     return report
 
 
@@ -812,9 +850,3 @@ def _figure_curves(rows: Sequence[dict], other: Sequence[dict]) -> Any:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

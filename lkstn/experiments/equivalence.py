@@ -6,7 +6,7 @@ compares it with a threshold:
 1. **IC-LK = IC-STN with one linear layer** ([LL17] eqs. (5)-(6)). :meth:`ICSTN.from_iclk`
    copies ``(R, b) = ICLK.regressor()`` into a linear layer; run from the same starts on the
    planar problem (the cat, 50 x 50 template), IC-LK (``tol=0``) and the network produce the same
-   parameter trajectories. Measured: max |difference| over all iterates, float64; affine and
+   parameter trajectories. Measured: max ``|difference|`` over all iterates, float64; affine and
    homography.
 2. **SDM -> IC-LK as the perturbations shrink** ([LL17] eqs. (5)-(7)). The first SDM regressor,
    ridge-fitted on raw pixels at ever smaller ``sigma`` (``alpha = 100 sigma_c^3 M``, ``sigma_c``
@@ -53,8 +53,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lkstn import runs
+from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import fixed_starts
-from lkstn.experiments.planar import _at_least
 from lkstn.experiments.problems import planar_problem
 from lkstn.sampling import pixel_to_canonical, warp_image
 from lkstn.warps import Affine, Homography, Translation, Warp, compose_jacobians
@@ -103,7 +104,7 @@ def iclk_vs_icstn(
     sigma: float = 2.5,
     seed: int = 0,
 ) -> Check:
-    """Max |IC-LK - IC-STN.from_iclk| over the whole trajectory on the cat ([LL17] eqs. (5)-(6))."""
+    """Max ``|IC-LK - IC-STN.from_iclk|`` over the trajectory on the cat ([LL17] eqs. (5)-(6))."""
     import torch
 
     from lkstn.classical.iclk import ICLK
@@ -355,8 +356,12 @@ def markdown_table(checks: list[Check]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lkstn reproduce equivalence``."""
     parser.add_argument("--quick", action="store_true", help="fewer samples (about a minute)")
-    parser.add_argument("--out", default="out/equivalence", help="folder for equivalence.json")
-    parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads")
+    parser.add_argument(
+        "--out", type=types.output_dir, default="out/equivalence", help="for equivalence.json"
+    )
+    parser.add_argument(
+        "--threads", type=types.integer(1, types.MAX_THREADS), default=1, help="torch threads"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -372,7 +377,6 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(markdown_table(checks))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "quick": bool(args.quick),
         "seconds": seconds,
@@ -380,6 +384,6 @@ def run(args: argparse.Namespace) -> int:
         f"({threads} thread), load average {os.getloadavg()[0]:.1f} at the end",
         "checks": [asdict(c) for c in checks],
     }
-    (out / "equivalence.json").write_text(json.dumps(record, indent=2))
+    runs.write_atomic(out / "equivalence.json", json.dumps(record, indent=2))
     print(f"{len(checks)} rows in {seconds:.1f} s -> {out / 'equivalence.json'}")
     return 0 if all(c.passed is not False for c in checks) else 1

@@ -18,6 +18,7 @@ Our recipe (the paper states only "SGD, batch 100"; these are our choices, see d
       run directory and a killed run resumes where it stopped; a finished phase is skipped.
     * ``torch.set_num_threads(1)`` in :func:`run`: on a loaded 2-core machine the per-op thread
       overhead of these tiny tensors made two threads ~10x slower than one.
+
 Evaluation: a fixed test set per sigma (``fixed_starts``, 1000 starts, seed ``seed + 1``), shared
 by every model; Table 1 reports the mean parameter L2 error (canonical units) and the mean corner
 error (template px) after K warps; Fig. 7 continues every network, and LK, CompositionalLK, ICLK
@@ -41,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from lkstn import runs
+from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import _finite_or_none, fixed_starts
 from lkstn.experiments.curves import ErrorCurves, error_curves, plot_curves
 from lkstn.experiments.planar_sweep import add_sweep_arguments, sweep_options
@@ -57,6 +60,7 @@ __all__ = [
     "model_name",
     "run",
     "run_experiment",
+    "run_identity",
     "train_model",
 ]
 
@@ -153,12 +157,9 @@ def train_model(
     for i in range(len(recipe.phases)):  # fresh Adam per phase, its own stream and run dir
         config = phase_config(recipe, sigma, model.n_warps, i, progress)
         train(model, config, data, run_dir=run_dir / f"phase{i}", resume=True)
-    timing = run_dir / "seconds.json"  # wall time summed over the sessions that trained it
-    spent = time.perf_counter() - start
-    if timing.exists():
-        spent += json.loads(timing.read_text())["seconds"]
-    timing.write_text(json.dumps({"seconds": spent}))
-    return spent
+    timing = run_dir / "seconds.jsonl"  # one record per session that trained it, appended
+    runs.append_record(timing, {"seconds": time.perf_counter() - start})
+    return sum(r["seconds"] for r in runs.read_records(timing))
 
 
 def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, Any]:
@@ -180,25 +181,38 @@ def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, An
     }
 
 
-def run_experiment(
-    out: str | Path,
-    recipe: Recipe = Recipe(),
-    *,
-    progress: bool = False,
-    log=print,
-    sweep: str = "batched",
-    executor: str = "local",
-    address: str | None = None,
-) -> dict[str, Any]:
+def run_experiment(out: str | Path, recipe: Recipe = Recipe(), *, progress: bool = False,
+                   log=print, resume: bool = False, fresh: bool = False, sweep: str = "batched",
+                   executor: str = "local",
+                   address: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train every (sigma, depth), evaluate on fixed test sets, write figures and JSON to ``out``.
 
-    ``sweep="batched"`` trains the cells together (:mod:`lkstn.experiments.planar_sweep`, on
-    ``executor``), ``"separate"`` one after the other. Returns the JSON-ready record (also
-    written to ``out/planar.json``).
+    ``out`` is a run directory (:mod:`lkstn.runs`, manifest :func:`run_identity`): ``resume``
+    continues it (refused if made with other settings), ``fresh`` deletes it first, neither
+    refuses an existing run. ``sweep="batched"`` trains the cells together
+    (:mod:`lkstn.experiments.planar_sweep`, on ``executor``), ``"separate"`` one after the
+    other. Returns the JSON-ready record (also written to ``out/planar.json``; it,
+    ``table1.md`` and the figures are rebuilt at every run).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     prob = planar_problem(SHAPE, warp=Affine())
+    with runs.lock(out):
+        runs.open_run(out, run_identity(recipe, prob), resume=resume, fresh=fresh,
+                      files=("runs", "planar.json", "table1.md"))  # fmt: skip
+        return _run_locked(out, prob, recipe, progress, log, (sweep, executor, address))
+
+
+def run_identity(recipe: Recipe, prob: PlanarProblem) -> dict[str, Any]:
+    """What an output folder's manifest compares: the recipe, the image (SHA-256), the box."""
+    image = {"shape": list(prob.image.shape), "sha256": runs.digest(prob.image.tobytes())}
+    return {"experiment": "planar", "recipe": asdict(recipe), "image": image,
+            "p_true": prob.p_true.tolist()}  # fmt: skip
+
+
+def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, log,
+                how: tuple[str, str, str | None]) -> dict:  # fmt: skip
+    """:func:`run_experiment` with ``out`` open and locked; ``how`` = (sweep, executor, address)."""
+    sweep, executor, address = how
     t0 = time.perf_counter()
     _figure6(prob, out, recipe)
     table: dict[str, dict[str, dict[str, float]]] = {}
@@ -261,8 +275,8 @@ def run_experiment(
         "machine": _machine(),
     }
     record = _finite_or_none(record)  # a diverged estimate is inf: null in the JSON
-    (out / "planar.json").write_text(json.dumps(record, indent=2))
-    (out / "table1.md").write_text(table1_markdown(record))
+    runs.write_atomic(out / "planar.json", json.dumps(record, indent=2))
+    runs.write_atomic(out / "table1.md", table1_markdown(record))
     log(table1_markdown(record))
     log(f"total {total:.0f} s -> {out}")
     return record
@@ -367,16 +381,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one sigma (5 px), depths 1/2/4, 480 steps: about a minute",
     )
-    parser.add_argument("--out", default="out/planar", help="output folder (runs/ inside)")
+    parser.add_argument(
+        "--out", type=types.output_dir, default="out/planar", help="output folder (runs/ inside)"
+    )
     parser.add_argument(
         "--steps",
         type=_at_least(4),
         default=None,
         help="training steps per model, split evenly over the 4 learning-rate phases",
     )
-    parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=types.integer(1, types.MAX_THREADS), default=1, help="torch threads"
+    )
+    parser.add_argument("--seed", type=types.seed, default=0, help=f"0..{types.MAX_SEED}")
     parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
+    runs.add_arguments(parser)
     add_sweep_arguments(parser)
 
 
@@ -388,5 +407,6 @@ def run(args: argparse.Namespace) -> int:
     recipe = replace(QUICK if args.quick else Recipe(), seed=args.seed)
     if args.steps is not None:
         recipe = replace(recipe, n_steps=args.steps)
-    run_experiment(args.out, recipe, progress=args.progress, **sweep_options(args))
+    run_experiment(args.out, recipe, progress=args.progress, resume=args.resume,
+                   fresh=args.fresh, **sweep_options(args))  # fmt: skip
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lkstn.pixels import params_from_pixel_matrix, pixel_from_canonical, pixel_matrix
 from lkstn.sampling import pixel_to_canonical, warp_image
 from lkstn.warps import Warp, warp_from_name
 
@@ -123,39 +124,3 @@ def planar_problem(
     template = warp_image(image, warp, p_true, template_shape, channel_axis=channel_axis)
     box = tuple(float(v) for v in box)
     return PlanarProblem(image, template, p_true, warp, box, channel_axis)
-
-
-def pixel_from_canonical(shape: tuple[int, int]) -> np.ndarray:
-    """3x3 matrix from canonical to pixel coordinates of an ``(H, W)`` frame."""
-    h, w = shape
-    sx, sy = (w - 1) / 2.0, (h - 1) / 2.0
-    return np.array([[sx, 0.0, sx], [0.0, sy, sy], [0.0, 0.0, 1.0]])
-
-
-def pixel_matrix(
-    warp: Warp, p: Any, template_shape: tuple[int, int], image_shape: tuple[int, int]
-) -> np.ndarray:
-    """``(..., 3, 3)`` image-pixel-from-template-pixel matrix of the warp ``p``.
-
-    This is OpenCV's ``warpMatrix`` convention (``findTransformECC``, ``warpAffine`` /
-    ``warpPerspective`` with ``WARP_INVERSE_MAP``): template pixel ``x`` samples input pixel
-    ``M x``.
-    """
-    M = warp.matrix(p)  # (..., 3, 3) image canonical from template canonical
-    canonical_from_pixel = np.linalg.inv(pixel_from_canonical(template_shape))
-    return pixel_from_canonical(image_shape) @ M @ canonical_from_pixel
-
-
-def params_from_pixel_matrix(
-    warp: Warp, M_pix: Any, template_shape: tuple[int, int], image_shape: tuple[int, int]
-) -> np.ndarray:
-    """Inverse of :func:`pixel_matrix`; a ``(..., 2, 3)`` affine matrix is completed."""
-    M_pix = np.asarray(M_pix, dtype=np.float64)
-    if M_pix.shape[-2:] == (2, 3):
-        bottom = np.broadcast_to([0.0, 0.0, 1.0], (*M_pix.shape[:-2], 1, 3))
-        M_pix = np.concatenate([M_pix, bottom], -2)
-    if M_pix.shape[-2:] != (3, 3):
-        raise ValueError(f"M_pix must be (..., 2, 3) or (..., 3, 3), got {M_pix.shape}")
-    image_from_pixel = np.linalg.inv(pixel_from_canonical(image_shape))
-    M = image_from_pixel @ M_pix @ pixel_from_canonical(template_shape)
-    return warp.params(M)

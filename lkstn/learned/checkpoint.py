@@ -8,7 +8,14 @@ leaves either the previous checkpoint or the new one, never a torn file. Reading
 CRC-32s (a flipped bit is refused, never loaded as other weights), loads with
 ``weights_only=True`` (a file that would need arbitrary unpickling, i.e. code execution, is
 refused) and checks every field's type; every failure is a :class:`CheckpointError` with a
-one-line message.
+one-line message. Memory stays bounded: before any member is read, each must be stored
+uncompressed, as ``torch.save`` writes them, so that the sizes its zip directory declares add up
+to no more than the file (a small crafted file cannot make the reader allocate gigabytes). The
+type checks include the size of ``rng_state`` (the CPU generator's state) and, when an optimizer
+is given, the shape of every per-parameter state tensor (momentum, Adam's moments). A checkpoint
+whose model description differs from the model's (a c-STN-1 into an STN, an IC-STN-2 into an
+IC-STN-4) is refused. A write that fails (read-only or full disk) is one line
+(:class:`lkstn.runs.NotWritable`).
 
 Glossary: ``state`` the dictionary stored in the file; ``step`` the number of optimizer steps
 taken when it was written.
@@ -29,7 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+from lkstn.runs import not_writable
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "restore_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "lkstn-checkpoint-1"
 
@@ -83,14 +98,20 @@ def save_checkpoint(
         "config": json.dumps(config or {}, sort_keys=True),
         "model_config": json.dumps(getattr(model, "config", {}), sort_keys=True),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise not_writable(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        raise not_writable(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -130,6 +151,7 @@ def load_checkpoint(
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_sizes(path, archive)
             bad = archive.testzip()  # reads every member and checks its CRC-32
     except Exception as exc:  # BadZipFile, OSError, a damaged header: all the same to the user
         raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
@@ -145,8 +167,71 @@ def load_checkpoint(
     except Exception as exc:  # a damaged pickle fails in many ways (IndexError, KeyError, ...)
         raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
     ckpt = _parse(path, state)
-    _load_into(path, ckpt, model, optimizer)
+    restore_checkpoint(path, ckpt, model, optimizer)
     return ckpt
+
+
+def restore_checkpoint(
+    path: str | os.PathLike,
+    ckpt: Checkpoint,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Load ``ckpt`` (read from ``path``) into ``model`` and ``optimizer`` as
+    :func:`load_checkpoint` does: all or nothing, :class:`CheckpointError` on any misfit."""
+    path = Path(path)
+    wanted = getattr(model, "config", None)
+    if (
+        wanted is not None
+        and ckpt.model_config
+        and ckpt.model_config != json.loads(json.dumps(wanted))
+    ):
+        raise CheckpointError(
+            f"{path} does not fit the model: saved for {ckpt.model_config}, the model is {wanted}"
+        )
+    _check_optimizer_shapes(path, ckpt, optimizer)
+    _load_into(path, ckpt, model, optimizer)
+
+
+def _check_sizes(path: Path, archive: zipfile.ZipFile) -> None:
+    """Every member stored uncompressed, the declared sizes within the file's size."""
+    total, limit = 0, path.stat().st_size
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"checkpoint {path} is not as torch.save writes it: member {info.filename} is "
+                "compressed (refused: its size cannot be bounded before it is inflated)"
+            )
+        total += info.file_size
+        if total > limit:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its members declare more bytes ({total}) than "
+                f"the file holds ({limit})"
+            )
+
+
+def _check_optimizer_shapes(path: Path, ckpt: Checkpoint, optimizer) -> None:
+    """Each saved per-parameter state tensor has its parameter's shape (or is a scalar)."""
+    if optimizer is None or ckpt.optimizer_state is None:
+        return
+    saved = ckpt.optimizer_state
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict):
+        raise CheckpointError(f"{path} is not a valid lkstn checkpoint: malformed optimizer state")
+    ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    shape_of = dict(zip(ids, (p.shape for p in params), strict=False))
+    for key, state in saved["state"].items():
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} is not a valid lkstn checkpoint: optimizer state {key}")
+        for name, value in state.items():
+            if not isinstance(value, torch.Tensor) or value.ndim == 0:
+                continue
+            if key in shape_of and value.shape != shape_of[key]:
+                raise CheckpointError(
+                    f"{path} is not a valid lkstn checkpoint: optimizer {name} of parameter {key} "
+                    f"has shape {list(value.shape)}, the parameter {list(shape_of[key])}"
+                )
 
 
 def _parse(path: Path, state: Any) -> Checkpoint:
@@ -172,8 +257,11 @@ def _parse(path: Path, state: Any) -> Checkpoint:
     ):
         raise bad("optimizer must be an optimizer state_dict or None")
     rng = state.get("rng_state")
-    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
-        raise bad("rng_state must be a uint8 tensor")
+    rng_size = torch.get_rng_state().shape
+    if rng is not None and not (
+        isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == rng_size
+    ):
+        raise bad(f"rng_state must be a uint8 tensor of shape {list(rng_size)}")
     if rng is not None:
         rng = rng.cpu()  # the CPU generator's state, whatever map_location moved it to
     configs = []

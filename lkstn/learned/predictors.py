@@ -104,6 +104,14 @@ class ConvNet(nn.Module):
         Zero the last layer (a geometric predictor then outputs the identity warp ``p = 0``).
     generator : torch.Generator, optional
         Source of the random initial weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.predictors import FC, POOL, Conv, ConvNet
+    >>> net = ConvNet((1, 28, 28), [Conv(7, 4), POOL, FC(6)], init_std=0.1, zero_last=True)
+    >>> net(torch.rand(3, 1, 28, 28)).abs().max().item()  # zero last layer: the identity warp
+    0.0
     """
 
     def __init__(
@@ -189,6 +197,14 @@ class LinearPredictor(ConvNet):
         ``(h, w)`` of a grey sample or ``(C, h, w)``.
     n_params : int
         ``P``, the number of warp parameters (6 for affine).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.predictors import LinearPredictor
+    >>> lin = LinearPredictor((50, 50), 6)
+    >>> tuple(lin.linear.weight.shape), lin(torch.rand(2, 1, 50, 50)).shape
+    ((6, 2500), torch.Size([2, 6]))
     """
 
     def __init__(self, in_shape: tuple[int, int] | tuple[int, int, int], n_params: int) -> None:
@@ -205,7 +221,15 @@ class LinearPredictor(ConvNet):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of learnable parameters of ``module`` (a parameter shared by layers counts once)."""
+    """Number of learnable parameters of ``module`` (a parameter shared by layers counts once).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from lkstn.learned.predictors import count_parameters
+    >>> count_parameters(nn.Linear(10, 3))  # 10 * 3 weights + 3 biases
+    33
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -220,6 +244,14 @@ def mnist_predictor(
     ``"a"``: conv(7x7,4)-conv(7x7,8)-P-FC(48)-FC(8), of STN(a), c-STN-1(a), IC-STN-2/4(a);
     ``"a2"``: conv(9x9,4)-FC(8), one of the two of c-STN-2(a); ``"a4"``: FC(8), one of the four of
     c-STN-4(a); ``"b"``: FC(8), of the "(b)" rows. The last layer is zero.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.predictors import count_parameters, mnist_predictor
+    >>> net = mnist_predictor("a")
+    >>> net(torch.zeros(1, 1, 28, 28)).shape, count_parameters(net)
+    (torch.Size([1, 8]), 26792)
     """
     specs: dict[str, list[Layer]] = {
         "a": [Conv(7, 4), Conv(7, 8), POOL, FC(48), FC(n_params)],
@@ -233,7 +265,14 @@ def mnist_predictor(
 
 
 def mnist_classifier(*, n_classes: int = 10, generator: torch.Generator | None = None) -> ConvNet:
-    """conv(9x9,3)-FC(10), the classifier after the warps of every Table 2 STN row."""
+    """conv(9x9,3)-FC(10), the classifier after the warps of every Table 2 STN row.
+
+    Examples
+    --------
+    >>> from lkstn.learned.predictors import count_parameters, mnist_classifier
+    >>> count_parameters(mnist_classifier())
+    12256
+    """
     spec = [Conv(9, 3), FC(n_classes)]
     return ConvNet(MNIST_SHAPE, spec, init_std=0.1, generator=generator)
 
@@ -244,7 +283,14 @@ def mnist_cnn(
     n_classes: int = 10,
     generator: torch.Generator | None = None,
 ) -> ConvNet:
-    """The baseline CNN(a) or CNN(b) of Table 2 (no spatial transformation)."""
+    """The baseline CNN(a) or CNN(b) of Table 2 (no spatial transformation).
+
+    Examples
+    --------
+    >>> from lkstn.learned.predictors import count_parameters, mnist_cnn
+    >>> count_parameters(mnist_cnn("a")), count_parameters(mnist_cnn("b"))
+    (39079, 19610)
+    """
     specs: dict[str, list[Layer]] = {
         "a": [Conv(3, 3), Conv(3, 6), POOL, Conv(3, 9), Conv(3, 12), FC(48), FC(n_classes)],
         "b": [Conv(9, 2), Conv(9, 4), FC(32), FC(n_classes)],
@@ -255,19 +301,41 @@ def mnist_cnn(
 
 
 def gtsrb_predictor(*, n_params: int = 8, generator: torch.Generator | None = None) -> ConvNet:
-    """conv(7x7,6)-conv(7x7,24)-FC(8), the predictor of the Table 3 STN rows; last layer zero."""
+    """conv(7x7,6)-conv(7x7,24)-FC(8), the predictor of the Table 3 STN rows; last layer zero.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.predictors import gtsrb_predictor
+    >>> gtsrb_predictor()(torch.zeros(1, 3, 36, 36)).shape
+    torch.Size([1, 8])
+    """
     spec = [Conv(7, 6), Conv(7, 24), FC(n_params)]
     return ConvNet(GTSRB_SHAPE, spec, init_std=0.001, zero_last=True, generator=generator)
 
 
 def gtsrb_classifier(*, n_classes: int = 43, generator: torch.Generator | None = None) -> ConvNet:
-    """conv(7x7,6)-conv(7x7,12)-P-FC(43), the classifier after the warps of Table 3."""
+    """conv(7x7,6)-conv(7x7,12)-P-FC(43), the classifier after the warps of Table 3.
+
+    Examples
+    --------
+    >>> from lkstn.learned.predictors import count_parameters, gtsrb_classifier
+    >>> count_parameters(gtsrb_classifier())
+    78775
+    """
     spec = [Conv(7, 6), Conv(7, 12), POOL, FC(n_classes)]
     return ConvNet(GTSRB_SHAPE, spec, init_std=0.01, generator=generator)
 
 
 def gtsrb_cnn(*, n_classes: int = 43, generator: torch.Generator | None = None) -> ConvNet:
-    """conv(7x7,6)-conv(7x7,12)-P-conv(7x7,24)-FC(200)-FC(43), the baseline CNN of Table 3."""
+    """conv(7x7,6)-conv(7x7,12)-P-conv(7x7,24)-FC(200)-FC(43), the baseline CNN of Table 3.
+
+    Examples
+    --------
+    >>> from lkstn.learned.predictors import count_parameters, gtsrb_cnn
+    >>> count_parameters(gtsrb_cnn())
+    200207
+    """
     spec = [Conv(7, 6), Conv(7, 12), POOL, Conv(7, 24), FC(200), FC(n_classes)]
     return ConvNet(GTSRB_SHAPE, spec, init_std=0.01, generator=generator)
 
@@ -289,7 +357,14 @@ _TABLE3_ROWS = ("STN", "c-STN-1", "IC-STN-2", "IC-STN-4")
 
 
 def table2_capacity(row: str) -> int:
-    """Learnable parameters of a Table 2 row (e.g. ``"IC-STN-4(a)"``), as built by this module."""
+    """Learnable parameters of a Table 2 row (e.g. ``"IC-STN-4(a)"``), as built by this module.
+
+    Examples
+    --------
+    >>> from lkstn.learned.predictors import table2_capacity
+    >>> table2_capacity("IC-STN-4(a)")  # one predictor, recurrent, plus the classifier
+    39048
+    """
     if row in ("CNN(a)", "CNN(b)"):
         return count_parameters(mnist_cnn(row[4]))
     if row not in _TABLE2_ROWS:
@@ -303,7 +378,14 @@ def table2_capacity(row: str) -> int:
 
 
 def table3_capacity(row: str) -> int:
-    """Learnable parameters of a Table 3 row (e.g. ``"IC-STN-4"``), as built by this module."""
+    """Learnable parameters of a Table 3 row (e.g. ``"IC-STN-4"``), as built by this module.
+
+    Examples
+    --------
+    >>> from lkstn.learned.predictors import table3_capacity
+    >>> table3_capacity("IC-STN-4")
+    197343
+    """
     if row == "CNN":
         return count_parameters(gtsrb_cnn())
     if row not in _TABLE3_ROWS:

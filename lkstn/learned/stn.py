@@ -37,14 +37,19 @@ M. Jaderberg et al., Spatial Transformer Networks, NeurIPS 2015.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from lkstn._backend import ArrayLike
 from lkstn.learned._torch_warp import WarpSampler
+from lkstn.learned.inputs import check_image, predict
 from lkstn.result import AlignmentResult
 from lkstn.warps import Warp, warp_from_name
+
+if TYPE_CHECKING:
+    from lkstn.classical.iclk import ICLK
 
 __all__ = ["STN", "CSTN", "ICSTN", "AlignThenClassify", "Transformed", "Update"]
 
@@ -63,6 +68,16 @@ class Transformed(NamedTuple):
         The final (composed) warp, ``history[-1]``.
     history : Tensor (n_warps + 1, B, P)
         Warp after each stage; row 0 is ``p_init``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn import ICSTN
+    >>> from lkstn.learned.predictors import LinearPredictor
+    >>> net = ICSTN(LinearPredictor((8, 8), 6), warp="affine", n_warps=2, template_shape=(8, 8))
+    >>> out = net(torch.rand(3, 1, 16, 16))
+    >>> out.image.shape, out.p.shape, out.history.shape
+    (torch.Size([3, 1, 8, 8]), torch.Size([3, 6]), torch.Size([3, 3, 6]))
     """
 
     image: Tensor
@@ -73,7 +88,9 @@ class Transformed(NamedTuple):
 class _Transformer(nn.Module):
     """Shared plumbing: warp, template frame, sampler, input checks and :meth:`align`."""
 
-    def __init__(self, warp: Warp | str, template_shape: tuple[int, int], template: Any) -> None:
+    def __init__(
+        self, warp: Warp | str, template_shape: tuple[int, int], template: ArrayLike | None
+    ) -> None:
         super().__init__()
         self.warp = warp_from_name(warp)
         if not (
@@ -112,11 +129,13 @@ class _Transformer(nn.Module):
             "template_shape": list(self.template_shape),
         }
 
-    def _start(self, image: Tensor, p_init: Any) -> tuple[Tensor, Tensor]:
+    def _start(self, image: Tensor, p_init: ArrayLike | None) -> tuple[Tensor, Tensor]:
         """Check ``image`` ``(B, C, H, W)``; ``p_init`` as ``(B, P)``; broadcast batch 1."""
         if not isinstance(image, Tensor) or image.ndim != 4:
             shape = tuple(getattr(image, "shape", ()))
             raise ValueError(f"image must be a torch tensor (B, C, H, W), got shape {shape}")
+        channels = None if self.template is None else self.template.shape[0]
+        check_image(image, self.sampler.grid.dtype, self.sampler.grid.device, channels)
         P = self.warp.n_params
         if p_init is None:
             return image, image.new_zeros(image.shape[0], P)
@@ -129,7 +148,9 @@ class _Transformer(nn.Module):
             raise ValueError(f"image batch {image.shape[0]} and p_init batch {p.shape[0]} differ")
         return image.expand(B, *image.shape[1:]), p.expand(B, P)
 
-    def _n(self, n: Any, default: int, maximum: int | None = None, name: str = "n_warps") -> int:
+    def _n(
+        self, n: int | None, default: int, maximum: int | None = None, name: str = "n_warps"
+    ) -> int:
         n = default if n is None else n
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {n!r}")
@@ -137,7 +158,9 @@ class _Transformer(nn.Module):
             raise ValueError(f"{name} must be <= {maximum} (the number of predictors), got {n}")
         return n
 
-    def align(self, image: Tensor, p_init: Any, n_iter: int | None = None) -> AlignmentResult:
+    def align(
+        self, image: Tensor, p_init: ArrayLike | None, n_iter: int | None = None
+    ) -> AlignmentResult:
         """Align ``image`` ``(B, C, H, W)`` from ``p_init`` ``(B, P)``: eval mode, no gradients.
 
         Returns
@@ -223,13 +246,15 @@ class STN(_Transformer):
         *,
         warp: Warp | str = "homography",
         template_shape: tuple[int, int],
-        template: Any = None,
+        template: ArrayLike | None = None,
     ) -> None:
         super().__init__(warp, template_shape, template)
         mods = [predictor] if isinstance(predictor, nn.Module) else list(predictor)
         self.predictors = nn.ModuleList(mods)
 
-    def forward(self, image: Tensor, p_init: Any = None, n_warps: int | None = None) -> Transformed:
+    def forward(
+        self, image: Tensor, p_init: ArrayLike | None = None, n_warps: int | None = None
+    ) -> Transformed:
         """Run ``n_warps`` (default: all) modules on ``image`` ``(B, C, H, W)`` from ``p_init``."""
         n = self._n(n_warps, len(self.predictors), len(self.predictors))
         image, p = self._start(image, p_init)
@@ -237,8 +262,8 @@ class STN(_Transformer):
         M = S.matrix(p)
         warped = S.sample(image, M)  # the STN's input: the crop I(p_init)
         history = [p]
-        for f in self.predictors[:n]:
-            dM = S.matrix(f(warped))  # dp = f(I_in(0))
+        for k, f in enumerate(self.predictors[:n]):
+            dM = S.matrix(predict(f, warped, self.warp, first=k == 0))  # dp = f(I_in(0))
             warped = S.sample(warped, dM)  # I_out(0) = I_in(dp), [LL17] eq. (8)
             M = S.compose(M, dM)  # implicit warp: compose(p, dp)
             history.append(S.params(M))
@@ -281,7 +306,7 @@ class CSTN(_Transformer):
         warp: Warp | str = "homography",
         template_shape: tuple[int, int],
         update: Update = "eq10",
-        template: Any = None,
+        template: ArrayLike | None = None,
     ) -> None:
         super().__init__(warp, template_shape, template)
         if isinstance(predictors, nn.Module) and not isinstance(predictors, nn.ModuleList):
@@ -303,18 +328,21 @@ class CSTN(_Transformer):
     def _predictor(self, k: int) -> nn.Module:
         return self.predictors[k]
 
-    def forward(self, image: Tensor, p_init: Any = None, n_warps: int | None = None) -> Transformed:
+    def forward(
+        self, image: Tensor, p_init: ArrayLike | None = None, n_warps: int | None = None
+    ) -> Transformed:
         """Run ``n_warps`` stages on ``image`` ``(B, C, H, W)`` from ``p_init`` ``(B, P)``."""
         n = self._n(n_warps, len(self.predictors), len(self.predictors))
         return self._run(image, p_init, n)
 
-    def _run(self, image: Tensor, p_init: Any, n: int) -> Transformed:
+    def _run(self, image: Tensor, p_init: ArrayLike | None, n: int) -> Transformed:
         image, p = self._start(image, p_init)
         S = self.sampler
         M = S.matrix(p)
         history = [p]
         for k in range(n):
-            dp = self._predictor(k)(S.sample(image, M))  # dp = f(I(p))
+            warped = S.sample(image, M)  # I(p)
+            dp = predict(self._predictor(k), warped, self.warp, first=k == 0)  # dp = f(I(p))
             if self.update == "eq10":
                 M = S.compose(S.matrix(dp), M)  # M(p) <- M(dp) M(p), [LL17] eq. (10)
             else:
@@ -361,7 +389,7 @@ class ICSTN(CSTN):
         n_warps: int = 4,
         template_shape: tuple[int, int],
         update: Update = "eq10",
-        template: Any = None,
+        template: ArrayLike | None = None,
     ) -> None:
         super().__init__(
             [], warp=warp, template_shape=template_shape, update=update, template=template
@@ -378,12 +406,14 @@ class ICSTN(CSTN):
     def _predictor(self, k: int) -> nn.Module:
         return self.predictor
 
-    def forward(self, image: Tensor, p_init: Any = None, n_warps: int | None = None) -> Transformed:
+    def forward(
+        self, image: Tensor, p_init: ArrayLike | None = None, n_warps: int | None = None
+    ) -> Transformed:
         """Run ``n_warps`` recurrences (default ``self.n_warps``) from ``p_init`` ``(B, P)``."""
         return self._run(image, p_init, self._n(n_warps, self.n_warps))
 
     @classmethod
-    def from_iclk(cls, iclk: Any) -> ICSTN:
+    def from_iclk(cls, iclk: ICLK) -> ICSTN:
         """A one-linear-layer IC-STN that runs IC-LK's iterations ([LL17] eqs. (5)-(6)).
 
         The predictor is ``dp = R I(p).ravel() + b`` with ``(R, b) = iclk.regressor()``, acting on
@@ -430,6 +460,17 @@ class AlignThenClassify(nn.Module):
     ``forward(image, p_init)`` returns the class scores ``(B, n_classes)``. The training loop
     (:func:`lkstn.learned.train.train`) gives ``aligner`` and ``classifier`` separate learning
     rates ([LL17] Sec. 5.2).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn import ICSTN
+    >>> from lkstn.learned.predictors import mnist_classifier, mnist_predictor
+    >>> from lkstn.learned.stn import AlignThenClassify
+    >>> icstn = ICSTN(mnist_predictor("a"), warp="homography", n_warps=4, template_shape=(28, 28))
+    >>> model = AlignThenClassify(icstn, mnist_classifier())
+    >>> model(torch.rand(2, 1, 28, 28)).shape  # class scores
+    torch.Size([2, 10])
     """
 
     def __init__(self, aligner: nn.Module, classifier: nn.Module) -> None:
@@ -442,6 +483,6 @@ class AlignThenClassify(nn.Module):
         inner = getattr(self.aligner, "config", {"model": type(self.aligner).__name__})
         return {"model": "AlignThenClassify", "aligner": inner}
 
-    def forward(self, image: Tensor, p_init: Any = None) -> Tensor:
+    def forward(self, image: Tensor, p_init: ArrayLike | None = None) -> Tensor:
         """Class scores ``(B, n_classes)`` of ``image`` ``(B, C, H, W)`` aligned from ``p_init``."""
         return self.classifier(self.aligner(image, p_init).image)

@@ -26,7 +26,7 @@ pixels, ``B`` the batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,13 +37,25 @@ from lkstn.perturb import perturb, perturbation
 from lkstn.result import CONVERGED_PX, corner_error
 from lkstn.warps import Warp
 
+if TYPE_CHECKING:
+    from lkstn.learned.stn import Transformed
+
 __all__ = ["AlignmentData", "Batch", "ClassificationData", "step_generator"]
 
 _TRAIN, _TEST = 0, 1
 
 
 def step_generator(seed: int, step: int, purpose: int = _TRAIN) -> torch.Generator:
-    """A CPU generator whose stream depends on ``(seed, step, purpose)`` only."""
+    """A CPU generator whose stream depends on ``(seed, step, purpose)`` only.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.streams import step_generator
+    >>> a = torch.rand(3, generator=step_generator(0, 5))
+    >>> bool(torch.equal(a, torch.rand(3, generator=step_generator(0, 5))))  # same (seed, step)
+    True
+    """
     key = np.random.SeedSequence([int(seed), int(purpose), int(step)]).generate_state(1, np.uint64)
     return torch.Generator().manual_seed(int(key[0]))
 
@@ -51,7 +63,16 @@ def step_generator(seed: int, step: int, purpose: int = _TRAIN) -> torch.Generat
 @dataclass(frozen=True)
 class Batch:
     """One batch: ``images`` ``(B, C, H, W)`` aligned from ``p_init`` ``(B, P)`` towards
-    ``target``: the true warps ``(B, P)`` (alignment) or the labels ``(B,)`` (classification)."""
+    ``target``: the true warps ``(B, P)`` (alignment) or the labels ``(B,)`` (classification).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn.learned.streams import Batch
+    >>> b = Batch(torch.zeros(4, 1, 28, 28), torch.zeros(4, 8), torch.tensor([0, 1, 2, 3]))
+    >>> b.images.shape[0] == b.p_init.shape[0] == b.target.shape[0]
+    True
+    """
 
     images: Tensor
     p_init: Tensor
@@ -75,6 +96,16 @@ class AlignmentData:
         The source image ``I``.
     p_true : Tensor (P,)
         Warp from the template frame to the box in ``image``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn import Affine
+    >>> from lkstn.learned.streams import AlignmentData, step_generator
+    >>> data = AlignmentData(torch.rand(1, 64, 64), torch.zeros(6))
+    >>> batch = data.batch(Affine(), (50, 50), 5.0, 8, step_generator(0, 0))
+    >>> batch.p_init.shape, batch.target.shape
+    (torch.Size([8, 6]), torch.Size([8, 6]))
     """
 
     image: Tensor
@@ -91,7 +122,7 @@ class AlignmentData:
         object.__setattr__(self, "image", image)
         object.__setattr__(self, "p_true", p_true)
 
-    def to(self, device: Any, dtype: torch.dtype) -> AlignmentData:
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> AlignmentData:
         return AlignmentData(self.image.to(device, dtype), self.p_true.to(device, dtype))
 
     def batch(self, warp: Warp, shape: tuple[int, int], sigma: float, n: int, gen) -> Batch:
@@ -110,12 +141,14 @@ class AlignmentData:
         ]
 
     @staticmethod
-    def loss(out: Any, batch: Batch) -> Tensor:
+    def loss(out: Transformed, batch: Batch) -> Tensor:
         """Mean squared L2 distance between predicted and true warp parameters."""
         return (out.p - batch.target).pow(2).sum(-1).mean()
 
     @staticmethod
-    def errors(out: Any, batch: Batch, warp: Warp, shape: tuple[int, int]) -> dict[str, Tensor]:
+    def errors(
+        out: Transformed, batch: Batch, warp: Warp, shape: tuple[int, int]
+    ) -> dict[str, Tensor]:
         """Per-sample parameter L2 error (canonical units), corner error (px), converged."""
         with torch.no_grad():
             corner = corner_error(warp, out.p, batch.target, shape)
@@ -139,6 +172,17 @@ class ClassificationData:
     frame : Tensor (P,), optional
         Warp from the template frame to a box shared by every image (``None``: the whole image
         is the template frame).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lkstn import Homography
+    >>> from lkstn.learned.streams import ClassificationData, step_generator
+    >>> x, y = torch.rand(10, 1, 28, 28), torch.arange(10)
+    >>> data = ClassificationData(x, y, x[:4], y[:4])
+    >>> batch = data.batch(Homography(), (28, 28), 3.0, 5, step_generator(0, 0))
+    >>> batch.images.shape, batch.p_init.shape, batch.target.shape
+    (torch.Size([5, 1, 28, 28]), torch.Size([5, 8]), torch.Size([5]))
     """
 
     images: Tensor
@@ -163,7 +207,7 @@ class ClassificationData:
             if not isinstance(lab, Tensor) or lab.shape != (x.shape[0],):
                 raise ValueError(f"labels of {name} must be ({x.shape[0]},) integers")
 
-    def to(self, device: Any, dtype: torch.dtype) -> ClassificationData:
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ClassificationData:
         return ClassificationData(
             self.images.to(device, dtype),
             self.labels.to(device, torch.long),

@@ -14,7 +14,8 @@ overhead, and kernels large enough to use more than one thread (``benchmarks/swe
 Each model keeps its own data stream (``step_generator(config.seed, step)`` at its ``sigma``, as
 :func:`lkstn.learned.train.train` draws it), learning rate, run directory, ``log.jsonl`` and
 ``checkpoint.pt`` (the format of :mod:`lkstn.learned.checkpoint`, with a ``torch.optim.Adam``
-state, so a model checkpointed by a sweep resumes under ``train`` and back). The function is
+state; :func:`~lkstn.learned.train.train` also asks for a :mod:`lkstn.runs` manifest, which a
+sweep does not write yet, so a sweep's run resumes under a sweep only). The function is
 the one separate training computes, summed in another order (folded standardisation, larger
 kernels): in float64 the trajectories agree to 1e-9 of the weights (``tests/learned/
 test_sweep.py``); in float32 Adam's normalised steps amplify the rounding differences (~1e-2

@@ -25,8 +25,14 @@ update, leaving the last checkpoint intact; with
 ``nonfinite="skip"`` the batch is dropped instead (no update, counted in the log as
 ``skipped_steps``) and the run stops only after ``MAX_SKIPS_IN_A_ROW`` such batches in a row.
 
-Run directory: ``config.json`` (config and model), ``log.jsonl`` (one line per evaluation),
-``checkpoint.pt`` (latest, written atomically).
+Run directory (:mod:`lkstn.runs`): ``manifest.json`` (the configuration, the model description
+with its parameter shapes, the data identity, the seed and the code version; a resume that differs
+in any of them is refused, :func:`run_identity`), ``log.jsonl`` (one line per evaluation, appended
+with fsync; a resume cuts a torn line and the lines past the checkpoint), ``checkpoint.pt``
+(latest, written atomically) and ``lock`` (one writer at a time). A fresh run (no checkpoint)
+seeds every global generator it may use (torch, NumPy, Python ``random``) from ``config.seed``; a
+resumed run restores torch's from the checkpoint; so dropout draws the same masks in two
+identical runs.
 
 Glossary: ``step`` optimizer steps taken; ``lr_predictor``/``lr_classifier`` the learning rates of
 the geometric predictor(s) and of the classifier.
@@ -35,25 +41,33 @@ the geometric predictor(s) and of the classifier.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lkstn import runs
 from lkstn.learned._fast_cpu import fast_cpu_layers
-from lkstn.learned.checkpoint import load_checkpoint, save_checkpoint
+from lkstn.learned.checkpoint import save_checkpoint
 from lkstn.learned.graphed import GraphedStep
+from lkstn.learned.resume import resume_run, run_identity, seed_everything
 from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "evaluate", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "evaluate",
+    "run_identity",
+    "train",
+]
 
 _OPTIMIZERS = ("sgd", "momentum", "adam")
 MAX_SKIPS_IN_A_ROW = 10  # nonfinite="skip": this many non-finite batches in a row stop the run
@@ -65,7 +79,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run (recorded in ``config.json`` and checkpoints).
+    """Hyper-parameters of one training run (recorded in the run manifest and checkpoints).
 
     Attributes
     ----------
@@ -176,6 +190,8 @@ def train(
     *,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    fresh: bool = False,
+    data_identity: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data``; see the module docstring.
 
@@ -186,41 +202,60 @@ def train(
     config : TrainConfig
     data : AlignmentData or ClassificationData
     run_dir : path, optional
-        Where the log and checkpoints go (none without it).
+        Where the manifest, log and checkpoints go (none without it).
     resume : bool
-        Continue from ``run_dir/checkpoint.pt`` when it exists (model, optimizer, step and the
-        global torch RNG state saved with it); start afresh otherwise.
+        Continue the run in ``run_dir`` (model, optimizer, step and the global torch RNG state of
+        its checkpoint); start afresh when it holds none. The run's manifest and the checkpoint's
+        configuration must match ``model``, ``config`` (apart from ``n_steps`` >= the
+        checkpoint's step and the execution settings
+        :data:`lkstn.learned.resume.EXECUTION`) and ``data``.
+    fresh : bool
+        Delete the run in ``run_dir`` first. Without ``resume`` or ``fresh``, a ``run_dir`` that
+        holds a run is refused.
+    data_identity : dict, optional
+        What identifies ``data`` in the manifest (default: shapes, dtypes and SHA-256 of its
+        tensors, :func:`run_identity`).
 
     Raises
     ------
     TrainingDiverged
         When the loss becomes NaN or infinite.
+    lkstn.runs.RunMismatch, lkstn.runs.RunExists, lkstn.runs.RunLocked, lkstn.runs.NotWritable
+        A resume of another run, a run that exists, another writer, a failed write.
     """
     if not isinstance(data, AlignmentData | ClassificationData):
         raise ValueError(f"data must be AlignmentData or ClassificationData, got {type(data)}")
     aligner = getattr(model, "aligner", model)
     if not hasattr(aligner, "warp") or not hasattr(aligner, "template_shape"):
         raise ValueError("model must be an aligner or hold one as model.aligner")
-    first = next(model.parameters(), None)
-    if first is None:
+    if next(model.parameters(), None) is None:
         raise ValueError("model has no parameters to train")
+    if run_dir is None:
+        return _train(model, config, data, None, resume, fresh, data_identity)
+    with runs.lock(run_dir):
+        return _train(model, config, data, Path(run_dir), resume, fresh, data_identity)
+
+
+def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResult:
+    """:func:`train` with the run directory (if any) locked."""
+    first = next(model.parameters())
     device, dtype = first.device, first.dtype
+    workers = config.workers or default_workers(model, config.batch_size)
+    config = replace(config, workers=workers)  # as saved
+    start = 0
+    optimizer = _optimizer(model, config)
+    if run is not None:
+        identity = run_identity(model, config, data, data_identity)
+        runs.open_run(run, identity, resume=resume, fresh=fresh)
+        start = resume_run(run, model, optimizer, config)
+        runs.truncate_records(run / "log.jsonl", keep=lambda r: _record_step(r) <= start)
+    if start == 0:
+        seed_everything(config.seed)
     if config.fast_conv and device.type == "cpu":
         fast_cpu_layers(model)
     data = data.to(device, dtype)
-    workers = config.workers or default_workers(model, config.batch_size)
-    config = replace(config, workers=workers)  # as logged
+    aligner = getattr(model, "aligner", model)
     warp, shape = aligner.warp, aligner.template_shape
-    optimizer = _optimizer(model, config)
-    run = None if run_dir is None else Path(run_dir)
-    start = 0
-    if run is not None:
-        if resume and (run / "checkpoint.pt").exists():
-            ckpt = load_checkpoint(run / "checkpoint.pt", model, optimizer)
-            start = ckpt.step
-            if ckpt.rng_state is not None:  # continue the process's global stream (dropout)
-                torch.set_rng_state(ckpt.rng_state)
-        _start_log(run, config, model, start)
     test = data.test_set(warp, shape, config.sigma, config.batch_size, config.seed, config.n_test)
     records: list[dict[str, float]] = []
     last_saved = start or None
@@ -279,8 +314,7 @@ def train(
                     record["time"] = time.time()
                     records.append(record)
                     if run is not None:
-                        with open(run / "log.jsonl", "a") as f:
-                            f.write(json.dumps(record) + "\n")
+                        runs.append_record(run / "log.jsonl", record)
                 if run is not None and (
                     done % config.checkpoint_every == 0 or done == config.n_steps
                 ):
@@ -341,21 +375,7 @@ def evaluate(model: nn.Module, data, test) -> dict[str, float]:
     return {key: value / n for key, value in sums.items()}
 
 
-def _start_log(run: Path, config: TrainConfig, model: nn.Module, start: int) -> None:
-    """Write ``config.json``; on resume drop log lines past the checkpoint (they will recur) and
-    any torn line."""
-    run.mkdir(parents=True, exist_ok=True)
-    meta = {"config": asdict(config), "model": getattr(model, "config", {})}
-    (run / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    log = run / "log.jsonl"
-    if log.exists():
-        kept = [ln for ln in log.read_text().splitlines() if _record_step(ln) <= start]
-        log.write_text("".join(ln + "\n" for ln in kept))
-
-
-def _record_step(line: str) -> float:
-    """The step of a log line; ``inf`` (dropped) for a torn or foreign line (a kill mid-write)."""
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, TypeError, KeyError):
-        return math.inf
+def _record_step(record: dict[str, Any]) -> float:
+    """The step of a log record; ``inf`` (dropped) for a foreign one."""
+    step = record.get("step")
+    return float(step) if isinstance(step, int | float) else math.inf

@@ -1,11 +1,14 @@
 """Chunked alignment (:func:`lkstn.chunks.align_in_chunks`): the unchunked answer, bounded memory.
 
 - For every aligner (7) and both batch forms (one image with many starts; a batch of images), the
-  chunked result is bit for bit the unchunked one when every chunk holds at least 2 alignments
-  (16 layouts x 2 chunk sizes = 32 cases, counted in the test ids).
-- With chunks of 1 alignment the results agree to rounding (1e-9 in float64, 1e-5 in float32):
-  NumPy and torch send 1-row matrix products to a matrix-vector kernel whose rounding differs in
-  the last bit (``lkstn/chunks.py``, ``docs/reliability.md``).
+  chunked result equals the unchunked one to rounding (16 layouts x 2 chunk sizes = 32 cases,
+  counted in the test ids), and the same call run twice gives the same bits. A chunk changes
+  the shapes of the matrix products, and BLAS picks its kernel (and so its order of summation)
+  by shape and by CPU: the two differ by a few ulps per product, which the iterations carry
+  along (well-conditioned problems: relative 1e-9 in float64, 1e-5 in float32). Bit equality
+  between differently shaped products holds on some BLAS kernels and not on others
+  (``OPENBLAS_CORETYPE``), so it is never asserted.
+- With chunks of 1 alignment (matrix-vector kernels) the results agree to the same rounding.
 - Peak memory: aligning 400 starts with an IC-STN that has a template, measured in a fresh
   interpreter with ``ru_maxrss``, stays within a chunk's working set when chunked, and unchunked
   it does not grow with (starts x iterates x image size).
@@ -134,12 +137,13 @@ def assert_same(a, b, exact: bool = True) -> None:
 
 
 @pytest.mark.parametrize(("name", "layout", "chunk"), GRID, ids=IDS)
-def test_chunked_equals_unchunked_bit_for_bit(name, layout, chunk) -> None:
+def test_chunked_equals_unchunked_to_rounding(name, layout, chunk) -> None:
     model = aligner(name)
     image, p = inputs(name, layout)
     whole = model.align(image, p)
     chunked = align_in_chunks(model, image, p, chunk_size=chunk)
-    assert_same(whole, chunked)
+    assert_same(whole, chunked, exact=False)
+    assert_same(chunked, align_in_chunks(model, image, p, chunk_size=chunk))  # same call: same bits
     n = int(np.prod(as_numpy(whole.converged).shape))
     assert n == 30 and n > chunk  # really chunked
 
@@ -148,8 +152,8 @@ def test_chunked_equals_unchunked_bit_for_bit(name, layout, chunk) -> None:
 def test_the_chunk_size_keyword_of_the_classical_aligners(name) -> None:
     model = aligner(name)
     image, p = inputs(name, "one image")
-    assert_same(model.align(image, p, chunk_size=7), model.align(image, p))
-    assert_same(
+    assert_same(model.align(image, p, chunk_size=7), model.align(image, p), exact=False)
+    assert_same(  # the keyword is align_in_chunks itself: the same computation, the same bits
         model.align(image, p, 4, chunk_size=7),
         align_in_chunks(model, image, p, chunk_size=7, n_iter=4),
     )

@@ -213,7 +213,7 @@ def test_killed_8_times_including_mid_write_then_resumed_bit_identical(tmp_path,
 
 
 def test_a_torn_last_log_line_does_not_stop_a_resume(tmp_path) -> None:
-    """``log.jsonl`` is appended without fsync: a full disk or a power cut can leave half a line.
+    """A full disk or a kill inside ``write`` can leave half a line at the end of ``log.jsonl``.
     Resuming must still work, and the log must end up whole and equal to the uninterrupted one."""
     model, data = task()
     train(model, TrainConfig(**{**CONFIG, "n_steps": 16}), data, run_dir=tmp_path)

@@ -1,0 +1,44 @@
+"""Package metadata: one version everywhere, the licence the metadata names, a changelog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import lkstn
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_version_is_the_projects():
+    assert lkstn.__version__ == PYPROJECT["project"]["version"]
+
+
+def test_cli_prints_the_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "lkstn", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"lkstn {lkstn.__version__}"
+
+
+def test_licence_file_matches_the_metadata():
+    assert PYPROJECT["project"]["license"] == {"text": "BSD-3-Clause"}
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("BSD 3-Clause License")
+    assert "Neither the name of the copyright holder" in text  # the third clause
+    assert "License :: OSI Approved :: BSD License" in PYPROJECT["project"]["classifiers"]
+
+
+def test_changelog_and_docs_extra():
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+    docs = " ".join(PYPROJECT["project"]["optional-dependencies"]["docs"])
+    for package in ("sphinx", "pydata-sphinx-theme", "myst-nb", "numpydoc", "jupytext"):
+        assert package in docs
