@@ -46,6 +46,7 @@ from lkstn import runs
 from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import _finite_or_none, fixed_starts
 from lkstn.experiments.curves import ErrorCurves, error_curves, plot_curves
+from lkstn.experiments.planar_sweep import add_sweep_arguments, sweep_options
 from lkstn.experiments.problems import PlanarProblem, planar_problem
 from lkstn.perturb import perturb
 from lkstn.sampling import warp_image
@@ -145,28 +146,17 @@ def train_model(
     resumed run adds its own), in seconds."""
     import torch
 
+    from lkstn.experiments.planar_sweep import phase_config
     from lkstn.learned.streams import AlignmentData
-    from lkstn.learned.train import TrainConfig, train
+    from lkstn.learned.train import train
 
     data = AlignmentData(
         torch.as_tensor(prob.image, dtype=torch.float32)[None],
         torch.as_tensor(prob.p_true, dtype=torch.float32),
     )
-    steps = recipe.n_steps // len(recipe.phases)
     start = time.perf_counter()
-    for i, factor in enumerate(recipe.phases):  # fresh Adam per phase, its own stream and run dir
-        config = TrainConfig(
-            n_steps=steps,
-            sigma=sigma,
-            batch_size=recipe.batch_size,
-            optimizer="adam",
-            lr_predictor=recipe.lr * factor / model.n_warps,
-            seed=recipe.seed * 100 + i,
-            n_test=recipe.batch_size,
-            eval_every=steps,
-            checkpoint_every=min(steps, 500),
-            progress=progress,
-        )
+    for i in range(len(recipe.phases)):  # fresh Adam per phase, its own stream and run dir
+        config = phase_config(recipe, sigma, model.n_warps, i, progress)
         train(model, config, data, run_dir=run_dir / f"phase{i}", resume=True)
     timing = run_dir / "seconds.jsonl"  # one record per process that trained it, appended
     runs.append_record(timing, {"seconds": time.perf_counter() - start})
@@ -193,21 +183,24 @@ def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, An
 
 
 def run_experiment(out: str | Path, recipe: Recipe = Recipe(), *, progress: bool = False,
-                   log=print, resume: bool = False,
-                   fresh: bool = False) -> dict[str, Any]:  # fmt: skip
+                   log=print, resume: bool = False, fresh: bool = False, sweep: str = "batched",
+                   executor: str = "local",
+                   address: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train every (sigma, depth), evaluate on fixed test sets, write figures and JSON to ``out``.
 
     ``out`` is a run directory (:mod:`lkstn.runs`, manifest :func:`run_identity`): ``resume``
     continues it (refused if made with other settings), ``fresh`` deletes it first, neither
-    refuses an existing run. Returns the JSON-ready record (also written to ``out/planar.json``;
-    it, ``table1.md`` and the figures are rebuilt at every run).
+    refuses an existing run. ``sweep="batched"`` trains the cells together
+    (:mod:`lkstn.experiments.planar_sweep`, on ``executor``), ``"separate"`` one after the
+    other. Returns the JSON-ready record (also written to ``out/planar.json``; it,
+    ``table1.md`` and the figures are rebuilt at every run).
     """
     out = Path(out)
     prob = planar_problem(SHAPE, warp=Affine())
     with runs.lock(out):
         runs.open_run(out, run_identity(recipe, prob), resume=resume, fresh=fresh,
                       files=("runs", "planar.json", "table1.md"))  # fmt: skip
-        return _run_locked(out, prob, recipe, progress, log)
+        return _run_locked(out, prob, recipe, progress, log, (sweep, executor, address))
 
 
 def run_identity(recipe: Recipe, prob: PlanarProblem) -> dict[str, Any]:
@@ -217,22 +210,33 @@ def run_identity(recipe: Recipe, prob: PlanarProblem) -> dict[str, Any]:
             "p_true": prob.p_true.tolist()}  # fmt: skip
 
 
-def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, log) -> dict:
-    """:func:`run_experiment` with ``out`` open and locked."""
+def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, log,
+                how: tuple[str, str, str | None]) -> dict:  # fmt: skip
+    """:func:`run_experiment` with ``out`` open and locked; ``how`` = (sweep, executor, address)."""
+    sweep, executor, address = how
     t0 = time.perf_counter()
     _figure6(prob, out, recipe)
     table: dict[str, dict[str, dict[str, float]]] = {}
     curves: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+    trained = {}
+    if sweep == "batched":
+        from lkstn.experiments.planar_sweep import train_table1
+
+        trained = train_table1(recipe, out, executor=executor, address=address, progress=progress)
     for sigma in recipe.sigmas:
         test = fixed_starts(prob.warp, prob.p_true, sigma, SHAPE, recipe.n_test, recipe.seed + 1)
         models = {}
         for depth in recipe.depths:
             name = model_name(depth)
             model = build_model(prob, depth, sigma, recipe)
-            seconds[f"{name} sigma={sigma:g}"] = train_model(
-                model, prob, sigma, recipe, out / "runs" / f"sigma{sigma:g}" / name, progress
-            )
+            if trained:  # batched: the sweep's seconds, shared by its cells
+                model.load_state_dict(trained[(float(sigma), depth)][0])
+                seconds[f"{name} sigma={sigma:g}"] = trained[(float(sigma), depth)][1]
+            else:
+                seconds[f"{name} sigma={sigma:g}"] = train_model(
+                    model, prob, sigma, recipe, out / "runs" / f"sigma{sigma:g}" / name, progress
+                )
             models[name] = model
             log(
                 f"trained {name} at sigma={sigma:g} px ({seconds[f'{name} sigma={sigma:g}']:.0f} s)"
@@ -267,6 +271,7 @@ def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, 
         },
         "curves": curves,
         "train_seconds": seconds,
+        "sweep": sweep,
         "total_seconds": total,
         "machine": _machine(),
     }
@@ -392,6 +397,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=types.seed, default=0, help=f"0..{types.MAX_SEED}")
     parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
     runs.add_arguments(parser)
+    add_sweep_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -402,5 +408,6 @@ def run(args: argparse.Namespace) -> int:
     recipe = replace(QUICK if args.quick else Recipe(), seed=args.seed)
     if args.steps is not None:
         recipe = replace(recipe, n_steps=args.steps)
-    run_experiment(args.out, recipe, progress=args.progress, resume=args.resume, fresh=args.fresh)
+    run_experiment(args.out, recipe, progress=args.progress, resume=args.resume,
+                   fresh=args.fresh, **sweep_options(args))  # fmt: skip
     return 0

@@ -60,7 +60,14 @@ from lkstn.learned.resume import resume_run, run_identity, seed_everything
 from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "run_identity", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "evaluate",
+    "run_identity",
+    "train",
+]
 
 _OPTIMIZERS = ("sgd", "momentum", "adam")
 MAX_SKIPS_IN_A_ROW = 10  # nonfinite="skip": this many non-finite batches in a row stop the run
@@ -300,7 +307,7 @@ def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResul
                                     refresh=False)  # fmt: skip
                 if done % config.eval_every == 0 or done == config.n_steps:
                     record = {"step": done, "train_loss": loss.item(),
-                              **_evaluate(model, data, test)}  # fmt: skip
+                              **evaluate(model, data, test)}  # fmt: skip
                     if config.nonfinite == "skip":  # the steps skipped since the last record
                         record["skipped_steps"] = skipped
                         skipped = []
@@ -347,7 +354,7 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=config.lr_predictor, momentum=momentum)
 
 
-def _evaluate(model: nn.Module, data, test) -> dict[str, float]:
+def evaluate(model: nn.Module, data, test) -> dict[str, float]:
     """Mean test loss and errors over the fixed test perturbations (eval mode, no gradients)."""
     aligner = getattr(model, "aligner", model)
     was_training = model.training
