@@ -13,7 +13,6 @@ import pytest
 from skimage import data, io
 from skimage.color import rgb2gray
 
-from lkstn import ICLK
 from lkstn.cli import main
 
 cv2 = pytest.importorskip("cv2")
@@ -94,18 +93,9 @@ def test_options_of_the_photo_configuration(files, tmp_path):
     assert (tmp_path / "out" / "overlay.png").stat().st_size > 10_000
 
 
-@pytest.mark.skipif("mask" not in ICLK.__init__.__code__.co_varnames, reason="ICLK has no mask")
 def test_rgba_alpha_masks_out_garbage(files, tmp_path):
     code, rec = align(files, "t_rgba.png", "image8.png", tmp_path, "--box", *BOX, "--no-overlay")
     assert code == 0 and corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1
-
-
-def test_rgba_without_mask_support_says_so_or_uses_it(files, tmp_path, capsys):
-    code, rec = align(files, "t_rgba.png", "image8.png", tmp_path, "--box", *BOX, "--no-overlay")
-    err = capsys.readouterr().err
-    accepts = "mask" in ICLK.__init__.__code__.co_varnames
-    assert accepts or "alpha channel ignored" in err
-    assert code in (0, 1) and "Traceback" not in err
 
 
 def test_init_chains_from_a_previous_params_json(files, tmp_path):
@@ -150,16 +140,7 @@ def test_translation_and_similarity_boxes_on_a_non_square_image(files, tmp_path,
     assert code == 0 and corner_rms(rec["pixel_matrix"], H) < tol
 
 
-@pytest.mark.skipif(not hasattr(ICLK, "robust"), reason="ICLK.robust not in this lkstn")
 def test_method_robust(files, tmp_path):
     code, rec = align(files, "t16.png", "image8.png", tmp_path, "--method", "robust", "--box",
                       *BOX, "--no-overlay")  # fmt: skip
     assert code == 0 and corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1
-
-
-def test_robust_without_iclk_robust_is_a_usage_error(files, tmp_path, capsys):
-    if hasattr(ICLK, "robust"):
-        pytest.skip("ICLK.robust exists")
-    assert main(["align", str(files / "t8.png"), str(files / "image8.png"), "--method", "robust",
-                 "--out", str(tmp_path)]) == 2  # fmt: skip
-    assert "--method robust" in capsys.readouterr().err

@@ -14,10 +14,8 @@ and matplotlib only to write the overlay (``--no-overlay`` skips it).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from lkstn.errors import UsageError
 __all__ = ["add_arguments", "build_aligner", "initial_matrix", "run", "read_inputs"]
 
 METHODS = {"iclk": "ICLK", "lk": "LK", "clk": "CompositionalLK", "sdm": "SDM", "robust": "ICLK"}
-DEFAULT_METHOD = "iclk"
+DEFAULT_METHOD = "robust"
 SDM_MAX_VALUES = 50_000_000
 """Bound on ``--sdm-samples`` times the template's pixels (400 MB of float64 samples)."""
 
@@ -182,24 +180,13 @@ def check_options(args: argparse.Namespace, template_shape: tuple[int, int]) -> 
         )
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def build_aligner(args: argparse.Namespace, template: np.ndarray, mask: np.ndarray | None, warp):
-    """The aligner the options ask for, built in one place; returns ``(aligner, notes)``.
-
-    ``notes`` are lines for stderr (e.g. a template mask the method cannot use).
-    """
+    """The aligner the options ask for, built in one place (``mask``: the template's alpha)."""
     import lkstn
 
     check_options(args, template.shape)
-    notes = []
     if args.method == "sdm":
-        return _fit_sdm(args, template, mask, warp), notes
+        return _fit_sdm(args, template, mask, warp)
     cls = getattr(lkstn, METHODS[args.method])
     kwargs: dict[str, Any] = {}
     if args.n_iter is not None:
@@ -211,19 +198,12 @@ def build_aligner(args: argparse.Namespace, template: np.ndarray, mask: np.ndarr
     if args.photometric:
         kwargs["photometric"] = args.photometric
     if args.method == "robust":
-        if not hasattr(cls, "robust"):
-            raise UsageError("--method robust needs ICLK.robust, which this lkstn lacks")
         factory = cls.robust
     else:
         kwargs.setdefault("n_iter", 50)
         factory = cls
-    if mask is not None:
-        if _accepts(factory, "mask"):
-            kwargs["mask"] = mask
-        else:
-            notes.append(f"TEMPLATE's alpha channel ignored: --method {args.method} takes no mask")
     try:
-        return factory(template, warp=warp, **kwargs), notes
+        return factory(template, warp=warp, mask=mask, **kwargs)
     except ValueError as exc:
         raise UsageError(f"TEMPLATE: {exc}") from None
 
@@ -290,9 +270,7 @@ def run(args: argparse.Namespace) -> int:
 
     warp = warp_from_name(args.warp)
     template, mask, [(image, colour)] = read_inputs(args.template, [args.image], ["IMAGE"])
-    aligner, notes = build_aligner(args, template, mask, warp)
-    for line in notes:
-        print(f"lkstn: note: {line}", file=sys.stderr)
+    aligner = build_aligner(args, template, mask, warp)
     H0 = initial_matrix(args, warp, template.shape, image.shape)
     try:
         out = align_pixels(aligner, image, H0, template=template, mask=mask)

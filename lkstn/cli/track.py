@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--gif: at most {MAX_GIF_FRAMES} frames, got {len(args.frames)}")
     warp = warp_from_name(args.warp)
     template, mask, [(first, _)] = read_inputs(args.template, args.frames[:1], ["FRAME 0"])
-    aligner, notes = build_aligner(args, template, mask, warp)
-    for line in notes:
-        print(f"lkstn: note: {line}", file=sys.stderr)
+    aligner = build_aligner(args, template, mask, warp)
     H0 = initial_matrix(args, warp, template.shape, first.shape)
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)

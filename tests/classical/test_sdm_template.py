@@ -276,7 +276,5 @@ def test_min_score_default_is_the_classical_aligners():
     from lkstn import ICLK
     from lkstn.classical.sdm import MIN_SCORE
 
-    theirs = inspect.signature(ICLK).parameters.get("min_score")
-    if theirs is None:
-        pytest.skip("ICLK has no min_score in this tree")
+    theirs = inspect.signature(ICLK).parameters["min_score"]
     assert theirs.default == MIN_SCORE == inspect.signature(SDM).parameters["min_score"].default
