@@ -1,8 +1,10 @@
 """Planar alignment with one linear layer unfolded K times ([LL17] Sec. 5.1, Table 1, Figs. 6-7).
 
-The task: the 50 x 50 template ``CAT_BOX`` of ``skimage.data.chelsea()`` (grey; the paper used a
-Caffe example image), affine starts ``p_init = compose(p_true, delta)`` drawn with the paper's
-noise model at ``sigma`` in {2.5, 5, 7.5, 10} template pixels, and IC-STNs whose geometric
+The task: a 50 x 50 grey template sampled from a box of an image (the *setup*,
+:mod:`lkstn.experiments.planar_setup`: ``chelsea``, the default, or ``paper``, the Caffe image of
+[LL17]), affine starts ``p_init = compose(p_true, delta)`` drawn with the paper's noise model at
+``sigma`` in {2.5, 5, 7.5, 10} (template pixels for ``chelsea``, image pixels for ``paper``,
+converted to template pixels where the noise is drawn), and IC-STNs whose geometric
 predictor is a single linear layer on the pixels, unfolded K = 1 (= c-STN-1), 2, 3, 4 and 6 times
 during training ([LL17] eq. (10) update, ``p <- compose(dp, p)``), trained on the squared L2
 distance between the final warp and ``p_true`` with batches of 100 drawn on the fly.
@@ -21,10 +23,10 @@ Our recipe (the paper states only "SGD, batch 100"; these are our choices, see d
 
 Evaluation: a fixed test set per sigma (``fixed_starts``, 1000 starts, seed ``seed + 1``), shared
 by every model; Table 1 reports the mean parameter L2 error (canonical units) and the mean corner
-error (template px) after K warps; Fig. 7 continues every network, and LK, CompositionalLK, ICLK
-and SDM, past the trained depth (:mod:`lkstn.experiments.curves`).
+error, in template px and in image px, after K warps; Fig. 7 continues every network, and LK,
+CompositionalLK, ICLK and SDM, past the trained depth (:mod:`lkstn.experiments.curves`).
 
-Glossary: ``K`` unfolded warps (depth), ``sigma`` perturbation in template pixels, ``mu, s`` the
+Glossary: ``K`` unfolded warps (depth), ``sigma`` perturbation in the setup's unit, ``mu, s`` the
 standardisation.
 """
 
@@ -33,10 +35,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
-import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,22 @@ import numpy as np
 from lkstn import runs
 from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import _finite_or_none, fixed_starts
-from lkstn.experiments.curves import ErrorCurves, error_curves, plot_curves
+from lkstn.experiments.curves import ErrorCurves, error_curves
+from lkstn.experiments.planar_report import figure6, figure7, machine, table1_markdown
+from lkstn.experiments.planar_setup import (
+    PAPER_TABLE1,
+    QUICK,
+    SETUPS,
+    SHAPE,
+    Recipe,
+    model_name,
+    setup_of,
+)
 from lkstn.experiments.planar_sweep import add_sweep_arguments, sweep_options
-from lkstn.experiments.problems import PlanarProblem, planar_problem
+from lkstn.experiments.problems import PlanarProblem
+from lkstn.machine import fingerprint
 from lkstn.perturb import perturb
 from lkstn.sampling import warp_image
-from lkstn.warps import Affine
 
 __all__ = [
     "PAPER_TABLE1",
@@ -59,48 +69,11 @@ __all__ = [
     "build_model",
     "model_name",
     "run",
+    "table1_markdown",
     "run_experiment",
     "run_identity",
     "train_model",
 ]
-
-# Published values, for display only (never used in a computation): [LL17] Table 1, test error of
-# the planar experiment; the paper does not state the unit.
-PAPER_TABLE1 = {
-    "c-STN-1": {2.5: 2.699, 5.0: 5.576, 7.5: 9.491, 10.0: 9.218},
-    "IC-STN-2": {2.5: 0.615, 5.0: 2.268, 7.5: 5.283, 10.0: 5.502},
-    "IC-STN-3": {2.5: 0.434, 5.0: 1.092, 7.5: 2.877, 10.0: 3.020},
-    "IC-STN-4": {2.5: 0.292, 5.0: 0.481, 7.5: 1.476, 10.0: 2.287},
-    "IC-STN-6": {2.5: 0.027, 5.0: 0.125, 7.5: 0.245, 10.0: 1.305},
-}
-SHAPE = (50, 50)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training and evaluation settings of one run of the experiment (recorded in the JSON)."""
-
-    sigmas: tuple[float, ...] = (2.5, 5.0, 7.5, 10.0)
-    depths: tuple[int, ...] = (1, 2, 3, 4, 6)
-    n_steps: int = 4000
-    lr: float = 2.4e-5
-    phases: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)
-    batch_size: int = 100
-    n_stats: int = 1000
-    n_test: int = 1000
-    n_curve: int = 12
-    n_sdm: int = 2000
-    seed: int = 0
-
-
-QUICK = Recipe(
-    sigmas=(5.0,), depths=(1, 2, 4), n_steps=480, lr=4e-5, n_test=300, n_curve=8, n_sdm=500
-)
-
-
-def model_name(depth: int) -> str:
-    """``c-STN-1`` for one warp, ``IC-STN-K`` otherwise (the rows of [LL17] Table 1)."""
-    return "c-STN-1" if depth == 1 else f"IC-STN-{depth}"
 
 
 @functools.cache
@@ -131,7 +104,8 @@ def build_model(prob: PlanarProblem, depth: int, sigma: float, recipe: Recipe):
     from lkstn.learned.stn import ICSTN
 
     rng = np.random.default_rng([recipe.seed, 7, int(sigma * 1000)])
-    starts = perturb(prob.warp, prob.p_true, sigma, SHAPE, rng, n=recipe.n_stats)  # (n, P)
+    px = setup_of(recipe).template_sigma(sigma)
+    starts = perturb(prob.warp, prob.p_true, px, SHAPE, rng, n=recipe.n_stats)  # (n, P)
     crops = warp_image(prob.image, prob.warp, starts, SHAPE)  # (n, h, w)
     standardise = _standardise_class()(crops.mean(0), float(crops.std()))
     predictor = nn.Sequential(standardise, LinearPredictor(SHAPE, prob.warp.n_params))
@@ -172,7 +146,11 @@ def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, An
     kw = {"warp": prob.warp, "n_iter": recipe.n_curve, "tol": 1e-6}
     sdm = SDM(template_shape=SHAPE, warp=prob.warp, n_stages=4, alpha=10.0)
     sdm.fit_perturbed(
-        prob.image, prob.p_true, sigma, recipe.n_sdm, np.random.default_rng(recipe.seed)
+        prob.image,
+        prob.p_true,
+        setup_of(recipe).template_sigma(sigma),
+        recipe.n_sdm,
+        np.random.default_rng(recipe.seed),
     )
     return {
         "LK": LK(prob.template, **kw),
@@ -182,7 +160,7 @@ def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, An
     }
 
 
-def run_experiment(out: str | Path, recipe: Recipe = Recipe(), *, progress: bool = False,
+def run_experiment(out: str | Path, recipe: Recipe | None = None, *, progress: bool = False,
                    log=print, resume: bool = False, fresh: bool = False, sweep: str = "batched",
                    executor: str = "local",
                    address: str | None = None) -> dict[str, Any]:  # fmt: skip
@@ -195,8 +173,8 @@ def run_experiment(out: str | Path, recipe: Recipe = Recipe(), *, progress: bool
     other. Returns the JSON-ready record (also written to ``out/planar.json``; it,
     ``table1.md`` and the figures are rebuilt at every run).
     """
-    out = Path(out)
-    prob = planar_problem(SHAPE, warp=Affine())
+    out, recipe = Path(out), recipe or Recipe()
+    prob = setup_of(recipe).problem()
     with runs.lock(out):
         runs.open_run(out, run_identity(recipe, prob), resume=resume, fresh=fresh,
                       files=("runs", "planar.json", "table1.md"))  # fmt: skip
@@ -204,9 +182,14 @@ def run_experiment(out: str | Path, recipe: Recipe = Recipe(), *, progress: bool
 
 
 def run_identity(recipe: Recipe, prob: PlanarProblem) -> dict[str, Any]:
-    """What an output folder's manifest compares: the recipe, the image (SHA-256), the box."""
+    """What an output folder's manifest compares: the recipe, the image (SHA-256), the box.
+
+    The setup's name is left out of the recipe: the image and ``p_true`` already say which setup
+    it is, and runs made before setups existed still resume.
+    """
     image = {"shape": list(prob.image.shape), "sha256": runs.digest(prob.image.tobytes())}
-    return {"experiment": "planar", "recipe": asdict(recipe), "image": image,
+    recipe_fields = {k: v for k, v in asdict(recipe).items() if k != "setup"}
+    return {"experiment": "planar", "recipe": recipe_fields, "image": image,
             "p_true": prob.p_true.tolist()}  # fmt: skip
 
 
@@ -215,7 +198,8 @@ def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, 
     """:func:`run_experiment` with ``out`` open and locked; ``how`` = (sweep, executor, address)."""
     sweep, executor, address = how
     t0 = time.perf_counter()
-    _figure6(prob, out, recipe)
+    setup = setup_of(recipe)
+    figure6(prob, out, recipe)
     table: dict[str, dict[str, dict[str, float]]] = {}
     curves: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -225,7 +209,8 @@ def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, 
 
         trained = train_table1(recipe, out, executor=executor, address=address, progress=progress)
     for sigma in recipe.sigmas:
-        test = fixed_starts(prob.warp, prob.p_true, sigma, SHAPE, recipe.n_test, recipe.seed + 1)
+        px = setup.template_sigma(sigma)
+        test = fixed_starts(prob.warp, prob.p_true, px, SHAPE, recipe.n_test, recipe.seed + 1)
         models = {}
         for depth in recipe.depths:
             name = model_name(depth)
@@ -238,9 +223,8 @@ def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, 
                     model, prob, sigma, recipe, out / "runs" / f"sigma{sigma:g}" / name, progress
                 )
             models[name] = model
-            log(
-                f"trained {name} at sigma={sigma:g} px ({seconds[f'{name} sigma={sigma:g}']:.0f} s)"
-            )
+            took = seconds[f"{name} sigma={sigma:g}"]
+            log(f"trained {name} at sigma={sigma:g} {setup.sigma_unit} ({took:.0f} s)")
         nets = error_curves(models, prob.image, prob.p_true, test, recipe.n_curve)
         classical = error_curves(
             _aligners(prob, sigma, recipe),
@@ -259,12 +243,16 @@ def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, 
             row[f"{sigma:g}"] = {
                 "param_l2": both.mean_param_l2[name][depth],
                 "corner_px": both.mean_corner_px[name][depth],
+                "corner_image_px": setup.image_px(both.mean_corner_px[name][depth]),
                 "paper": PAPER_TABLE1.get(name, {}).get(float(sigma)),
             }
-        _figure7(both, {model_name(d): d for d in recipe.depths}, sigma, out)
+        figure7(
+            both, {model_name(d): d for d in recipe.depths}, f"{sigma:g} {setup.sigma_unit}", out
+        )
     total = time.perf_counter() - t0
     record = {
         "recipe": asdict(recipe),
+        "setup": setup.describe(),
         "table1": table,
         "paper_table1_published_values_for_display": {
             k: {f"{s:g}": v for s, v in row.items()} for k, row in PAPER_TABLE1.items()
@@ -273,7 +261,8 @@ def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, 
         "train_seconds": seconds,
         "sweep": sweep,
         "total_seconds": total,
-        "machine": _machine(),
+        "machine": machine(),
+        "fingerprint": fingerprint(),
     }
     record = _finite_or_none(record)  # a diverged estimate is inf: null in the JSON
     runs.write_atomic(out / "planar.json", json.dumps(record, indent=2))
@@ -292,72 +281,6 @@ def _merge(a: ErrorCurves, b: ErrorCurves) -> ErrorCurves:
         "seconds",
     )
     return replace(a, **{f: {**getattr(a, f), **getattr(b, f)} for f in fields})
-
-
-def table1_markdown(record: dict[str, Any]) -> str:
-    """Ours (param L2 canonical / corner px) beside the paper's published values, per sigma."""
-    sigmas = [f"{s:g}" for s in record["recipe"]["sigmas"]]
-    head = "| model | " + " | ".join(f"sigma = {s}: ours L2 / px (paper)" for s in sigmas) + " |"
-    lines = [head, "|---|" + "---|" * len(sigmas)]
-    for name, row in record["table1"].items():
-        cells = []
-        for s in sigmas:
-            r = row[s]
-            paper = "—" if r["paper"] is None else f"{r['paper']:.3f}"
-            l2, px = (math.inf if r[k] is None else r[k] for k in ("param_l2", "corner_px"))
-            cells.append(f"{l2:.3g} / {px:.3g} ({paper})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _figure6(prob: PlanarProblem, out: Path, recipe: Recipe) -> None:
-    """[LL17] Fig. 6: the image, the true (red) and perturbed (yellow) boxes; crops at 7.5 px."""
-    from lkstn.viz import _plt, plot_boxes, plot_grid
-
-    rng = np.random.default_rng([recipe.seed, 6])
-    starts = perturb(prob.warp, prob.p_true, 7.5, SHAPE, rng, n=24)  # (24, P)
-    fig = plot_boxes(
-        prob.image,
-        prob.warp,
-        prob.p_true,
-        starts[:8],
-        title="ground truth (red), perturbed at sigma = 7.5 px (yellow)",
-    )
-    fig.savefig(out / "fig6a_boxes.png", dpi=90)
-    _plt().close(fig)
-    crops = warp_image(prob.image, prob.warp, starts, SHAPE)  # (24, h, w)
-    fig = plot_grid(crops, n_cols=8, title="perturbed 50x50 samples, sigma = 7.5 px")
-    fig.savefig(out / "fig6b_samples.png", dpi=90)
-    _plt().close(fig)
-
-
-def _figure7(curves: ErrorCurves, depth_of: dict[str, int], sigma: float, out: Path) -> None:
-    """[LL17] Fig. 7 for every aligner: mean (left) and median (right) corner error per warp."""
-    from lkstn.viz import _plt
-
-    fig, axes = _plt().subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("mean_corner_px", "median_corner_px"), strict=True):
-        plot_curves(
-            curves,
-            metric=metric,
-            trained_depth=depth_of,
-            ax=ax,
-            title=f"sigma = {sigma:g} px, {curves.n_trials} test starts",
-        )
-    fig.savefig(out / f"fig7_sigma{sigma:g}.png", dpi=80)
-    _plt().close(fig)
-
-
-def _machine() -> str:
-    import os
-
-    import torch
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__} "
-        f"({torch.get_num_threads()} thread), load average {load:.1f} at the end"
-    )
 
 
 def _at_least(minimum: int):
@@ -383,6 +306,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one sigma (5 px), depths 1/2/4, 480 steps: about a minute",
     )
     parser.add_argument(
+        "--setup",
+        choices=sorted(SETUPS),
+        default="chelsea",
+        help="chelsea: skimage's cat, sigma in template px; paper: the Caffe cat.jpg of [LL17]"
+        " with the box of its Fig. 6, sigma in image px (docs/planar.md)",
+    )
+    parser.add_argument(
         "--out", type=types.output_dir, default="out/planar", help="output folder (runs/ inside)"
     )
     parser.add_argument(
@@ -405,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    recipe = replace(QUICK if args.quick else Recipe(), seed=args.seed)
+    recipe = replace(QUICK if args.quick else Recipe(), seed=args.seed, setup=args.setup)
     if args.steps is not None:
         recipe = replace(recipe, n_steps=args.steps)
     run_experiment(args.out, recipe, progress=args.progress, resume=args.resume,

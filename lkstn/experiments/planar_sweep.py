@@ -26,17 +26,18 @@ from lkstn.experiments.executors import add_executor_arguments, run_jobs
 
 __all__ = ["add_sweep_arguments", "phase_config", "sweep_options", "train_cells", "train_table1"]
 
-Cell = tuple[float, int]  # (sigma in template px, depth K)
+Cell = tuple[float, int]  # (sigma in the setup's unit, depth K)
 
 
 def phase_config(recipe: Any, sigma: float, depth: int, phase: int, progress: bool = False):
     """The :class:`~lkstn.learned.train.TrainConfig` of one learning-rate phase of one model."""
+    from lkstn.experiments.planar_setup import setup_of
     from lkstn.learned.train import TrainConfig
 
     steps = recipe.n_steps // len(recipe.phases)
     return TrainConfig(
         n_steps=steps,
-        sigma=sigma,
+        sigma=setup_of(recipe).template_sigma(sigma),
         batch_size=recipe.batch_size,
         optimizer="adam",
         lr_predictor=recipe.lr * recipe.phases[phase] / depth,
@@ -72,13 +73,12 @@ def train_cells(
     """Train ``cells`` together (one sweep per phase); ``{cell: (state_dict, seconds)}``."""
     import torch
 
-    from lkstn.experiments.planar import SHAPE, build_model, model_name
-    from lkstn.experiments.problems import planar_problem
+    from lkstn.experiments.planar import build_model, model_name
+    from lkstn.experiments.planar_setup import setup_of
     from lkstn.learned.streams import AlignmentData
     from lkstn.learned.sweep import train_sweep
-    from lkstn.warps import Affine
 
-    prob = planar_problem(SHAPE, warp=Affine())
+    prob = setup_of(recipe).problem()
     data = AlignmentData(
         torch.as_tensor(prob.image, dtype=torch.float32)[None],
         torch.as_tensor(prob.p_true, dtype=torch.float32),
