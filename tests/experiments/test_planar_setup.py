@@ -123,9 +123,9 @@ def test_bad_setup_values_are_one_line_errors(tmp_path, capsys):
         PlanarSetup("x", "x", (0.0, 0.0, 10.0, 10.0), "metres", caffe_cat)
 
 
-@pytest.mark.slow
 def test_the_wheel_ships_the_image_and_its_notice(tmp_path):
-    """``pip wheel .`` (package data in pyproject.toml): the image travels with the package."""
+    """``pip wheel .`` (package data in pyproject.toml): the image travels with the package
+    (a few seconds without build isolation)."""
     import subprocess
     import sys
 
