@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class PlanarSetup:
     image: str  # what the image is, for the record
     box: tuple[float, float, float, float]
     sigma_unit: str  # "template px" or "image px"
-    load: Callable[[], np.ndarray]  # the grey image in [0, 1]
+    load: Callable[[], np.ndarray] | None  # the grey image in [0, 1]; None: chelsea()
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.box
@@ -140,10 +141,11 @@ class PlanarSetup:
 
     def problem(self) -> PlanarProblem:
         """The affine problem: grey image, ``p_true`` onto the box, 50 x 50 template."""
-        return planar_problem(SHAPE, warp=Affine(), box=self.box, image=self.load())
+        image = None if self.load is None else self.load()
+        return planar_problem(SHAPE, warp=Affine(), box=self.box, image=image)
 
-    def describe(self) -> dict:
-        """JSON-ready description (the run's manifest and record hold it)."""
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (``planar.json`` records it)."""
         return {
             "name": self.name,
             "image": self.image,
@@ -153,12 +155,6 @@ class PlanarSetup:
         }
 
 
-def _chelsea() -> np.ndarray:
-    from skimage import color, data, img_as_float
-
-    return color.rgb2gray(img_as_float(data.chelsea()))
-
-
 def _caffe_cat() -> np.ndarray:
     from lkstn.data.images import caffe_cat
 
@@ -166,9 +162,7 @@ def _caffe_cat() -> np.ndarray:
 
 
 SETUPS = {
-    "chelsea": PlanarSetup(
-        "chelsea", "skimage.data.chelsea(), grey", CAT_BOX, "template px", _chelsea
-    ),
+    "chelsea": PlanarSetup("chelsea", "skimage.data.chelsea(), grey", CAT_BOX, "template px", None),
     "paper": PlanarSetup(
         "paper", "Caffe examples/images/cat.jpg, grey", PAPER_BOX, "image px", _caffe_cat
     ),
