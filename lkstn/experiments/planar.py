@@ -97,7 +97,8 @@ def _standardise_class():
 
 
 def build_model(prob: PlanarProblem, depth: int, sigma: float, recipe: Recipe):
-    """An IC-STN with one (standardised) linear layer, ``n_warps = depth``, float32."""
+    """An IC-STN with one (standardised) linear layer, ``n_warps = depth``, float32; ``sigma``
+    is in the unit of ``recipe.setup``."""
     from torch import nn
 
     from lkstn.learned.predictors import LinearPredictor
