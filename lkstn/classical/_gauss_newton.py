@@ -117,6 +117,7 @@ class GaussNewton:
         pyramid: int = 1,
         mask: Any = None,
         min_score: float = MIN_SCORE,
+        backtrack: bool = False,
     ) -> None:
         self.warp = warp_from_name(warp)
         self.n_iter = _check_int(n_iter, "n_iter", 0)
@@ -138,6 +139,7 @@ class GaussNewton:
         if not (isinstance(min_score, int | float) and -1 <= min_score <= 1):
             raise ValueError(f"min_score must be a number in [-1, 1], got {min_score!r}")
         self.min_score = float(min_score)
+        self.backtrack = bool(backtrack)
         self.mask = check_mask(mask, self.template_shape)  # (h, w) weights or None
         pyr = gaussian_pyramid(T, self.pyramid, channel_axis=-1)
         masks = [None] * self.pyramid
@@ -292,7 +294,12 @@ class GaussNewton:
         return score
 
     def _iterate(self, level, sampler, p, index, state, history, cost) -> None:
-        """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``."""
+        """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``.
+
+        With ``self.backtrack``, a step that raised the cost is taken back and halved: the next
+        row is ``update(p_before, dp / 2)`` instead of a step from the worse point."""
+        n, P = p.shape
+        before, c_before, dp_before = p.copy(), np.full(n, np.nan), np.zeros((n, P))
         for k in range(len(history)):
             live = np.flatnonzero(state.live)
             if live.size == 0:  # every alignment frozen: the remaining rows repeat the last
@@ -310,7 +317,15 @@ class GaussNewton:
                 live, work = live[~retire], tuple(w[~retire] for w in work)
             if live.size:
                 dp, ok = self._step(level, p[live], *work)  # (3)-(8) the update dp
-                p_new = self._update(p[live], dp)  # (9) update the warp
+                p_from = p[live]
+                if self.backtrack:  # a step that raised the cost: back, half as far
+                    back = state.cost[live] > c_before[live]  # False while c_before is NaN
+                    dp[back], ok[back] = 0.5 * dp_before[live[back]], True
+                    p_from[back] = before[live[back]]
+                    keep = live[~back]
+                    before[keep], c_before[keep] = p[keep], state.cost[keep]
+                    dp_before[live] = dp
+                p_new = self._update(p_from, dp)  # (9) update the warp
                 ok &= np.isfinite(p_new).all(-1) & np.isfinite(state.cost[live])
                 small = ok & (np.linalg.norm(dp, axis=-1) <= self.tol)
                 p[live[ok]] = p_new[ok]

@@ -175,6 +175,7 @@ class ICLK(GaussNewton):
         mask: Any = None,
         min_score: float = MIN_SCORE,
         refine: bool = False,
+        backtrack: bool = False,
     ) -> None:
         try:
             self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
@@ -192,7 +193,7 @@ class ICLK(GaussNewton):
         self.gradient_sigma = float(gradient_sigma)  # read by _prepare_level, called below
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
-            min_score=min_score,
+            min_score=min_score, backtrack=backtrack,
         )  # fmt: skip
         self.refine = bool(refine) and self.gradient_sigma > 0
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
