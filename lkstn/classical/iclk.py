@@ -125,6 +125,14 @@ class ICLK(GaussNewton):
         include points where ``I(p) - T`` is not at a minimum (on photographs: a few pixels
         off with a correlation of 0.9, ``docs/registration.md``); the plain step starts from
         there, inside its own basin, and ends at the minimum.
+    backtrack : bool
+        Take back a step that raised the cost (at that level) and try half of it instead: the
+        cost of the accepted iterates never rises. Off by default: on photographs an uphill
+        step sometimes crosses a ridge into the right basin (``docs/registration.md``).
+    second_look : float
+        Alignments whose final score is below this are run again from their start with the other
+        step rule (``backtrack`` flipped), keeping the result with the higher score (its whole
+        history). ``-1`` (default): never.
 
     Attributes
     ----------
@@ -176,6 +184,7 @@ class ICLK(GaussNewton):
         min_score: float = MIN_SCORE,
         refine: bool = False,
         backtrack: bool = False,
+        second_look: float = -1.0,
     ) -> None:
         try:
             self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
@@ -193,7 +202,7 @@ class ICLK(GaussNewton):
         self.gradient_sigma = float(gradient_sigma)  # read by _prepare_level, called below
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
-            min_score=min_score, backtrack=backtrack,
+            min_score=min_score, backtrack=backtrack, second_look=second_look,
         )  # fmt: skip
         self.refine = bool(refine) and self.gradient_sigma > 0
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
