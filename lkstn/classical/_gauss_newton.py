@@ -294,10 +294,12 @@ class GaussNewton:
 
         A coarse level sees few pixels; on a template with little texture there (an edge, a
         corner of a homography) it can walk far off, which the finer level cannot undo. The
-        guard costs one measurement per level; it never makes an alignment worse than the same
-        level started afresh."""
-        c_now = self._measure(level, sampler, p, index)[0]
-        c_start = self._measure(level, sampler, p_start, index)[0]
+        guard costs one measurement (of both points) per level; it never makes an alignment
+        worse than the same level started afresh."""
+        both = None if index is None else np.concatenate([index, index])
+        c_now, c_start = np.split(
+            self._measure(level, sampler, np.vstack([p, p_start]), both)[0], 2
+        )
         reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))
         p[reset] = p_start[reset]
         state.failed &= ~reset

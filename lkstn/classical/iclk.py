@@ -30,6 +30,7 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +39,13 @@ from scipy import ndimage
 
 from lkstn.classical._gauss_newton import _RCOND, MIN_SCORE, GaussNewton, Level, singular
 from lkstn.classical.photometric import Photometric
-from lkstn.classical.robust import robust_settings
+from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
 from lkstn.sampling import image_gradients
 
 __all__ = ["ICLK"]
 
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+_BUILT: dict = {}  # (class, built_key) -> aligner, oldest first
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,10 @@ class ICLK(GaussNewton):
         to gain and offset; ``overrides`` replace any of these settings (or add others, e.g.
         ``channel_axis=-1``). The paper's IC-LK stays ``ICLK``'s default.
 
+        The last ``BUILT_SIZE`` aligners built here are kept: the same template (same pixels),
+        warp, mask and overrides again returns a shallow copy of the one built, sharing its
+        precomputed levels (which ``align`` only reads), without building it again.
+
         Examples
         --------
         >>> import numpy as np
@@ -237,9 +243,16 @@ class ICLK(GaussNewton):
         >>> bool(result.converged), bool(np.allclose(result.p, p_true, atol=1e-4))
         (True, True)
         """
+        key = built_key(template, warp, mask, overrides)
+        if key is not None and (cls, key) in _BUILT:  # what it precomputes, shared read-only
+            return copy.copy(_BUILT[cls, key])
         settings = robust_settings(np.shape(template)[:2])
         settings.update(overrides)
-        return cls(template, warp, mask=mask, **settings)
+        aligner = cls(template, warp, mask=mask, **settings)
+        if key is not None:
+            _BUILT.pop(next(iter(_BUILT))) if len(_BUILT) >= BUILT_SIZE else None
+            _BUILT[cls, key] = aligner
+        return copy.copy(aligner)
 
     def _prepare_level(self, level: Level, smoothing: bool = True) -> _ICLevel:
         J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4

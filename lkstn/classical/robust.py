@@ -38,15 +38,21 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-__all__ = ["COARSEST", "SECOND_LOOK", "SMOOTHING", "robust_settings"]
+import numpy as np
+
+__all__ = ["BUILT_SIZE", "COARSEST", "SECOND_LOOK", "SMOOTHING", "built_key", "robust_settings"]
 
 COARSEST = 24
 """Smallest side (pixels) of the template at the coarsest pyramid level."""
 
 SMOOTHING = 0.04
 """``gradient_sigma`` as a fraction of the template's smaller side minus one."""
+
+BUILT_SIZE = 16
+"""How many aligners ``ICLK.robust`` keeps, to return again for the same template."""
 
 SECOND_LOOK = 0.8
 """Final score below which an alignment is run again with the other step rule (``ICLK``'s
@@ -81,3 +87,21 @@ def robust_settings(
         "n_iter": 50,
         "tol": 1e-4,
     }
+
+
+def built_key(template: Any, warp: Any, mask: Any, overrides: dict) -> tuple | None:
+    """What makes two ``ICLK.robust`` aligners the same: a digest of the template's and the
+    mask's pixels, the warp and the overrides; None when something is not hashable."""
+
+    def digest(a: Any) -> tuple | None:
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a)
+        return a.shape, a.dtype.str, hashlib.blake2b(a.view(np.uint8), digest_size=16).digest()
+
+    try:
+        key = (digest(template), repr(warp), digest(mask), tuple(sorted(overrides.items())))
+        hash(key)
+    except (TypeError, ValueError):  # an unhashable override, or an array that is not numbers
+        return None
+    return key

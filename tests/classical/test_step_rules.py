@@ -29,9 +29,7 @@ def test_backtrack_halves_a_step_that_raised_the_cost():
     template = warp_image(image, Translation(), p_true, (24, 24))
     rng = np.random.default_rng(1)
     starts = p_true + rng.normal(0.0, 0.12, (60, 2))  # up to ~10 px: overshoots happen
-    result = ICLK(template, "translation", n_iter=30, tol=1e-9, backtrack=True).align(
-        image, starts
-    )
+    result = ICLK(template, "translation", n_iter=30, tol=1e-9, backtrack=True).align(image, starts)
     h, c = result.history, result.cost
     rejected = 0
     for i in range(len(starts)):
