@@ -42,7 +42,7 @@ from lkstn.classical.photometric import Photometric
 from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
 from lkstn.sampling import image_gradients
 
-__all__ = ["ICLK"]
+__all__ = ["ICLK", "clear_built"]
 
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 _BUILT: dict = {}  # (class, built_key) -> aligner, oldest first
@@ -367,6 +367,11 @@ class ICLK(GaussNewton):
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         return compose_inverse(self.warp, p, dp)  # p <- p o dp^-1, [BM04] Fig. 4 step 9
+
+
+def clear_built() -> None:
+    """Forget the aligners ``ICLK.robust`` keeps (the next call for any template builds anew)."""
+    _BUILT.clear()
 
 
 def compose_inverse(warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
