@@ -134,7 +134,8 @@ def iclk(template, image, warp, p_init, robust: bool, overrides: dict):
         shape = {k: overrides[k] for k in ("coarsest", "smoothing") if k in overrides}
         settings = robust_settings(template.shape, **shape) if shape else {}
         settings.update({k: v for k, v in overrides.items() if k not in shape})
-        aligner = ICLK.robust(template, warp=warp, min_score=-1.0, **settings)
+        settings["min_score"] = -1.0  # the score is judged in confusion()
+        aligner = ICLK.robust(template, warp=warp, **settings)
     else:
         aligner = ICLK(template, warp, n_iter=50, min_score=-1.0)
     result = aligner.align(image, p_init)
