@@ -199,6 +199,14 @@ def convergence(args, overrides: dict) -> list[dict]:
                             err = safe_corner_error(warp, p, p_true, (side, side))
                             right = err < tolerance(side)
                             hits[method] += int(right.sum())
+                            if args.per_photo and method == "ICLK.robust":
+                                wrong = ", ".join(
+                                    f"{e:.1f} px/{s:.2f}"
+                                    for e, s in zip(err[~right], score[~right], strict=True)
+                                )
+                                off = f"; off (px/score): {wrong}" if wrong else ""
+                                name = list(boxes)[k]
+                                print(f"    {name}: {int(right.sum())} of {len(right)}{off}")
                             if method in signal:
                                 add(signal[method], confusion(right, stopped, score))
                     pct = {m: round(100.0 * hits[m] / max(n, 1), 1) for m in METHODS}
@@ -349,6 +357,11 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--repeats", type=int, default=5, help="--timing: repeats per pair")
     ap.add_argument("--robust", nargs="*", default=[], help="ICLK.robust overrides KEY=VALUE")
+    ap.add_argument(
+        "--per-photo",
+        action="store_true",
+        help="before each cell's line, ICLK.robust per photo (error/score of misses)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", type=Path, help="print the markdown tables of a report, only")
     args = ap.parse_args(argv)
