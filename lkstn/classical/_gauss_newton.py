@@ -47,6 +47,7 @@ import numpy as np
 
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler
+from lkstn.classical.checks import check_int, check_template
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.classical.region import change_frame, check_mask, crop_around, root_weights
 from lkstn.result import AlignmentResult
@@ -117,17 +118,19 @@ class GaussNewton:
         pyramid: int = 1,
         mask: Any = None,
         min_score: float = MIN_SCORE,
+        backtrack: bool = False,
+        second_look: float = -1.0,
     ) -> None:
         self.warp = warp_from_name(warp)
-        self.n_iter = _check_int(n_iter, "n_iter", 0)
+        self.n_iter = check_int(n_iter, "n_iter", 0)
         self.tol = float(tol)
         if not (np.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-        self.pyramid = _check_int(pyramid, "pyramid", 1)
+        self.pyramid = check_int(pyramid, "pyramid", 1)
         if channel_axis not in (None, -1):
             raise ValueError(f"channel_axis must be None or -1, got {channel_axis!r}")
         self.channel_axis = channel_axis
-        T = _check_template(template, channel_axis)  # (h, w, C)
+        T = check_template(template, channel_axis)  # (h, w, C)
         self.template_shape: tuple[int, int] = T.shape[:2]
         coarsest = level_shape(self.template_shape, self.pyramid - 1)
         if min(coarsest) < MIN_SIZE:
@@ -138,6 +141,10 @@ class GaussNewton:
         if not (isinstance(min_score, int | float) and -1 <= min_score <= 1):
             raise ValueError(f"min_score must be a number in [-1, 1], got {min_score!r}")
         self.min_score = float(min_score)
+        self.backtrack = bool(backtrack)
+        if not (isinstance(second_look, int | float) and -1 <= second_look <= 1):
+            raise ValueError(f"second_look must be a number in [-1, 1], got {second_look!r}")
+        self.second_look = float(second_look)
         self.mask = check_mask(mask, self.template_shape)  # (h, w) weights or None
         pyr = gaussian_pyramid(T, self.pyramid, channel_axis=-1)
         masks = [None] * self.pyramid
@@ -223,7 +230,7 @@ class GaussNewton:
         """
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
-        n_iter = self.n_iter if n_iter is None else _check_int(n_iter, "n_iter", 0)
+        n_iter = self.n_iter if n_iter is None else check_int(n_iter, "n_iter", 0)
         images, p, index, batch_shape = self._parse(image, p_init)
         p_given = p.copy()
         crop = crop_around(images, self.warp, p, self.pyramid) if index is None else None
@@ -231,32 +238,21 @@ class GaussNewton:
             images, to_crop = crop
             p = change_frame(to_crop, p)
         pyr = gaussian_pyramid(images, self.pyramid, channel_axis=-1, batch_ndim=1)
-        n, P = p.shape
-        stages = self._stages()
-        rows = len(stages) * n_iter + 1
-        history, cost = np.empty((rows, n, P)), np.empty((rows, n))
-        history[0] = p
-        false = np.zeros(n, bool)
-        state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
-        p_start = p.copy()
         with np.errstate(all="ignore"):
-            samplers: dict = {}  # per pyramid level: a refining stage reuses the finest one's
-            for i, (level, j) in enumerate(stages):  # coarse to fine
-                if j not in samplers:
-                    samplers[j] = self._sampler(self._sampled(pyr[j]), level)
-                sampler = samplers[j]
-                if i > 0:  # a coarser level must not leave an alignment worse than its start
-                    self._keep_better(level, sampler, p, p_start, index, state)
-                    history[i * n_iter] = p
-                state.live, state.done = ~state.failed, state.failed.copy()
-                state.converged[:] = False
-                rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
-                self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i])
-            score = self._score(sampler, p, index)  # the finest level's sampler
+            history, cost, converged, score = self._run(pyr, p, index, n_iter, self.backtrack)
+            low = np.flatnonzero(~(score >= self.second_look))  # NaN scores included
+            if low.size and self.second_look > -1:  # the other step rule from the same starts
+                at = None if index is None else index[low]
+                again = self._run(pyr, p[low], at, n_iter, not self.backtrack)
+                better = low[again[3] > score[low]]
+                keep = again[3] > score[low]
+                history[:, better] = again[0][:, keep]
+                for old, new in zip((cost, converged, score), again[1:], strict=True):
+                    old[..., better] = new[..., keep]
+        rows, n, P = history.shape
         if crop is not None:  # back to the whole image's canonical frame
             history = change_frame(np.linalg.inv(to_crop), history)
             history[0] = p_given
-        converged = state.converged & ~state.failed & np.isfinite(state.cost)
         converged &= score >= self.min_score  # stopped AND good: a wrong place scores low
         return AlignmentResult(
             history=history.reshape(rows, *batch_shape, P),
@@ -265,16 +261,45 @@ class GaussNewton:
             score=score.reshape(batch_shape),
         )
 
+    def _run(self, pyr, p, index, n_iter: int, backtrack: bool):
+        """Every stage from starts ``p`` ``(n, P)`` on the pyramid ``pyr``: ``(history, cost,
+        stopped, score)``; ``stopped``: a small last step with finite parameters and cost."""
+        n, P = p.shape
+        stages = self._stages()
+        rows = len(stages) * n_iter + 1
+        history, cost = np.empty((rows, n, P)), np.empty((rows, n))
+        p, p_start = p.copy(), p.copy()
+        history[0] = p
+        false = np.zeros(n, bool)
+        state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
+        samplers: dict = {}  # per pyramid level: a refining stage reuses the finest one's
+        for i, (level, j) in enumerate(stages):  # coarse to fine
+            if j not in samplers:
+                samplers[j] = self._sampler(self._sampled(pyr[j]), level)
+            sampler = samplers[j]
+            if i > 0:  # a coarser level must not leave an alignment worse than its start
+                self._keep_better(level, sampler, p, p_start, index, state)
+                history[i * n_iter] = p
+            state.live, state.done = ~state.failed, state.failed.copy()
+            state.converged[:] = False
+            rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
+            self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i], backtrack)
+        score = self._score(sampler, p, index)  # the finest level's sampler
+        stopped = state.converged & ~state.failed & np.isfinite(state.cost)
+        return history, cost, stopped, score
+
     def _keep_better(self, level, sampler, p, p_start, index, state) -> None:
         """Coarse-to-fine guard: at the start of a finer level, an alignment whose cost there is
         higher than at its start (or that failed on a coarser level) restarts from its start.
 
         A coarse level sees few pixels; on a template with little texture there (an edge, a
         corner of a homography) it can walk far off, which the finer level cannot undo. The
-        guard costs one measurement per level; it never makes an alignment worse than the same
-        level started afresh."""
-        c_now = self._measure(level, sampler, p, index)[0]
-        c_start = self._measure(level, sampler, p_start, index)[0]
+        guard costs one measurement (of both points) per level; it never makes an alignment
+        worse than the same level started afresh."""
+        both = None if index is None else np.concatenate([index, index])
+        c_now, c_start = np.split(
+            self._measure(level, sampler, np.vstack([p, p_start]), both)[0], 2
+        )
         reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))
         p[reset] = p_start[reset]
         state.failed &= ~reset
@@ -291,8 +316,13 @@ class GaussNewton:
             score[finite] = zncc(self._T, warped, self.mask, channel_axis=-1)
         return score
 
-    def _iterate(self, level, sampler, p, index, state, history, cost) -> None:
-        """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``."""
+    def _iterate(self, level, sampler, p, index, state, history, cost, backtrack=False) -> None:
+        """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``.
+
+        With ``backtrack``, a step that raised the cost is taken back and halved: the next
+        row is ``update(p_before, dp / 2)`` instead of a step from the worse point."""
+        n, P = p.shape
+        before, c_before, dp_before = p.copy(), np.full(n, np.nan), np.zeros((n, P))
         for k in range(len(history)):
             live = np.flatnonzero(state.live)
             if live.size == 0:  # every alignment frozen: the remaining rows repeat the last
@@ -310,7 +340,15 @@ class GaussNewton:
                 live, work = live[~retire], tuple(w[~retire] for w in work)
             if live.size:
                 dp, ok = self._step(level, p[live], *work)  # (3)-(8) the update dp
-                p_new = self._update(p[live], dp)  # (9) update the warp
+                p_from = p[live]
+                if backtrack:  # a step that raised the cost: back, half as far
+                    back = state.cost[live] > c_before[live]  # False while c_before is NaN
+                    dp[back], ok[back] = 0.5 * dp_before[live[back]], True
+                    p_from[back] = before[live[back]]
+                    keep = live[~back]
+                    before[keep], c_before[keep] = p[keep], state.cost[keep]
+                    dp_before[live] = dp
+                p_new = self._update(p_from, dp)  # (9) update the warp
                 ok &= np.isfinite(p_new).all(-1) & np.isfinite(state.cost[live])
                 small = ok & (np.linalg.norm(dp, axis=-1) <= self.tol)
                 p[live[ok]] = p_new[ok]
@@ -359,27 +397,3 @@ class GaussNewton:
                 f"p_init must be ({B}, {P}) or ({P},) for a batch of {B}, got {p.shape}"
             )
         return images, np.broadcast_to(p, (B, P)).copy(), np.arange(B), (B,)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_template(template: Any, channel_axis: int | None) -> np.ndarray:
-    T = np.asarray(template)
-    if T.dtype.kind not in "biuf":
-        raise ValueError(f"template must hold real numbers, got dtype {T.dtype}")
-    core = 2 if channel_axis is None else 3
-    if T.ndim != core:
-        raise ValueError(
-            f"template must be {'(h, w)' if core == 2 else '(h, w, C)'} for "
-            f"channel_axis={channel_axis}, got shape {T.shape}"
-        )
-    if min(T.shape[:2]) < 2 or (core == 3 and T.shape[-1] < 1):
-        raise ValueError(f"template must be at least 2x2 pixels, got shape {T.shape}")
-    if not np.isfinite(T).all():
-        raise ValueError("template has non-finite pixels (NaN or inf)")
-    T = T.astype(np.float64)
-    return T[..., None] if core == 2 else T

@@ -114,7 +114,8 @@ class SingleSampler:
             )  # (1, K, na, h*w) or (na, K, 1, h*w)
             values = (out[0].permute(1, 2, 0) if image_index is None else out[:, :, 0].mT).numpy()
             for b in range(0, len(values), self._nb):  # (nb, h*w, K): the caller's work in cache
-                yield slice(a + b, a + b + self._nb), every, values[b : b + self._nb]
+                block = values[b : b + self._nb]  # fewer at the end of a grid_sample call
+                yield slice(a + b, a + b + len(block)), every, block
 
     def _images_of(self, index: np.ndarray) -> torch.Tensor:
         """The images of these alignments: a view when they are consecutive (every alignment

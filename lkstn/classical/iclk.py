@@ -30,6 +30,7 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +39,13 @@ from scipy import ndimage
 
 from lkstn.classical._gauss_newton import _RCOND, MIN_SCORE, GaussNewton, Level, singular
 from lkstn.classical.photometric import Photometric
-from lkstn.classical.robust import robust_settings
+from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
 from lkstn.sampling import image_gradients
 
-__all__ = ["ICLK"]
+__all__ = ["ICLK", "clear_built"]
 
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+_BUILT: dict = {}  # (class, built_key) -> aligner, oldest first
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,14 @@ class ICLK(GaussNewton):
         include points where ``I(p) - T`` is not at a minimum (on photographs: a few pixels
         off with a correlation of 0.9, ``docs/registration.md``); the plain step starts from
         there, inside its own basin, and ends at the minimum.
+    backtrack : bool
+        Take back a step that raised the cost (at that level) and try half of it instead: the
+        cost of the accepted iterates never rises. Off by default: on photographs an uphill
+        step sometimes crosses a ridge into the right basin (``docs/registration.md``).
+    second_look : float
+        Alignments whose final score is below this are run again from their start with the other
+        step rule (``backtrack`` flipped), keeping the result with the higher score (its whole
+        history). ``-1`` (default): never.
 
     Attributes
     ----------
@@ -175,6 +185,8 @@ class ICLK(GaussNewton):
         mask: Any = None,
         min_score: float = MIN_SCORE,
         refine: bool = False,
+        backtrack: bool = False,
+        second_look: float = -1.0,
     ) -> None:
         try:
             self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
@@ -192,7 +204,7 @@ class ICLK(GaussNewton):
         self.gradient_sigma = float(gradient_sigma)  # read by _prepare_level, called below
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
-            min_score=min_score,
+            min_score=min_score, backtrack=backtrack, second_look=second_look,
         )  # fmt: skip
         self.refine = bool(refine) and self.gradient_sigma > 0
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
@@ -214,6 +226,10 @@ class ICLK(GaussNewton):
         to gain and offset; ``overrides`` replace any of these settings (or add others, e.g.
         ``channel_axis=-1``). The paper's IC-LK stays ``ICLK``'s default.
 
+        The last ``BUILT_SIZE`` aligners built here are kept: the same template (same pixels),
+        warp, mask and overrides again returns a shallow copy of the one built, sharing its
+        precomputed levels (which ``align`` only reads), without building it again.
+
         Examples
         --------
         >>> import numpy as np
@@ -227,9 +243,16 @@ class ICLK(GaussNewton):
         >>> bool(result.converged), bool(np.allclose(result.p, p_true, atol=1e-4))
         (True, True)
         """
+        key = built_key(template, warp, mask, overrides)
+        if key is not None and (cls, key) in _BUILT:  # what it precomputes, shared read-only
+            return copy.copy(_BUILT[cls, key])
         settings = robust_settings(np.shape(template)[:2])
         settings.update(overrides)
-        return cls(template, warp, mask=mask, **settings)
+        aligner = cls(template, warp, mask=mask, **settings)
+        if key is not None:
+            _BUILT.pop(next(iter(_BUILT))) if len(_BUILT) >= BUILT_SIZE else None
+            _BUILT[cls, key] = aligner
+        return copy.copy(aligner)
 
     def _prepare_level(self, level: Level, smoothing: bool = True) -> _ICLevel:
         J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
@@ -344,6 +367,11 @@ class ICLK(GaussNewton):
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         return compose_inverse(self.warp, p, dp)  # p <- p o dp^-1, [BM04] Fig. 4 step 9
+
+
+def clear_built() -> None:
+    """Forget the aligners ``ICLK.robust`` keeps (the next call for any template builds anew)."""
+    _BUILT.clear()
 
 
 def compose_inverse(warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:

@@ -1,0 +1,36 @@
+"""Argument checks shared by the Gauss-Newton aligners: one-line ``ValueError`` naming the
+argument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_int", "check_template"]
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_template(template: Any, channel_axis: int | None) -> np.ndarray:
+    """The template as float64 ``(h, w, C)``, or ValueError for a template that is not one."""
+    T = np.asarray(template)
+    if T.dtype.kind not in "biuf":
+        raise ValueError(f"template must hold real numbers, got dtype {T.dtype}")
+    core = 2 if channel_axis is None else 3
+    if T.ndim != core:
+        raise ValueError(
+            f"template must be {'(h, w)' if core == 2 else '(h, w, C)'} for "
+            f"channel_axis={channel_axis}, got shape {T.shape}"
+        )
+    if min(T.shape[:2]) < 2 or (core == 3 and T.shape[-1] < 1):
+        raise ValueError(f"template must be at least 2x2 pixels, got shape {T.shape}")
+    if not np.isfinite(T).all():
+        raise ValueError("template has non-finite pixels (NaN or inf)")
+    T = T.astype(np.float64)
+    return T[..., None] if core == 2 else T

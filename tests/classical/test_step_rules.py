@@ -1,0 +1,74 @@
+"""Step rules of the Gauss-Newton aligners: ``backtrack`` (a step that raised the cost is taken
+back and halved) and ``second_look`` (low-scoring alignments run again with the other rule, the
+higher score kept).
+
+Ground truth is synthetic: a smooth random texture, templates sampled from it at known warps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lkstn import ICLK, LK, Affine, Translation, warp_image
+
+
+def texture(seed=0, shape=(120, 140), sigma=2.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    return (image - image.min()) / np.ptp(image)
+
+
+def test_backtrack_halves_a_step_that_raised_the_cost():
+    """With a translation, ``p o dp^-1 = p - dp``: after a rejected step from the accepted
+    point ``a`` to ``q``, the next row is ``a + (q - a) / 2`` exactly (up to rounding), and the
+    costs of the accepted points never rise."""
+    image = texture()
+    p_true = np.array([0.1, -0.05])
+    template = warp_image(image, Translation(), p_true, (24, 24))
+    rng = np.random.default_rng(1)
+    starts = p_true + rng.normal(0.0, 0.12, (60, 2))  # up to ~10 px: overshoots happen
+    result = ICLK(template, "translation", n_iter=30, tol=1e-9, backtrack=True).align(image, starts)
+    h, c = result.history, result.cost
+    rejected = 0
+    for i in range(len(starts)):
+        a, c_a = h[0, i], c[0, i]
+        for k in range(1, len(c) - 1):
+            if np.abs(h[k + 1, i] - h[k, i]).max() < 1e-6:
+                break  # converged (tol=1e-9 after a halving) or failed: the rows repeat
+            if c[k, i] > c_a:  # rejected: the next row is half way back from a
+                rejected += 1
+                np.testing.assert_allclose(h[k + 1, i] - a, 0.5 * (h[k, i] - a), atol=1e-12)
+            else:
+                assert c[k, i] <= c_a  # accepted costs never rise
+                a, c_a = h[k, i], c[k, i]
+    assert rejected > 0  # the starts are far enough for the rule to act
+
+
+@pytest.mark.parametrize("make", [ICLK, LK])
+def test_second_look_keeps_the_better_score(make):
+    """``second_look=1`` runs every alignment under both rules and keeps, per alignment, the
+    result with the higher score: score, p and converged are those of that rule (same
+    arithmetic on fewer alignments: equal to rounding)."""
+    image = texture(2)
+    p_true = np.array([-0.45, 0.03, 0.08, -0.02, -0.5, -0.05])
+    template = warp_image(image, Affine(), p_true, (32, 32))
+    rng = np.random.default_rng(3)
+    starts = p_true + rng.normal(0.0, 0.06, (40, 6))  # some starts fail
+    kw = dict(n_iter=30, tol=1e-6, min_score=-1.0)
+    plain = make(template, Affine(), **kw).align(image, starts)
+    back = make(template, Affine(), backtrack=True, **kw).align(image, starts)
+    both = make(template, Affine(), second_look=1.0, **kw).align(image, starts)
+    np.testing.assert_allclose(both.score, np.fmax(plain.score, back.score), atol=1e-9)
+    chosen = np.where((back.score > plain.score)[:, None], back.p, plain.p)
+    np.testing.assert_allclose(both.p, chosen, atol=1e-9)
+    assert both.history.shape == plain.history.shape
+    assert (back.score > plain.score + 1e-6).any() or (plain.score > back.score + 1e-6).any()
+    never = make(template, Affine(), second_look=-1.0, **kw).align(image, starts)
+    np.testing.assert_array_equal(never.p, plain.p)  # -1: the same computation, never a retry
+
+
+def test_second_look_is_checked():
+    with pytest.raises(ValueError, match="second_look"):
+        ICLK(texture()[:20, :20], "affine", second_look=2.0)
