@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lkstn.learned.shards import ShardedStep, _detached
+from lkstn.learned.shards import ShardedStep, detached
 from lkstn.learned.streams import Batch
 
 __all__ = ["GraphedStep"]
@@ -121,7 +121,7 @@ class GraphedStep:
             loss = self.loss(out, static)
             loss.backward()
         self._graph, self._static = graph, static
-        self._out, self._loss = _detached(out), loss.detach()
+        self._out, self._loss = detached(out), loss.detach()
         self._grads = [p.grad for p in self.params]
 
     def close(self) -> None:

@@ -53,8 +53,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lkstn import runs
-from lkstn.learned._fast_cpu import fast_cpu_layers
 from lkstn.learned.checkpoint import save_checkpoint
+from lkstn.learned.fast_cpu import fast_cpu_layers
 from lkstn.learned.graphed import GraphedStep
 from lkstn.learned.resume import resume_run, run_identity, seed_everything
 from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
@@ -106,7 +106,7 @@ class TrainConfig:
         Show a tqdm progress bar with the loss and the training error.
     fast_conv : bool
         On CPU, switch the model's convolution and 2x2 pooling layers to their fast CPU form
-        (:func:`~lkstn.learned._fast_cpu.fast_cpu_layers`: same function and gradients,
+        (:func:`~lkstn.learned.fast_cpu.fast_cpu_layers`: same function and gradients,
         in place).
     workers : int or None
         Split each batch into this many shards, whose forward and backward run in parallel
