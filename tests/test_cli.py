@@ -68,7 +68,7 @@ def test_align_a_relit_image_with_photometric_invariance(pngs, tmp_path, capsys)
         out = tmp_path / str(len(extra))
         code = main([
             "align", str(root / "template.png"), str(tmp_path / "relit.png"), "--warp", "affine",
-            "--box", "150", "60", "250", "160", "--out", str(out), *extra,
+            "--method", "iclk", "--box", "150", "60", "250", "160", "--out", str(out), *extra,
         ])  # fmt: skip
         assert code == 0, capsys.readouterr()
         p = np.array(json.loads((out / "params.json").read_text())["p"])

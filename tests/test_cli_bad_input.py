@@ -64,10 +64,10 @@ def test_exit_codes_converged_and_not(pair, tmp_path):
     good = subprocess.run([*base, "--box", "92", "101", "123", "132", "--out", str(tmp_path / "a")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert good.returncode == 0, good.stderr
-    # one iteration from 2 px away cannot meet the step tolerance: ran, not converged
+    # one IC-LK iteration from 2 px away cannot meet the step tolerance: ran, not converged
     bad = subprocess.run([*base, "--box", "92", "101", "123", "132", "--n-iter", "1",
-                          "--out", str(tmp_path / "b")], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+                          "--method", "iclk", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 1, bad.stderr
     assert (tmp_path / "b" / "params.json").is_file()
     assert np.isfinite(float(good.stdout.split()[1]))

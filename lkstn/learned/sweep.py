@@ -14,8 +14,9 @@ overhead, and kernels large enough to use more than one thread (``benchmarks/swe
 Each model keeps its own data stream (``step_generator(config.seed, step)`` at its ``sigma``, as
 :func:`lkstn.learned.train.train` draws it), learning rate, run directory, ``log.jsonl`` and
 ``checkpoint.pt`` (the format of :mod:`lkstn.learned.checkpoint`, with a ``torch.optim.Adam``
-state; :func:`~lkstn.learned.train.train` also asks for a :mod:`lkstn.runs` manifest, which a
-sweep does not write yet, so a sweep's run resumes under a sweep only). The function is
+state), in the run-directory format of :mod:`lkstn.runs` that :func:`~lkstn.learned.train.train`
+writes: a ``manifest.json`` per model compared on resume, a lock, fsync'd log records; so a model
+a sweep trained part-way resumes under ``train`` and the reverse. The function is
 the one separate training computes, summed in another order (folded standardisation, larger
 kernels): in float64 the trajectories agree to 1e-9 of the weights (``tests/learned/
 test_sweep.py``); in float32 Adam's normalised steps amplify the rounding differences (~1e-2
@@ -31,10 +32,10 @@ Glossary: ``N`` models, ``B`` batch size, ``P`` warp parameters, ``U`` distinct 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,7 +43,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lkstn.learned.checkpoint import load_checkpoint, save_checkpoint
+from lkstn import runs
+from lkstn.learned.checkpoint import save_checkpoint
+from lkstn.learned.resume import resume_run, run_identity
 from lkstn.learned.stacked import LinearICSTNStack, linear_parts
 from lkstn.learned.stn import ICSTN
 from lkstn.learned.streams import AlignmentData, step_generator
@@ -59,7 +62,8 @@ def train_sweep(
     data: Sequence[AlignmentData],
     run_dirs: Sequence[str | Path] | None = None,
     *,
-    resume: bool = True,
+    resume: bool = False,
+    fresh: bool = False,
     progress: bool = False,
 ) -> list[TrainResult]:
     """Train one-linear-layer IC-STNs in place, all at once; see the module docstring.
@@ -75,9 +79,14 @@ def train_sweep(
     data : sequence of AlignmentData
         One per model, all on the same image (``p_true`` may differ).
     run_dirs : sequence of paths, optional
-        One run directory per model (``config.json``, ``log.jsonl``, ``checkpoint.pt``).
+        One run directory per model (``manifest.json``, ``log.jsonl``, ``checkpoint.pt``), as
+        :func:`~lkstn.learned.train.train` writes it.
     resume : bool
-        Continue each model from its own ``checkpoint.pt`` where one exists.
+        Continue each model from its own ``checkpoint.pt`` where one exists (its manifest must
+        match, as for ``train``).
+    fresh : bool
+        Delete the runs in ``run_dirs`` first. Without ``resume`` or ``fresh``, a run directory
+        that holds a run is refused.
     progress : bool
         A tqdm bar over the sweep's steps.
 
@@ -90,6 +99,8 @@ def train_sweep(
     ------
     TrainingDiverged
         When a model's loss becomes NaN or infinite (before its update).
+    lkstn.runs.RunMismatch, lkstn.runs.RunExists, lkstn.runs.RunLocked, lkstn.runs.NotWritable
+        As for :func:`~lkstn.learned.train.train`.
     """
     n = len(models)
     if len(configs) != n or len(data) != n or (run_dirs is not None and len(run_dirs) != n):
@@ -103,16 +114,25 @@ def train_sweep(
         raise ValueError("data must be AlignmentData (one per model)")
     if any(not torch.equal(d.image, data[0].image) for d in data):
         raise ValueError("every model of a sweep must train on the same image")
-    runs = None if run_dirs is None else [Path(r) for r in run_dirs]
+    dirs = None if run_dirs is None else [Path(r) for r in run_dirs]
+    with ExitStack() as held:
+        for run in dirs or ():
+            held.enter_context(runs.lock(run))
+        return _sweep(models, configs, data, dirs, resume, fresh, progress)
+
+
+def _sweep(models, configs, data, dirs, resume, fresh, progress) -> list[TrainResult]:
+    """:func:`train_sweep` with its run directories (if any) locked."""
+    n = len(models)
     cfg = configs[0]
+    adams = [_adam(m, c) for m, c in zip(models, configs, strict=True)]
+    starts = [0] * n
+    for i, run in enumerate(dirs or ()):
+        runs.open_run(run, run_identity(models[i], configs[i], data[i]), resume=resume, fresh=fresh)
+        starts[i] = resume_run(run, models[i], adams[i], configs[i])
+        runs.truncate_records(run / "log.jsonl", keep=lambda r, s=starts[i]: _step(r) <= s)
     like = linear_parts(models[0])[0].weight
     data = [d.to(like.device, like.dtype) for d in data]
-    starts = [0] * n
-    adams = [_adam(m, c) for m, c in zip(models, configs, strict=True)]
-    for i in range(n):
-        path = None if runs is None else runs[i] / "checkpoint.pt"
-        if resume and path is not None and path.exists():
-            starts[i] = load_checkpoint(path, models[i], adams[i]).step
     stack = LinearICSTNStack(models)
     order, N = stack.order, n
     cfgs = [configs[i] for i in order]
@@ -127,9 +147,6 @@ def train_sweep(
     warp, shape = models[0].warp, models[0].template_shape
     tests = [d.test_set(warp, shape, c.sigma, c.batch_size, c.seed, c.n_test)
              for c, d in zip(cfgs, ordered, strict=True)]  # fmt: skip
-    if runs is not None:
-        for i in range(n):
-            _start_log(runs[i], configs[i], models[i], starts[i])
     start_k = [starts[i] for i in order]
     begin = min(start_k)
     records: list[list[dict[str, float]]] = [[] for _ in range(n)]
@@ -160,7 +177,7 @@ def train_sweep(
         done = step + 1
         live = [k for k in range(N) if active[k]]
         due = done % cfg.eval_every == 0 or done == cfg.n_steps
-        save = runs is not None and (done % cfg.checkpoint_every == 0 or done == cfg.n_steps)
+        save = dirs is not None and (done % cfg.checkpoint_every == 0 or done == cfg.n_steps)
         if due or save:
             stack.write_back()
         for k in live if due else ():
@@ -168,13 +185,12 @@ def train_sweep(
             record = {"step": done, "train_loss": losses[k],
                       **evaluate(models[i], data[i], tests[k]), "time": time.time()}  # fmt: skip
             records[i].append(record)
-            if runs is not None:
-                with open(runs[i] / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            if dirs is not None:
+                runs.append_record(dirs[i] / "log.jsonl", record)
         for k in live if save else ():
             i = order[k]
             _fill_adam(adams[i], models[i], [m[k] for m in m1], done)
-            save_checkpoint(runs[i] / "checkpoint.pt", models[i], adams[i], step=done,
+            save_checkpoint(dirs[i] / "checkpoint.pt", models[i], adams[i], step=done,
                             config=asdict(configs[i]))  # fmt: skip
     bar.close()
     stack.write_back()
@@ -237,18 +253,7 @@ def _fill_adam(opt: torch.optim.Optimizer, model: ICSTN, moments: list[Tensor], 
         }
 
 
-def _start_log(run: Path, config: TrainConfig, model: ICSTN, start: int) -> None:
-    """``config.json``; drop ``log.jsonl`` lines past the checkpoint (they will recur)."""
-    run.mkdir(parents=True, exist_ok=True)
-    meta = {"config": asdict(config), "model": model.config, "trained_by": "train_sweep"}
-    (run / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    log = run / "log.jsonl"
-    if log.exists():
-        kept = []
-        for line in log.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= start:
-                    kept.append(line)
-            except (ValueError, TypeError, KeyError):
-                pass  # a torn line (killed mid-write)
-        log.write_text("".join(ln + "\n" for ln in kept))
+def _step(record: dict) -> float:
+    """The step of a log record; ``inf`` (dropped) for a foreign one."""
+    step = record.get("step")
+    return float(step) if isinstance(step, int | float) else math.inf

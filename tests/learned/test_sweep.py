@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -175,11 +176,6 @@ def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path) -> N
         assert [r["step"] for r in logs[1]] == [4, 8, 12]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sweep's run directory has no lkstn.runs manifest yet, "
-    "which train(resume=True) now asks for",
-)
 def test_a_sweep_checkpoint_resumes_under_train(tmp_path) -> None:
     data = image_data()
     straight = make_models()[1]
@@ -205,3 +201,33 @@ def test_bad_sweeps_are_refused() -> None:
         model = ICSTN(nn.Sequential(nn.Flatten(), nn.Linear(144, 6)), warp=Affine(),
                       n_warps=1, template_shape=SHAPE)  # fmt: skip
         train_sweep([model], configs(4)[:1], [data])
+
+
+def test_a_sweep_keeps_the_run_directory_contract(tmp_path) -> None:
+    """The manifest of lkstn.runs guards a sweep's runs as it guards train's: an existing run is
+    refused without resume, a resume with other settings is refused, another writer is refused."""
+    from lkstn import runs as run_dirs
+
+    data = image_data()
+    dirs = [tmp_path / str(i) for i in range(len(SPEC))]
+    train_sweep(make_models(), configs(4), [data] * len(SPEC), dirs)
+    assert all((d / "manifest.json").exists() for d in dirs)
+    with pytest.raises(run_dirs.RunExists, match="holds a run"):
+        train_sweep(make_models(), configs(4), [data] * len(SPEC), dirs)
+    other = [replace(c, lr_predictor=c.lr_predictor * 2) for c in configs(4)]
+    with pytest.raises(run_dirs.RunMismatch, match="lr_predictor"):
+        train_sweep(make_models(), other, [data] * len(SPEC), dirs, resume=True)
+    holder = subprocess.Popen(  # another process holds one model's run (the lock is per process)
+        [sys.executable, "-c", "import sys, time; from lkstn import runs\n"
+         f"with runs.lock({str(dirs[2])!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(run_dirs.RunLocked):
+            train_sweep(make_models(), configs(4), [data] * len(SPEC), dirs, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    train_sweep(make_models(), configs(4), [data] * len(SPEC), dirs, fresh=True)
+    assert [r["step"] for r in run_dirs.read_records(dirs[0] / "log.jsonl")] == [4]
