@@ -21,7 +21,7 @@ The graph replays the kernels that the capture recorded, so it computes what eag
 on the same GPU up to cuDNN's choice of algorithm and its non-deterministic reductions;
 ``tests/learned/test_graphed.py`` checks graphed gradients against eager ones in float32 and a
 graphed training run against an eager one in float64 (passed on an H200; in float32 two eager
-runs of this training already drift apart, ``tools/graph_vs_eager.py``). The model must not
+runs of this training already drift apart). The model must not
 synchronise with the host inside its forward or backward (no ``.item()``, no data-dependent
 Python branches: the aligners of :mod:`lkstn.learned.stn` with ``update="eq10"`` do not); if
 capture fails, the step warns once and runs eagerly.
