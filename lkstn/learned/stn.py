@@ -49,8 +49,8 @@ from lkstn.warps import Warp
 if TYPE_CHECKING:
     from lkstn.classical.iclk import ICLK
 
-# AlignThenClassify, Transformed and Update are re-exported: their home used to be this module
-__all__ = ["STN", "CSTN", "ICSTN", "AlignThenClassify", "Transformed", "Update"]
+# AlignThenClassify, Transformed and Update, imported here, keep their former import path
+__all__ = ["STN", "CSTN", "ICSTN"]
 
 
 class STN(SpatialTransformer):
