@@ -29,7 +29,8 @@ def main() -> None:
     if machine:
         cpu = machine.get("cpu", {})
         cpu = cpu.get("model_name") if isinstance(cpu, dict) else cpu
-        print(f"measured on {cpu}, {machine.get('cores')} cores, load {machine.get('load_average')}")
+        load = machine.get("load_average")
+        print(f"measured on {cpu}, {machine.get('cores')} cores, load {load}")
     digits = 1 if data["n_trials"] > 100 else 0  # one trial in 500 is 0.2 %
     at_least: dict[str, int] = {}
     above_ms: dict[str, int] = {}

@@ -41,9 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from lkstn._backend import ArrayLike
-from lkstn.learned.classify import AlignThenClassify
+from lkstn.learned.classify import AlignThenClassify as AlignThenClassify
 from lkstn.learned.inputs import predict
-from lkstn.learned.transformer import UPDATES, SpatialTransformer, Transformed, Update
+from lkstn.learned.transformer import UPDATES, SpatialTransformer, Update
+from lkstn.learned.transformer import Transformed as Transformed
 from lkstn.warps import Warp
 
 if TYPE_CHECKING:
