@@ -1,8 +1,8 @@
 """Run every benchmark in this folder, one after the other, writing JSON under ``out/bench/``.
 
-``python benchmarks/run_all.py [--quick]`` (also ``lkstn benchmark [--quick]`` and
-``make bench``). Each benchmark compares lkstn against the tool a user would pick instead, side by
-side in one process; see ``benchmarks/README.md`` for what each measures and the recorded numbers.
+``python benchmarks/run_all.py [--quick]`` (also ``make bench``). Each benchmark compares lkstn
+against the tool a user would pick instead, side by side in one process; see
+``benchmarks/README.md`` for what each measures and the recorded numbers.
 """
 
 from __future__ import annotations

@@ -64,3 +64,12 @@ def all_finite(x: Array) -> bool:
     if is_torch(x):
         return bool(sys.modules["torch"].isfinite(x).all())
     return bool(np.isfinite(x).all())
+
+
+def same_kind(a: Array, b: Array) -> tuple[Array, Array]:
+    """Both as torch tensors (dtype/device of the tensor) when either one is."""
+    if is_torch(a) and not is_torch(b):
+        return a, asarray(b, like=a)
+    if is_torch(b) and not is_torch(a):
+        return asarray(a, like=b), b
+    return a, b

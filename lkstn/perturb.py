@@ -124,11 +124,11 @@ def perturb(
     >>> 8 < float(np.sqrt(np.mean(corner_error(Affine(), starts, p_true, (50, 50)) ** 2))) < 12
     True
     """
-    p_true = warp._check_p(p_true, "p_true")
+    p_true = warp.check_params(p_true, "p_true")
     shape = tuple(p_true.shape[:-1]) if n is None else (n, *p_true.shape[:-1])
     kwargs = {"dtype": p_true.dtype, "device": p_true.device} if is_torch(p_true) else {}
     delta = perturbation(warp, shape, sigma, template_shape, rng, **kwargs)
-    return warp._compose(asarray(p_true, like=delta), delta)
+    return warp.compose(asarray(p_true, like=delta), delta, check=False)  # both checked
 
 
 class _CallableModule(types.ModuleType):

@@ -19,7 +19,14 @@ import numpy as np
 from lkstn._backend import Array, asarray, namespace
 from lkstn.warps import Warp
 
-__all__ = ["AlignmentResult", "Aligner", "corner_error", "param_error", "CONVERGED_PX"]
+__all__ = [
+    "AlignmentResult",
+    "Aligner",
+    "CONVERGED_PX",
+    "check_template_shape",
+    "corner_error",
+    "param_error",
+]
 
 CONVERGED_PX = 1.0
 """Corner error (template pixels) below which an alignment counts as converged [BM04]."""
@@ -149,17 +156,17 @@ def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int
     >>> round(float(corner_error(Translation(), np.array([0.1, 0.0]), np.zeros(2), (21, 21))), 6)
     1.0
     """
-    _check_shape(template_shape)
-    p, p_true = asarray(p), warp._check_p(p_true, "p_true")
+    check_template_shape(template_shape)
+    p, p_true = asarray(p), warp.check_params(p_true, "p_true")
     if p.ndim < 1 or p.shape[-1] != warp.n_params:
         raise ValueError(f"p must have shape (..., {warp.n_params}), got {tuple(p.shape)}")
     p_true = asarray(p_true, like=p)
     xp = namespace(p, p_true)
     finite = xp.isfinite(p).all(-1)  # (...,) rows that are warps
     p = xp.where(finite[..., None], p, 0 * p_true)  # identity stands in; its error is set below
-    rel = warp._compose(warp.inverse(p_true), p)  # (..., P)
+    rel = warp.compose(warp.inverse(p_true), p, check=False)  # (..., P), may be inf
     corners = warp.corners(like=rel)  # (4, 2)
-    moved = warp._apply(rel, corners)  # (..., 4, 2)
+    moved = warp.apply(rel, corners, check=False)  # (..., 4, 2)
     d = (moved - corners) * _canonical_to_pixel_scale(template_shape, rel)
     err = xp.sqrt((d**2).sum(-1).mean(-1))
     out = xp.where(finite & xp.isfinite(err), err, xp.inf)
@@ -179,7 +186,8 @@ def param_error(p: Any, p_true: Any) -> Array:
     return xp.sqrt(((p - p_true) ** 2).sum(-1))
 
 
-def _check_shape(template_shape: Any) -> None:
+def check_template_shape(template_shape: Any) -> None:
+    """Raise ``ValueError`` unless ``template_shape`` is ``(h, w)`` with integers ``h, w >= 2``."""
     ok = (
         isinstance(template_shape, tuple | list)
         and len(template_shape) == 2

@@ -146,7 +146,7 @@ def _warp_numpy(image, warp, p, out_shape, channel_axis, mode) -> np.ndarray:
         raise ValueError(f"image must have at least {n_core} dims, got shape {image.shape}")
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float64)
-    p = warp._check_p(np.asarray(p, dtype=np.float64))
+    p = warp.check_params(np.asarray(p, dtype=np.float64))
     img_batch = image.shape[: image.ndim - n_core]
     H, W = image.shape[len(img_batch) : len(img_batch) + 2]
     try:
@@ -155,7 +155,7 @@ def _warp_numpy(image, warp, p, out_shape, channel_axis, mode) -> np.ndarray:
         raise ValueError(
             f"image batch {img_batch} and p batch {p.shape[:-1]} do not broadcast"
         ) from None
-    xy = warp._apply(p, canonical_grid(out_shape))  # (...p, h*w, 2)
+    xy = warp.apply(p, canonical_grid(out_shape), check=False)  # (...p, h*w, 2)
     xy = np.broadcast_to(xy, (*batch, xy.shape[-2], 2)).reshape(-1, xy.shape[-2], 2)
     col = (xy[..., 0] + 1.0) * ((W - 1) / 2.0)  # (Bn, h*w)
     row = (xy[..., 1] + 1.0) * ((H - 1) / 2.0)
@@ -206,7 +206,7 @@ def _warp_torch(image, warp, p, out_shape, mode):
     B = max(image.shape[0], p.shape[0])
     if image.shape[0] not in (1, B) or p.shape[0] not in (1, B):
         raise ValueError(f"image batch {image.shape[0]} and p batch {p.shape[0]} differ")
-    grid = warp._apply(p, canonical_grid(out_shape, like=p))  # (Bp, h*w, 2)
+    grid = warp.apply(p, canonical_grid(out_shape, like=p), check=False)  # (Bp, h*w, 2)
     grid = grid.reshape(p.shape[0], *out_shape, 2).expand(B, *out_shape, 2)
     image = image.expand(B, *image.shape[1:])
     padding = "zeros" if mode == "zeros" else "border"

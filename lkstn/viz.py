@@ -19,6 +19,7 @@ from lkstn.warps import Warp
 
 __all__ = [
     "box_corners",
+    "pyplot",
     "checkerboard",
     "plot_boxes",
     "plot_error_curves",
@@ -32,12 +33,18 @@ MAX_FIGSIZE = (14.0, 4.5)
 """Largest overlay figure (inches): at 100 dpi it fits a laptop screen whatever the input size."""
 
 
-def _plt():
-    # No backend is forced: matplotlib picks Agg by itself where there is no display, and a
-    # notebook keeps its inline backend (forcing Agg there would hide every figure).
+def pyplot() -> Any:
+    """``matplotlib.pyplot``, imported on first use (``import lkstn.viz`` stays light).
+
+    No backend is forced: matplotlib picks Agg by itself where there is no display, and a
+    notebook keeps its inline backend (forcing Agg there would hide every figure).
+    """
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_plt = pyplot  # the former name, still imported by lkstn.experiments.planar
 
 
 def box_corners(warp: Warp, p: Any, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -56,7 +63,7 @@ def plot_boxes(
     title: str | None = None,
 ) -> Any:
     """The image with the ground-truth box (red) and other boxes (yellow), [LL17] Fig. 6(a)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 4))
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
     if p_others is not None:
@@ -80,7 +87,7 @@ def plot_grid(
 ) -> Any:
     """A grid of images: ``(N, h, w[, 3])`` wrapped at ``n_cols``, or with ``by_rows=True``
     ``(R, N, h, w[, 3])``, one row per leading index (e.g. one row per recurrence)."""
-    plt = _plt()
+    plt = pyplot()
     images = np.asarray(images, dtype=float)
     rows = images if by_rows else _as_rows(images, n_cols)  # (R, N, h, w[, 3])
     n_rows, n_c = rows.shape[0], rows.shape[1]
@@ -124,7 +131,7 @@ def plot_error_curves(
     ``curves[name][k]`` is the error after ``k`` warps (index 0 is the start). A dot marks
     ``trained_depth[name]``, where a network's unfolded training depth ends.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
     for name, ys in curves.items():
         ys = np.asarray(ys, dtype=float)
@@ -151,7 +158,7 @@ def plot_mean_variance(
 
     ``aligned[name]`` is ``(N, h, w)`` or ``(N, h, w, 3)``; ``labels`` is ``(N,)``.
     """
-    plt = _plt()
+    plt = pyplot()
     labels = np.asarray(labels)
     classes = list(np.unique(labels) if classes is None else classes)
     names = list(aligned)

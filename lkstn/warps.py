@@ -38,7 +38,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from lkstn._backend import Array, ArrayLike, all_finite, asarray, constant, is_torch, namespace
+from lkstn._backend import (
+    Array,
+    ArrayLike,
+    all_finite,
+    asarray,
+    constant,
+    is_torch,
+    namespace,
+    same_kind,
+)
+from lkstn.composition import compose_jacobians
 
 __all__ = [
     "Affine",
@@ -52,15 +62,6 @@ __all__ = [
 
 _EYE = np.eye(3)
 _SINGULAR_TOL = 1e-12
-
-
-def _same_kind(a: Array, b: Array) -> tuple[Array, Array]:
-    """Both as torch tensors (dtype/device of the tensor) when either one is."""
-    if is_torch(a) and not is_torch(b):
-        return a, asarray(b, like=a)
-    if is_torch(b) and not is_torch(a):
-        return asarray(a, like=b), b
-    return a, b
 
 
 def _unit(i: int, j: int) -> np.ndarray:
@@ -105,14 +106,18 @@ class Warp:
         return self.basis.shape[0]
 
     @classmethod
-    def _pinv(cls) -> np.ndarray:
+    def basis_pinv(cls) -> np.ndarray:
         """Pseudo-inverse of the flattened basis, ``(9, P)``, computed once per family."""
         if "_pinv_cache" not in cls.__dict__:
             cls._pinv_cache = np.linalg.pinv(cls.basis.reshape(-1, 9))
         return cls._pinv_cache
 
     # -- validation -----------------------------------------------------------------------------
-    def _check_p(self, p: ArrayLike, name: str = "p") -> Array:
+    def check_params(self, p: ArrayLike, name: str = "p") -> Array:
+        """``p`` as an array after checking its shape ``(..., P)`` and that it is finite.
+
+        Raises ``ValueError`` naming ``name`` and what it got.
+        """
         p = asarray(p)
         if p.ndim < 1 or p.shape[-1] != self.n_params:
             raise ValueError(
@@ -121,6 +126,8 @@ class Warp:
         if not all_finite(p):
             raise ValueError(f"{name} has non-finite entries (NaN or inf)")
         return p
+
+    _check_p = check_params  # the former name, still used in lkstn.classical
 
     def _check_xy(self, xy: ArrayLike, like: Array | None = None) -> Array:
         xy = asarray(xy, like=like)
@@ -141,12 +148,12 @@ class Warp:
         """``p(M)`` without validation: normalise ``M[2, 2]``, then project on the basis."""
         if self.projective:
             M = M / M[..., 2:3, 2:3]
-        pinv = constant(self._pinv(), M)  # (9, P)
+        pinv = constant(self.basis_pinv(), M)  # (9, P)
         return (M - constant(_EYE, M)).reshape(*M.shape[:-2], 9) @ pinv
 
     def matrix(self, p: ArrayLike) -> Array:
         """The homogeneous matrix ``M(p)``, shape ``(..., 3, 3)`` ([LL17] eq. (9))."""
-        return self._matrix(self._check_p(p))
+        return self._matrix(self.check_params(p))
 
     def params(self, M: ArrayLike) -> Array:
         """Parameters of a matrix of this family, ``(..., 3, 3) -> (..., P)``.
@@ -181,9 +188,15 @@ class Warp:
     def _compose(self, p: Array, q: Array) -> Array:
         return self._params(self._matrix(p) @ self._matrix(q))
 
-    def compose(self, p: ArrayLike, q: ArrayLike) -> Array:
-        """Parameters of ``M(p) @ M(q)``: ``q`` acts on the points first."""
-        p, q = _same_kind(self._check_p(p, "p"), self._check_p(q, "q"))
+    def compose(self, p: ArrayLike, q: ArrayLike, *, check: bool = True) -> Array:
+        """Parameters of ``M(p) @ M(q)``: ``q`` acts on the points first.
+
+        ``check=False`` skips the shape and finiteness checks of ``p`` and ``q`` (arrays that a
+        caller has checked, or whose non-finite rows it handles itself).
+        """
+        if not check:
+            return self._compose(*same_kind(asarray(p), asarray(q)))
+        p, q = same_kind(self.check_params(p, "p"), self.check_params(q, "q"))
         return self._compose(p, q)
 
     def _inverse(self, p: Array) -> Array:
@@ -192,7 +205,7 @@ class Warp:
 
     def inverse(self, p: ArrayLike) -> Array:
         """Parameters of ``M(p)^-1``; ``ValueError`` for a singular warp."""
-        p = self._check_p(p)
+        p = self.check_params(p)
         M = self._matrix(p)
         xp = namespace(M)
         if bool((xp.abs(xp.linalg.det(M)) < _SINGULAR_TOL).any()):
@@ -210,9 +223,13 @@ class Warp:
             out = out / w
         return out
 
-    def apply(self, p: ArrayLike, xy: ArrayLike) -> Array:
-        """``W(xy; p)``: template points ``(..., N, 2)`` to image points ``(..., N, 2)``."""
-        p = self._check_p(p)
+    def apply(self, p: ArrayLike, xy: ArrayLike, *, check: bool = True) -> Array:
+        """``W(xy; p)``: template points ``(..., N, 2)`` to image points ``(..., N, 2)``.
+
+        ``check=False`` skips the checks of ``p`` (a non-finite ``p`` then gives non-finite
+        points rather than a ``ValueError``).
+        """
+        p = self.check_params(p) if check else asarray(p)
         return self._apply(p, self._check_xy(xy, like=p))
 
     def jacobian(self, xy: ArrayLike, p: ArrayLike | None = None) -> Array:
@@ -222,7 +239,7 @@ class Warp:
         ``dW/dp_k = (B_k[:2] xh - W B_k[2] xh) / w`` ([BM04] Sec. 2.1).
         """
         xy = self._check_xy(xy)
-        p = self.identity(like=xy) if p is None else self._check_p(p)
+        p = self.identity(like=xy) if p is None else self.check_params(p)
         xy = asarray(xy, like=p)
         return self._jacobian(xy, p)
 
@@ -360,41 +377,3 @@ def warp_from_name(name: str | Warp) -> Warp:
         return _WARPS[str(name).lower()]()
     except KeyError:
         raise ValueError(f"warp must be one of {sorted(_WARPS)}, got {name!r}") from None
-
-
-def compose_jacobians(warp: Warp, dp: ArrayLike, p_in: ArrayLike) -> tuple[Array, Array]:
-    """Closed-form derivatives of ``p_out = compose(dp, p_in)``, [LL17] eqs. (10)-(11).
-
-    Returns ``(d p_out / d p_in, d p_out / d dp)``, each ``(..., P, P)`` (rows: ``p_out``).
-    With ``M_out = M(dp) M(p_in)``: ``dM_out/dp_in_k = M(dp) B_k`` and
-    ``dM_out/d dp_k = B_k M(p_in)``, followed by the derivative of the normalisation
-    ``M / M[2, 2]``.
-
-    Note on the printed eq. (11): for affine warps its first matrix (entries ``dp``) is
-    ``d p_out / d p_in - I`` and its second (entries ``p_in``) is ``d p_out / d dp - I``. The
-    paper writes their sum as ``d p_out / d p_in``; the two Jacobians are in fact separate, and
-    ``tests/test_warps.py`` checks both against autograd and finite differences.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from lkstn.warps import Translation, compose_jacobians
-    >>> d_in, d_dp = compose_jacobians(Translation(), np.array([0.1, 0.2]), np.array([0.3, -0.1]))
-    >>> bool(np.allclose(d_in, np.eye(2)) and np.allclose(d_dp, np.eye(2)))  # translations add
-    True
-    """
-    dp, p_in = _same_kind(warp._check_p(dp, "dp"), warp._check_p(p_in, "p_in"))
-    xp = namespace(dp, p_in)
-    B = constant(warp.basis, dp)  # (P, 3, 3)
-    A, C = warp._matrix(dp), warp._matrix(p_in)  # (..., 3, 3)
-    G_in = xp.einsum("...ij,kjl->...kil", A, B)  # (..., P, 3, 3)
-    G_dp = xp.einsum("kij,...jl->...kil", B, C)  # (..., P, 3, 3)
-    N = A @ C
-    s = N[..., None, 2:3, 2:3]  # (..., 1, 1, 1)
-    pinv = constant(warp._pinv(), dp)  # (9, P)
-
-    def d_params(G: Array) -> Array:
-        dN = G / s - N[..., None, :, :] * G[..., 2:3, 2:3] / s**2 if warp.projective else G
-        return (dN.reshape(*dN.shape[:-2], 9) @ pinv).swapaxes(-1, -2)  # (..., P_out, P_in)
-
-    return d_params(G_in), d_params(G_dp)

@@ -40,7 +40,7 @@ def test_classical_vs_ecc_quick_run_and_its_table(tmp_path, capsys, monkeypatch)
     sigma1 = first["results"][0]
     assert sigma1["sigma"] == 1.0 and sigma1["percent_converged"]["ICLK-g3-gb"] == 100.0
 
-    table = _load(ROOT / "tools" / "convergence_table.py")
+    table = _load(ROOT / "benchmarks" / "convergence_table.py")
     capsys.readouterr()
     monkeypatch.setattr("sys.argv", ["convergence_table.py", str(out)])
     table.main()
@@ -61,7 +61,7 @@ def test_family_names_drop_their_numbers():
 
 def test_paired_counts_add_up(capsys):
     pytest.importorskip("cv2")
-    tool = _load(ROOT / "tools" / "paired_vs_ecc.py")
+    tool = _load(ROOT / "benchmarks" / "paired_vs_ecc.py")
     tool.main(["--size", "50", "--sigmas", "1", "6", "--n-trials", "8"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed")]
     assert len(rows) == 2

@@ -9,8 +9,6 @@
 ``lkstn reproduce planar|equivalence|mnist|gtsrb|boundary [--quick]``
     Run one of the paper's experiments (each module in :mod:`lkstn.experiments` adds its
     own options through ``add_arguments(parser)`` and runs through ``run(args)``).
-``lkstn benchmark``
-    Run the benchmarks in ``benchmarks/`` (from a source checkout).
 
 Exit codes: 0 success (for ``align``: the alignment converged), 1 the alignment ran but did not
 converge (for ``track``: some frame was lost; results are still written), 2 bad arguments or
@@ -25,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
-from pathlib import Path
 
 from lkstn.cli import align, track
 from lkstn.data.errors import CorruptDataError, DatasetNotFoundError
@@ -40,15 +36,6 @@ EXPERIMENTS = ("planar", "equivalence", "mnist", "gtsrb", "boundary")
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     return int(args.run(args) or 0)
-
-
-def _cmd_benchmark(args: argparse.Namespace) -> int:
-    root = Path(__file__).resolve().parents[2] / "benchmarks"
-    script = root / "run_all.py"
-    if not script.is_file():
-        raise UsageError("benchmark: the benchmarks/ folder ships with a source checkout only")
-    cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
-    return subprocess.call(cmd)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,9 +86,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         module.add_arguments(e)
         e.set_defaults(func=_cmd_reproduce, run=module.run)
 
-    b = sub.add_parser("benchmark", help="run the benchmarks (source checkout)")
-    b.add_argument("--quick", action="store_true")
-    b.set_defaults(func=_cmd_benchmark)
     return parser
 
 

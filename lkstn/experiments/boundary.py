@@ -179,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _figure(photo, p_crop, zoom_out, zoom_in, zoom: float, path: Path) -> Path:
-    from lkstn.viz import _plt, box_corners
+    from lkstn.viz import box_corners, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     img = lambda t: np.clip(np.moveaxis(t.numpy(), 0, -1), 0, 1)  # noqa: E731
     fig, axes = plt.subplots(1, 5, figsize=(12.5, 2.9))
     shape = photo.shape[-2:]

@@ -37,7 +37,14 @@ from lkstn.perturb import perturb
 from lkstn.result import CONVERGED_PX, AlignmentResult, corner_error
 from lkstn.warps import Warp, warp_from_name
 
-__all__ = ["ConvergenceReport", "SigmaResult", "evaluate", "fixed_starts", "safe_corner_error"]
+__all__ = [
+    "ConvergenceReport",
+    "SigmaResult",
+    "evaluate",
+    "finite_or_none",
+    "fixed_starts",
+    "safe_corner_error",
+]
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class ConvergenceReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, floats and strings; non-finite floats become ``None``."""
-        return _finite_or_none(asdict(self))
+        return finite_or_none(asdict(self))
 
     def to_json(self, **kwargs: Any) -> str:
         """``json.dumps(self.to_dict())``."""
@@ -164,7 +171,7 @@ def evaluate(
     warp = warp_from_name(warp)
     if int(n_trials) < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials!r}")
-    p_true = warp._check_p(np.asarray(p_true, dtype=np.float64), "p_true")
+    p_true = warp.check_params(np.asarray(p_true, dtype=np.float64), "p_true")
     results = []
     for sigma in sigmas:
         p_init = fixed_starts(warp, p_true, sigma, template_shape, int(n_trials), seed)
@@ -200,13 +207,17 @@ def evaluate(
     )
 
 
-def _finite_or_none(x: Any) -> Any:
+def finite_or_none(x: Any) -> Any:
+    """``x`` ready for JSON: non-finite floats as ``None``, NumPy scalars as Python numbers."""
     if isinstance(x, dict):
-        return {str(k): _finite_or_none(v) for k, v in x.items()}
+        return {str(k): finite_or_none(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_finite_or_none(v) for v in x]
+        return [finite_or_none(v) for v in x]
     if isinstance(x, float | np.floating):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+_finite_or_none = finite_or_none  # the former name, still imported by lkstn.experiments.planar

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from lkstn.experiments.convergence import _finite_or_none, safe_corner_error
-from lkstn.result import CONVERGED_PX, AlignmentResult, _check_shape
+from lkstn.experiments.convergence import finite_or_none, safe_corner_error
+from lkstn.result import CONVERGED_PX, AlignmentResult, check_template_shape
 from lkstn.warps import Warp, warp_from_name
 
 __all__ = ["ErrorCurves", "TorchAligner", "error_curves", "plot_curves"]
@@ -121,7 +121,7 @@ class ErrorCurves:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become ``None``."""
-        return _finite_or_none(asdict(self))
+        return finite_or_none(asdict(self))
 
 
 def error_curves(
@@ -164,9 +164,9 @@ def error_curves(
     first = next(iter(wrapped.values()))
     warp = warp_from_name(warp if warp is not None else first.warp)
     template_shape = tuple(template_shape if template_shape is not None else first.template_shape)
-    _check_shape(template_shape)
-    p_true = warp._check_p(np.asarray(p_true, dtype=np.float64), "p_true")
-    p_init = warp._check_p(np.asarray(p_init, dtype=np.float64), "p_init")
+    check_template_shape(template_shape)
+    p_true = warp.check_params(np.asarray(p_true, dtype=np.float64), "p_true")
+    p_init = warp.check_params(np.asarray(p_init, dtype=np.float64), "p_init")
     if p_init.ndim != 2 or p_true.ndim != 1:
         raise ValueError(
             f"p_init must be (N, P) and p_true (P,), got {p_init.shape}, {p_true.shape}"

@@ -301,7 +301,7 @@ def compose_jacobian_checks(seed: int = 0, n: int = 8) -> list[Check]:
         J_in, J_dp = compose_jacobians(warp, dp, p_in)  # (n, P, P) each
         # pair i depends on (dp[i], p_in[i]) alone: the Jacobian of the batch sum holds them all
         auto_dp, auto_in = torch.autograd.functional.jacobian(
-            lambda a, b, w=warp: w._compose(a, b).sum(0), (dp, p_in)
+            lambda a, b, w=warp: w.compose(a, b).sum(0), (dp, p_in)
         )  # (P, n, P) each
         auto_dp, auto_in = auto_dp.transpose(0, 1), auto_in.transpose(0, 1)  # (n, P, P)
         worst = max(float((J_in - auto_in).abs().max()), float((J_dp - auto_dp).abs().max()))

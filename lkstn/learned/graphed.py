@@ -21,7 +21,7 @@ The graph replays the kernels that the capture recorded, so it computes what eag
 on the same GPU up to cuDNN's choice of algorithm and its non-deterministic reductions;
 ``tests/learned/test_graphed.py`` checks graphed gradients against eager ones in float32 and a
 graphed training run against an eager one in float64 (passed on an H200; in float32 two eager
-runs of this training already drift apart, ``tools/graph_vs_eager.py``). The model must not
+runs of this training already drift apart). The model must not
 synchronise with the host inside its forward or backward (no ``.item()``, no data-dependent
 Python branches: the aligners of :mod:`lkstn.learned.stn` with ``update="eq10"`` do not); if
 capture fails, the step warns once and runs eagerly.
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lkstn.learned.shards import ShardedStep, _detached
+from lkstn.learned.shards import ShardedStep, detached
 from lkstn.learned.streams import Batch
 
 __all__ = ["GraphedStep"]
@@ -121,7 +121,7 @@ class GraphedStep:
             loss = self.loss(out, static)
             loss.backward()
         self._graph, self._static = graph, static
-        self._out, self._loss = _detached(out), loss.detach()
+        self._out, self._loss = detached(out), loss.detach()
         self._grads = [p.grad for p in self.params]
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from lkstn.learned.streams import Batch
 
-__all__ = ["ShardedStep", "default_workers", "intra_op_threads", "split_batch"]
+__all__ = ["ShardedStep", "default_workers", "detached", "intra_op_threads", "split_batch"]
 
 
 def default_workers(model: nn.Module, batch_size: int) -> int:
@@ -134,7 +134,7 @@ class ShardedStep:
         out = self.model(shard.images, shard.p_init)
         loss = self.loss(out, shard) * (shard.p_init.shape[0] / n)
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        return loss.detach(), _detached(out), grads
+        return loss.detach(), detached(out), grads
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -142,12 +142,12 @@ class ShardedStep:
             self._pool.shutdown()
 
 
-def _detached(out: Any) -> Any:
+def detached(out: Any) -> Any:
     """``out`` without its graph (a tensor, or a tuple such as ``Transformed``)."""
     if isinstance(out, Tensor):
         return out.detach()
     if isinstance(out, tuple) and hasattr(out, "_fields"):
-        return type(out)(*(_detached(v) for v in out))
+        return type(out)(*(detached(v) for v in out))
     return out
 
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lkstn.learned._torch_warp import WarpSampler
 from lkstn.learned.predictors import LinearPredictor
 from lkstn.learned.stn import ICSTN
+from lkstn.learned.torch_warp import WarpSampler
 
 __all__ = ["LinearICSTNStack", "linear_parts"]
 

@@ -38,7 +38,7 @@ from lkstn.result import CONVERGED_PX, corner_error
 from lkstn.warps import Warp
 
 if TYPE_CHECKING:
-    from lkstn.learned.stn import Transformed
+    from lkstn.learned.transformer import Transformed
 
 __all__ = ["AlignmentData", "Batch", "ClassificationData", "step_generator"]
 

@@ -46,21 +46,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from lkstn import runs
-from lkstn.learned._fast_cpu import fast_cpu_layers
 from lkstn.learned.checkpoint import save_checkpoint
+from lkstn.learned.config import MAX_SKIPS_IN_A_ROW, TrainConfig, TrainingDiverged, TrainResult
+from lkstn.learned.fast_cpu import fast_cpu_layers
 from lkstn.learned.graphed import GraphedStep
 from lkstn.learned.resume import resume_run, run_identity, seed_everything
 from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
 
 __all__ = [
+    "MAX_SKIPS_IN_A_ROW",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
@@ -68,119 +70,6 @@ __all__ = [
     "run_identity",
     "train",
 ]
-
-_OPTIMIZERS = ("sgd", "momentum", "adam")
-MAX_SKIPS_IN_A_ROW = 10  # nonfinite="skip": this many non-finite batches in a row stop the run
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the model holds the parameters of the last good step."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run (recorded in the run manifest and checkpoints).
-
-    Attributes
-    ----------
-    n_steps : int
-        Total optimizer steps (a resumed run continues up to it).
-    sigma : float
-        Perturbation scale in template pixels ([LL17]: 2.5-10 planar, 3.5 MNIST; the
-        authors' MNIST code uses 0.25 canonical units, 3.375 px at 28 x 28).
-    batch_size : int
-        Perturbed samples per step (the paper: 100).
-    optimizer : "sgd", "momentum" or "adam"
-        Plain SGD is the paper's.
-    lr_predictor, lr_classifier : float
-        Learning rates of the aligner's parameters and of the classifier's.
-    momentum : float
-        For ``"momentum"``.
-    seed : int
-        Seeds the training stream and the test perturbations.
-    n_test : int
-        Test starts of an alignment run (a classification run uses its whole test set).
-    eval_every, checkpoint_every : int
-        Steps between evaluations / checkpoints (the last step always gets both).
-    progress : bool
-        Show a tqdm progress bar with the loss and the training error.
-    fast_conv : bool
-        On CPU, switch the model's convolution and 2x2 pooling layers to their fast CPU form
-        (:func:`~lkstn.learned._fast_cpu.fast_cpu_layers`: same function and gradients,
-        in place).
-    workers : int or None
-        Split each batch into this many shards, whose forward and backward run in parallel
-        threads with one intra-op thread each (:mod:`lkstn.learned.shards`: the batch's
-        gradient, summed in a fixed order). ``None``: ``torch.get_num_threads()`` on a CPU (at
-        most one shard per 25 samples), 1 on other devices. Results depend on it in the last
-        bits, so resume with the same value.
-    cuda_graph : bool
-        On a CUDA device, capture each step's forward and backward into a CUDA graph at the
-        first step and replay it (:class:`~lkstn.learned.graphed.GraphedStep`: the same
-        kernels, without the host's launch overhead: 5.6x the eager steps/s of MNIST
-        IC-STN-4(a) on an H200). Graphed training follows eager training to float64 rounding
-        (``tests/learned/test_graphed.py``, passed on an H200). Ignored on a CPU.
-    tf32 : bool
-        Let cuDNN convolutions and cuBLAS matrix products use TensorFloat-32 (10-bit mantissa)
-        during training. PyTorch allows it for convolutions by default; here it is off, so a GPU
-        computes the float32 function the CPU computes (set for the duration of :func:`train`,
-        then restored).
-    nonfinite : "stop" or "skip"
-        What a batch with a NaN or infinite loss does: stop the run (:class:`TrainingDiverged`)
-        or drop the batch without an update, as mixed-precision training drops a step whose
-        gradients overflowed (the run still stops after ``MAX_SKIPS_IN_A_ROW`` in a row: the
-        model itself is then broken). A homography that a prediction folds through the plane
-        at infinity makes one sample's loss NaN; ``"skip"`` lets a long run go past it.
-    """
-
-    n_steps: int
-    sigma: float
-    batch_size: int = 100
-    optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
-    lr_predictor: float = 1e-4
-    lr_classifier: float = 1e-2
-    momentum: float = 0.9
-    seed: int = 0
-    n_test: int = 1000
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
-    progress: bool = True
-    fast_conv: bool = True
-    workers: int | None = None
-    cuda_graph: bool = True
-    tf32: bool = False
-    nonfinite: Literal["stop", "skip"] = "stop"
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and (
-            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
-        ):
-            raise ValueError(f"workers must be a positive integer or None, got {self.workers!r}")
-        for name in ("n_steps", "batch_size", "n_test", "eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("sigma", "lr_predictor", "lr_classifier", "momentum"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What :func:`train` returns: the final step and every evaluation record."""
-
-    step: int
-    records: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def last(self) -> dict[str, float]:
-        """The final evaluation."""
-        return self.records[-1] if self.records else {}
 
 
 def train(
@@ -237,18 +126,12 @@ def train(
 
 
 def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResult:
-    """:func:`train` with the run directory (if any) locked."""
+    """:func:`train` with the run directory (if any) locked: the training loop."""
     first = next(model.parameters())
     device, dtype = first.device, first.dtype
-    workers = config.workers or default_workers(model, config.batch_size)
-    config = replace(config, workers=workers)  # as saved
-    start = 0
+    config = replace(config, workers=config.workers or default_workers(model, config.batch_size))
     optimizer = _optimizer(model, config)
-    if run is not None:
-        identity = run_identity(model, config, data, data_identity)
-        runs.open_run(run, identity, resume=resume, fresh=fresh)
-        start = resume_run(run, model, optimizer, config)
-        runs.truncate_records(run / "log.jsonl", keep=lambda r: _record_step(r) <= start)
+    start = _open_run(run, model, optimizer, config, data, resume, fresh, data_identity)
     if start == 0:
         seed_everything(config.seed)
     if config.fast_conv and device.type == "cpu":
@@ -257,13 +140,9 @@ def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResul
     aligner = getattr(model, "aligner", model)
     warp, shape = aligner.warp, aligner.template_shape
     test = data.test_set(warp, shape, config.sigma, config.batch_size, config.seed, config.n_test)
+    step_fn = _step_function(model, data, config, device)
+    guard = _NonFiniteGuard(config, run, last_saved=start or None)
     records: list[dict[str, float]] = []
-    last_saved = start or None
-    workers = config.workers
-    if config.cuda_graph and device.type == "cuda" and workers == 1:
-        step_fn: ShardedStep | GraphedStep = GraphedStep(model, data.loss)
-    else:
-        step_fn = ShardedStep(model, data.loss, workers)
     model.train()
     bar = tqdm(range(start, config.n_steps), initial=start, total=config.n_steps,
                disable=not config.progress, desc=type(aligner).__name__)  # fmt: skip
@@ -273,58 +152,107 @@ def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResul
                           step_generator(config.seed, step))  # fmt: skip
 
     try:
-        with intra_op_threads(1 if workers > 1 else None), _tf32(config.tf32):
+        with intra_op_threads(1 if config.workers > 1 else None), _tf32(config.tf32):
             batch = draw(start) if start < config.n_steps else None
-            in_a_row, skipped = 0, []
             for step in bar:
                 optimizer.zero_grad(set_to_none=True)
-                loss, outputs = step_fn(batch)
+                loss, outputs = step_fn(batch)  # forward and backward
                 if step + 1 < config.n_steps:  # drawn while an accelerator computes this step
                     batch = draw(step + 1)
-                finite = bool(torch.isfinite(loss))
-                in_a_row = 0 if finite else in_a_row + 1
-                if not finite and (config.nonfinite == "stop" or in_a_row >= MAX_SKIPS_IN_A_ROW):
-                    where = "none (no run_dir)" if run is None else "none written yet"
-                    if run is not None and last_saved is not None:
-                        where = f"{run / 'checkpoint.pt'} (step {last_saved})"
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at step {step}"
-                        + (f" ({in_a_row} batches in a row)" if in_a_row > 1 else "")
-                        + f": training diverged. The model holds the parameters of step {step}; "
-                        f"last checkpoint: {where}. Lower the learning rates (lr_predictor="
-                        f"{config.lr_predictor}, lr_classifier={config.lr_classifier})."
-                    )
-                if finite:
+                if guard.admits(loss, step):  # else skipped; TrainingDiverged stops the run
                     optimizer.step()
-                else:  # nonfinite="skip": this batch changes nothing
-                    skipped.append(step)
                 done = step + 1
-                if done % 10 == 0 or done == config.n_steps:
-                    err = torch.cat(
-                        [data.errors(o, b, warp, shape)["error"] for o, b in outputs]
-                    ).mean()
-                    bar.set_postfix(loss=f"{loss.item():.4g}", error=f"{err.item():.4g}",
-                                    refresh=False)  # fmt: skip
-                if done % config.eval_every == 0 or done == config.n_steps:
-                    record = {"step": done, "train_loss": loss.item(),
-                              **evaluate(model, data, test)}  # fmt: skip
-                    if config.nonfinite == "skip":  # the steps skipped since the last record
-                        record["skipped_steps"] = skipped
-                        skipped = []
-                    record["time"] = time.time()
-                    records.append(record)
+                if _due(done, 10, config.n_steps):
+                    _show_progress(bar, loss, outputs, data, warp, shape)
+                if _due(done, config.eval_every, config.n_steps):
+                    records.append(_evaluation(model, data, test, done, loss, guard))
                     if run is not None:
-                        runs.append_record(run / "log.jsonl", record)
-                if run is not None and (
-                    done % config.checkpoint_every == 0 or done == config.n_steps
-                ):
+                        runs.append_record(run / "log.jsonl", records[-1])
+                if run is not None and _due(done, config.checkpoint_every, config.n_steps):
                     save_checkpoint(run / "checkpoint.pt", model, optimizer, step=done,
                                     config=asdict(config))  # fmt: skip
-                    last_saved = done
+                    guard.last_saved = done
     finally:
         bar.close()
         step_fn.close()
     return TrainResult(step=max(start, config.n_steps), records=records)
+
+
+def _open_run(run, model, optimizer, config, data, resume, fresh, data_identity) -> int:
+    """Open (or resume) the run in ``run``; its step: the checkpoint's, 0 for a fresh run."""
+    if run is None:
+        return 0
+    runs.open_run(run, run_identity(model, config, data, data_identity), resume=resume,
+                  fresh=fresh)  # fmt: skip
+    start = resume_run(run, model, optimizer, config)
+    runs.truncate_records(run / "log.jsonl", keep=lambda r: _record_step(r) <= start)
+    return start
+
+
+def _step_function(model, data, config, device) -> ShardedStep | GraphedStep:
+    """One step's forward and backward: replayed from a CUDA graph, or in CPU shards."""
+    if config.cuda_graph and device.type == "cuda" and config.workers == 1:
+        return GraphedStep(model, data.loss)
+    return ShardedStep(model, data.loss, config.workers)
+
+
+def _evaluation(model, data, test, done, loss, guard) -> dict[str, Any]:
+    """The log record of step ``done``: train loss, test loss and errors, skipped steps, time."""
+    record = {"step": done, "train_loss": loss.item(), **evaluate(model, data, test)}
+    if guard.config.nonfinite == "skip":  # the steps skipped since the last record
+        record["skipped_steps"] = guard.take_skipped()
+    record["time"] = time.time()
+    return record
+
+
+def _due(done: int, every: int, n_steps: int) -> bool:
+    """Whether something done every ``every`` steps (and at the last one) is due now."""
+    return done % every == 0 or done == n_steps
+
+
+def _show_progress(bar, loss, outputs, data, warp, shape) -> None:
+    """The loss and the training error of this step on the progress bar."""
+    err = torch.cat([data.errors(o, b, warp, shape)["error"] for o, b in outputs]).mean()
+    bar.set_postfix(loss=f"{loss.item():.4g}", error=f"{err.item():.4g}", refresh=False)
+
+
+@dataclass
+class _NonFiniteGuard:
+    """What a non-finite loss does (``config.nonfinite``): stop the run, or skip the batch."""
+
+    config: TrainConfig
+    run: Path | None
+    last_saved: int | None  # the step of the last checkpoint written
+    in_a_row: int = 0
+    skipped: list[int] = field(default_factory=list)
+
+    def admits(self, loss: torch.Tensor, step: int) -> bool:
+        """Whether the optimizer may step on ``loss``; raises :class:`TrainingDiverged`."""
+        finite = bool(torch.isfinite(loss))
+        self.in_a_row = 0 if finite else self.in_a_row + 1
+        if not finite and (self.config.nonfinite == "stop" or self.in_a_row >= MAX_SKIPS_IN_A_ROW):
+            raise TrainingDiverged(self._message(loss, step))
+        if not finite:  # nonfinite="skip": this batch changes nothing
+            self.skipped.append(step)
+        return finite
+
+    def take_skipped(self) -> list[int]:
+        """The steps skipped since the last call."""
+        skipped, self.skipped = self.skipped, []
+        return skipped
+
+    def _message(self, loss: torch.Tensor, step: int) -> str:
+        where = "none (no run_dir)" if self.run is None else "none written yet"
+        if self.run is not None and self.last_saved is not None:
+            where = f"{self.run / 'checkpoint.pt'} (step {self.last_saved})"
+        c = self.config
+        return (
+            f"loss is {loss.item()} at step {step}"
+            + (f" ({self.in_a_row} batches in a row)" if self.in_a_row > 1 else "")
+            + f": training diverged. The model holds the parameters of step {step}; "
+            f"last checkpoint: {where}. Lower the learning rates (lr_predictor="
+            f"{c.lr_predictor}, lr_classifier={c.lr_classifier})."
+        )
 
 
 @contextlib.contextmanager

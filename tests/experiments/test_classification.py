@@ -18,6 +18,7 @@ import torch
 
 from lkstn.cli import main
 from lkstn.experiments import classification as cl
+from lkstn.experiments.classification import command, training
 from lkstn.experiments.gtsrb import GTSRB
 from lkstn.experiments.mnist import MNIST
 from lkstn.learned.checkpoint import load_checkpoint
@@ -128,7 +129,7 @@ def test_cosine_schedule_follows_adams_step_count():
     opt = torch.optim.Adam([{"params": net.parameters(), "lr": 0.1}])
     recipe = cl.Recipe("fast", "adam", 0.1, 0.1, n_steps=8, schedule="cosine")
     lrs = []
-    with cl._schedule(recipe, 8):
+    with cl.cosine_schedule(recipe, 8):
         for _ in range(5):
             opt.zero_grad()
             net(torch.ones(1, 2)).sum().backward()
@@ -406,7 +407,7 @@ def test_quick_gtsrb_standardized_is_recorded_and_resumed_alike(
     assert _quick("gtsrb", gtsrb_root, tmp_path, ["IC-STN-2"], "--resume", "--standardize") == 0
     # the report reads the input back from run.json, whatever the flag says
     seen, load = [], cl.load_data
-    monkeypatch.setattr(cl, "load_data", lambda *a, **k: seen.append(k) or load(*a, **k))
+    monkeypatch.setattr(command, "load_data", lambda *a, **k: seen.append(k) or load(*a, **k))
     args = ["reproduce", "gtsrb", "--data", str(gtsrb_root), "--report-only", "--rows",
             "IC-STN-2", "--no-standardize", "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0 and seen[-1]["standardize"] is True
@@ -427,8 +428,10 @@ def test_quick_gtsrb_runs_on_cuda_unchanged(gtsrb_root, tmp_path):
 
 
 def test_skip_nonfinite_cuda_graph_tf32_reach_the_training_loop(mnist_root, tmp_path, monkeypatch):
-    seen, inner = [], cl.train
-    monkeypatch.setattr(cl, "train", lambda m, c, *a, **k: seen.append(c) or inner(m, c, *a, **k))
+    seen, inner = [], training.train
+    monkeypatch.setattr(
+        training, "train", lambda m, c, *a, **k: seen.append(c) or inner(m, c, *a, **k)
+    )
     assert _quick("mnist", mnist_root, tmp_path, ["IC-STN-2(a)"], "--skip-nonfinite") == 0
     assert seen and all(c.nonfinite == "skip" for c in seen)
     row = json.loads((tmp_path / "ic-stn-2a" / "row.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lkstn.learned._fast_cpu import FastConv2d, FastMaxPool2d, fast_cpu_layers
+from lkstn.learned.fast_cpu import FastConv2d, FastMaxPool2d, fast_cpu_layers
 
 
 def test_fast_layers_keep_values_gradients_and_state_dict() -> None:

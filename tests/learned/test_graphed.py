@@ -98,10 +98,10 @@ def _graphed_against_eager_gradients() -> None:
 @cuda
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_graphed_training_follows_eager_training(optimizer, tmp_path) -> None:
-    # In float64. This training amplifies a difference in the last bit ~1e5-fold in a few steps
-    # (tools/graph_vs_eager.py on an H200: two *eager* float32 runs differ by 4e-3 after 5 steps
-    # and 4e-2 after 30, from cuDNN's reordered sums), so float32 cannot tell a wrong graph from
-    # rounding; in float64 eager runs agree to ~2e-9 after 30 steps, and so must graphed ones.
+    # In float64. This training amplifies a difference in the last bit by orders of magnitude in a
+    # few steps (on an H200 two *eager* float32 runs drift apart from cuDNN's reordered sums), so
+    # float32 cannot tell a wrong graph from rounding; in float64 eager runs agree to ~2e-9 after
+    # 30 steps, and so must graphed ones.
     config = TrainConfig(n_steps=30, sigma=3.5, optimizer=optimizer, lr_predictor=1e-3,
                          lr_classifier=1e-2, eval_every=15, progress=False)  # fmt: skip
     finals, records = [], []

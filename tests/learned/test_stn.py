@@ -9,9 +9,9 @@ from skimage import data as skdata
 from torch import nn
 
 from lkstn import ICLK, Affine, Homography, Similarity, Translation, warp_image
-from lkstn.learned._torch_warp import WarpSampler
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor
 from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify, Transformed
+from lkstn.learned.torch_warp import WarpSampler
 from lkstn.perturb import perturb
 from lkstn.result import Aligner
 

@@ -13,7 +13,7 @@ homogeneous canonical grid ``G`` (the fastest of the layouts tried on CPU), divi
 for a homography, then ``grid_sample(..., align_corners=True)`` (the convention of
 :mod:`lkstn.warps`).
 
-The fast CPU kernels of the convolution and pooling layers are in :mod:`lkstn.learned._fast_cpu`.
+The fast CPU kernels of the convolution and pooling layers are in :mod:`lkstn.learned.fast_cpu`.
 
 Glossary: ``p`` warp parameters ``(B, P)``, ``M`` warp matrices ``(B, 3, 3)``, ``G`` homogeneous
 canonical grid ``(3, h*w)``, ``B`` batch, ``P`` number of parameters.
@@ -59,7 +59,7 @@ class WarpSampler(nn.Module):
         self._exact = {  # float64 masters: every dtype gets correctly rounded constants
             "grid": torch.as_tensor(np.concatenate([grid, np.ones((len(grid), 1))], 1).T.copy()),
             "basis": torch.as_tensor(warp.basis.reshape(P, 9)),  # (P, 9)
-            "pinv": torch.as_tensor(warp._pinv()),  # (9, P)
+            "pinv": torch.as_tensor(warp.basis_pinv()),  # (9, P)
             "eye": torch.eye(3, dtype=torch.float64),
         }
         for name, value in self._exact.items():

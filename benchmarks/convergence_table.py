@@ -1,12 +1,13 @@
 """Markdown tables of percent converged from a ``benchmarks/classical_vs_ecc.py`` JSON.
 
-    python tools/convergence_table.py out/classical_vs_ecc_gb.json [--against ECC]
+    python benchmarks/convergence_table.py out/classical_vs_ecc_gb.json [--against ECC]
 
 One table per warp and template size, one column per method, a row per sigma; with
 ``--against M`` a cell in *italics* is below method M's on the same trials, and a last line
 counts, per method, the cells at or above M's. Then issue 3's second criterion: per pyramid
 method (``-pyr`` in its name), the cells at sigma >= 5 where it converges on MORE trials than
-OpenCV's multiscale ECC (``ECC-ms``), when the file has it.
+OpenCV's multiscale ECC (``ECC-ms``), when the file has it. It measures nothing itself: the
+header names the machine the JSON was measured on (its :func:`lkstn.machine.fingerprint`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def main() -> None:
     data = json.loads(args.json.read_text())
     print(f"{args.json} (gain {data.get('gain', 1.0)}, bias {data.get('bias', 0.0)}, "
           f"{data['n_trials']} trials per sigma, {data['n_iter']} iterations)")  # fmt: skip
+    machine = data.get("machine", {})
+    if machine:
+        cpu = machine.get("cpu", {})
+        cpu = cpu.get("model_name") if isinstance(cpu, dict) else cpu
+        load = machine.get("load_average")
+        print(f"measured on {cpu}, {machine.get('cores')} cores, load {load}")
     digits = 1 if data["n_trials"] > 100 else 0  # one trial in 500 is 0.2 %
     at_least: dict[str, int] = {}
     above_ms: dict[str, int] = {}

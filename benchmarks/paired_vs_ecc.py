@@ -1,13 +1,14 @@
 """Trial by trial: which starts ICLK brings in that ECC does not, and the other way round.
 
-    python tools/paired_vs_ecc.py --warp affine --size 100 --sigmas 4 5 6 7 --seeds 0 2 \
+    python benchmarks/paired_vs_ecc.py --warp affine --size 100 --sigmas 4 5 6 7 --seeds 0 2 \
         [--n-trials 500] [--gradient-sigma 3] [--photometric gain-bias]
 
 ``benchmarks/classical_vs_ecc.py`` reports percentages per cell; where two methods are close
 (the affine 100x100 template at sigma 4-6) the paired counts say whether they converge on the
 same starts or on different ones. Same problem, same fixed starts (``fixed_starts``, seeded by
 ``(seed, sigma)``), same 50 iterations and ECC settings as the benchmark. Prints, per seed and
-sigma: converged by ICLK, by ECC, by both, by ICLK only and by ECC only.
+sigma: converged by ICLK, by ECC, by both, by ICLK only and by ECC only; first, the machine
+(:func:`lkstn.machine.fingerprint`: CPU, cores, load) the counts were made on.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import cv2
 from lkstn import ICLK
 from lkstn.experiments.convergence import fixed_starts, safe_corner_error
 from lkstn.experiments.problems import planar_problem
+from lkstn.machine import fingerprint
 from lkstn.result import CONVERGED_PX
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from classical_vs_ecc import ECC  # noqa: E402  (the benchmark's adapter, not a copy)
 
 
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         photometric=photometric,
     )  # fmt: skip
     ecc = ECC(prob.template, prob.warp, n_iter=args.n_iter)
+    fp = fingerprint()
+    print(f"machine: {fp['cpu']['model_name']}, {fp['cores']} cores, load {fp['load_average']}")
     print(f"{args.warp} {args.size}x{args.size}, {args.n_trials} starts, {iclk!r} against ECC")
     for seed in args.seeds:
         for sigma in args.sigmas:
