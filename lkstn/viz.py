@@ -44,9 +44,6 @@ def pyplot() -> Any:
     return plt
 
 
-_plt = pyplot  # the former name, still imported by lkstn.experiments.planar
-
-
 def box_corners(warp: Warp, p: Any, image_shape: tuple[int, ...]) -> np.ndarray:
     """The template corners under ``W(.; p)``, in image pixels, ``(..., 4, 2)``."""
     p = np.asarray(p, dtype=float)

@@ -23,11 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lkstn"
 MAX_LINES = 400
 # Files being rewritten elsewhere at the time of writing; their next change removes the entry.
-LONG = {"lkstn/experiments/planar.py"}
-EXCEPTIONS = {
-    # imports the former names of convergence.finite_or_none and viz.pyplot
-    "lkstn/experiments/planar.py": {"_finite_or_none", "_plt"},
-}
+LONG: set[str] = set()
+EXCEPTIONS: dict[str, set[str]] = {}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -218,6 +218,3 @@ def finite_or_none(x: Any) -> Any:
     if isinstance(x, np.integer):
         return int(x)
     return x
-
-
-_finite_or_none = finite_or_none  # the former name, still imported by lkstn.experiments.planar

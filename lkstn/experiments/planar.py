@@ -44,7 +44,7 @@ import numpy as np
 
 from lkstn import runs
 from lkstn.experiments import arguments as types
-from lkstn.experiments.convergence import _finite_or_none, fixed_starts
+from lkstn.experiments.convergence import finite_or_none, fixed_starts
 from lkstn.experiments.curves import ErrorCurves, error_curves
 from lkstn.experiments.planar_report import figure6, figure7, machine, table1_markdown
 from lkstn.experiments.planar_setup import (
@@ -265,7 +265,7 @@ def _run_locked(out: Path, prob: PlanarProblem, recipe: Recipe, progress: bool, 
         "machine": machine(),
         "fingerprint": fingerprint(),
     }
-    record = _finite_or_none(record)  # a diverged estimate is inf: null in the JSON
+    record = finite_or_none(record)  # a diverged estimate is inf: null in the JSON
     runs.write_atomic(out / "planar.json", json.dumps(record, indent=2))
     runs.write_atomic(out / "table1.md", table1_markdown(record))
     log(table1_markdown(record))
