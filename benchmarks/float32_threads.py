@@ -23,6 +23,7 @@ import torch
 from lkstn import ICLK
 from lkstn.experiments.convergence import fixed_starts
 from lkstn.experiments.problems import planar_problem
+from lkstn.machine import fingerprint
 
 
 def main(argv=None) -> int:
@@ -48,6 +49,9 @@ def main(argv=None) -> int:
     for key, v in times.items():
         print(f"{key}: median {1e3 * np.median(v):.1f} ms, best {1e3 * min(v):.1f} ms")
     print(f"load average {load} -> {os.getloadavg()}")
+    cpu = fingerprint()["cpu"]
+    print(f"CPU: {cpu['model_name']} (family {cpu['family']} model {cpu['model']}), "
+          f"flags {' '.join(cpu['flags'])}, torch {torch.__version__}")  # fmt: skip
     return 0
 
 

@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
                 row[f"{side}_{metric}_range"] = [min(values), max(values)]
     from sweep_step import cpu_model  # same folder
 
-    record = {"cpu": cpu_model(), "recipe_steps": base.n_steps, "seeds": args.seeds,
-              "results": results, "load_average_at_each_seed": load}  # fmt: skip
+    from lkstn.machine import fingerprint
+
+    record = {"cpu": cpu_model(), "fingerprint": fingerprint(), "recipe_steps": base.n_steps,
+              "seeds": args.seeds, "results": results,
+              "load_average_at_each_seed": load}  # fmt: skip
     print(json.dumps(record, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=2))

@@ -42,6 +42,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from lkstn.experiments import classification as cl
 from lkstn.experiments.mnist import MNIST
 from lkstn.learned.streams import ClassificationData, step_generator
+from lkstn.machine import fingerprint
 from lkstn.warps import Homography
 
 ROWS_2A = ("STN(a)", "c-STN-1(a)", "c-STN-2(a)", "c-STN-4(a)", "IC-STN-2(a)", "IC-STN-4(a)")
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": seconds,
         "steps_per_second_all_rows": args.steps / seconds,
         "cuda_graph": device.type == "cuda" and not args.no_graph,
+        "fingerprint": fingerprint(),
     }
     print(json.dumps(result, indent=2))
     if args.out:

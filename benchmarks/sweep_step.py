@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lkstn.learned.streams import AlignmentData
     from lkstn.learned.sweep import train_sweep
     from lkstn.learned.train import train
+    from lkstn.machine import fingerprint
     from lkstn.warps import Affine
 
     torch.set_num_threads(args.threads)
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "cpu": cpu_model(),
+        "fingerprint": fingerprint(),
         "torch": torch.__version__,
         "threads": args.threads,
         "rounds": args.rounds,

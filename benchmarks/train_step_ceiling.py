@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor
 from lkstn.learned.stn import ICSTN, AlignThenClassify
 from lkstn.learned.streams import step_generator
+from lkstn.machine import fingerprint
 from lkstn.perturb import perturbation
 from lkstn.warps import Homography
 
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     with FlopCounterMode(display=False) as fc:
         step(model, images, p_init, labels)
     flops = fc.get_total_flops()
-    result = {"cpu": cpu_model(), "torch": torch.__version__, "load_before": os.getloadavg()[0],
-              "step_gflop_fwd_bwd": flops / 1e9, "threads": {}}  # fmt: skip
+    result = {"cpu": cpu_model(), "fingerprint": fingerprint(), "torch": torch.__version__,
+              "load_before": os.getloadavg()[0], "step_gflop_fwd_bwd": flops / 1e9,
+              "threads": {}}  # fmt: skip
     a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
     for threads in (1, 2):
         torch.set_num_threads(threads)
