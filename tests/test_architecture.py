@@ -6,9 +6,8 @@ the experiments independent of the command line.
 - no module uses another module's underscore names: neither ``from lkstn.x import _name``, nor
   ``module._name``, nor ``obj._name`` for a ``_name`` defined only in other modules (a method of
   another module's class). A leading-underscore *module* is private to its package and may be
-  imported by the modules of that package. ``lkstn/classical`` is checked by its own owners and
-  is left out here; ``EXCEPTIONS`` lists, by file, the uses that wait for their module's next
-  change (each of those names has a public twin already);
+  imported by the modules of that package. ``EXCEPTIONS`` lists, by file, the uses that wait for
+  their module's next change (each of those names has a public twin already);
 - ``lkstn.experiments`` never imports ``lkstn.cli``, and ``lkstn.cli`` runs no script of
   ``benchmarks/``.
 """
@@ -101,8 +100,6 @@ def test_no_module_uses_another_modules_private_names():
     owners = {path: _defined(tree) for path, tree in trees.items()}
     offences = defaultdict(set)
     for path, tree in trees.items():
-        if path.startswith("lkstn/classical/"):
-            continue
         extra = _uses(path, tree, owners) - EXCEPTIONS.get(path, set())
         if extra:
             offences[path] = extra

@@ -74,7 +74,7 @@ class Sampler:
         """
         n = p.shape[0]
         # (n, 3, 3): padded pixel from canonical
-        A = self._pad_from_canonical @ self._warp._matrix(p)
+        A = self._pad_from_canonical @ self._warp.matrix(p, check=False)
         Hp, Wp = self._size
         corners = A @ self._corners  # (n, 3, 4)
         w = corners[:, 2]

@@ -95,7 +95,7 @@ class SingleSampler:
         write into them)."""
         h, w = self._shape
         every = slice(0, h * w)
-        M = torch.from_numpy(np.ascontiguousarray(self._warp._matrix(p)))  # (n, 3, 3) float64
+        M = torch.from_numpy(np.ascontiguousarray(self._warp.matrix(p, check=False)))  # (n, 3, 3)
         # coordinate r of pixel (i, j) is cols[r][:, j] + rows[r][:, i] (before the division)
         cols = [(M[:, r, 0, None] * self._u).float() for r in range(3)]  # (n, w) each
         rows = [(M[:, r, 1, None] * self._v + M[:, r, 2, None]).float() for r in range(3)]
