@@ -1,8 +1,9 @@
 """The float64 bilinear sampler of the Gauss-Newton aligners: ``I(W(x; p))`` for many ``p``.
 
 :class:`Sampler` is what LK, CompositionalLK and ICLK call once per iteration for all their
-alignments; ``ICLK(dtype="float32")`` uses :class:`lkstn.classical._single.SingleSampler`, which
-has the same interface. Glossary as in :mod:`lkstn.classical._gauss_newton`.
+alignments; ``ICLK(dtype="float32")`` uses
+:class:`lkstn.classical.torch_sampler.SingleSampler`, which has the same interface. Glossary as
+in :mod:`lkstn.classical._gauss_newton`.
 """
 
 from __future__ import annotations

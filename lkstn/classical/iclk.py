@@ -98,8 +98,9 @@ class ICLK(GaussNewton):
         :mod:`lkstn.classical.photometric`. Same cost per iteration.
     dtype : float64 (default) or float32
         Precision of sampling and of the fixed linear map. ``float32`` samples through
-        PyTorch's compiled bilinear ``grid_sample`` (:mod:`lkstn.classical._single`; about twice
-        as fast on a batch of starts); the warp update and the convergence test stay float64.
+        PyTorch's compiled bilinear ``grid_sample`` (:mod:`lkstn.classical.torch_sampler`;
+        about twice as fast on a batch of starts); the warp update and the convergence test
+        stay float64.
     gradient_sigma : float
         Standard deviation, in template pixels, of a Gaussian applied to the template for a
         second, smoothed set of steepest-descent images ``sd_G`` (0: none, the classical IC-LK
@@ -326,14 +327,14 @@ class ICLK(GaussNewton):
         """See :meth:`GaussNewton.align`; ``dtype="float32"`` samples on one torch thread."""
         if self.dtype != np.float32:
             return super().align(image, p_init, n_iter, **kwargs)
-        from lkstn.classical._single import one_thread  # imports torch
+        from lkstn.classical.torch_sampler import one_thread  # imports torch
 
         with one_thread():
             return super().align(image, p_init, n_iter, **kwargs)
 
     def _sampler(self, images: np.ndarray, level: _ICLevel):
         if self.dtype == np.float32:
-            from lkstn.classical._single import SingleSampler  # imports torch
+            from lkstn.classical.torch_sampler import SingleSampler  # imports torch
 
             return SingleSampler(images, self.warp, level.template.shape[:2])
         return super()._sampler(images, level)
