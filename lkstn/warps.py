@@ -127,8 +127,6 @@ class Warp:
             raise ValueError(f"{name} has non-finite entries (NaN or inf)")
         return p
 
-    _check_p = check_params  # the former name, still used in lkstn.classical
-
     def _check_xy(self, xy: ArrayLike, like: Array | None = None) -> Array:
         xy = asarray(xy, like=like)
         if xy.ndim < 2 or xy.shape[-1] != 2:
@@ -139,28 +137,30 @@ class Warp:
     def _flat_basis(self, like: Array) -> Array:
         return constant(self.basis.reshape(self.n_params, 9), like)  # (P, 9)
 
-    def _matrix(self, p: Array) -> Array:
-        """``M(p)`` without validation, shape ``(..., 3, 3)``."""
+    def matrix(self, p: ArrayLike, *, check: bool = True) -> Array:
+        """The homogeneous matrix ``M(p)``, shape ``(..., 3, 3)`` ([LL17] eq. (9)).
+
+        ``check=False`` skips the shape and finiteness checks of ``p``, which must then be an
+        array of this family's ``(..., P)`` (for inner loops over checked parameters).
+        """
+        if check:
+            p = self.check_params(p)
         flat = p @ self._flat_basis(p) + constant(_EYE.reshape(9), p)  # (..., 9)
         return flat.reshape(*p.shape[:-1], 3, 3)
 
-    def _params(self, M: Array) -> Array:
-        """``p(M)`` without validation: normalise ``M[2, 2]``, then project on the basis."""
-        if self.projective:
-            M = M / M[..., 2:3, 2:3]
-        pinv = constant(self.basis_pinv(), M)  # (9, P)
-        return (M - constant(_EYE, M)).reshape(*M.shape[:-2], 9) @ pinv
-
-    def matrix(self, p: ArrayLike) -> Array:
-        """The homogeneous matrix ``M(p)``, shape ``(..., 3, 3)`` ([LL17] eq. (9))."""
-        return self._matrix(self.check_params(p))
-
-    def params(self, M: ArrayLike) -> Array:
+    def params(self, M: ArrayLike, *, check: bool = True) -> Array:
         """Parameters of a matrix of this family, ``(..., 3, 3) -> (..., P)``.
 
         Raises ``ValueError`` when ``M`` is singular, has ``M[2, 2] == 0`` (homography), or
-        is not in the family (e.g. a projective matrix given to ``Affine``).
+        is not in the family (e.g. a projective matrix given to ``Affine``). ``check=False``
+        skips these checks (for inner loops): ``M``, an array, is normalised by ``M[2, 2]``
+        (homography) and projected on the family, and a singular ``M`` gives non-finite ``p``.
         """
+        if not check:
+            if self.projective:
+                M = M / M[..., 2:3, 2:3]
+            pinv = constant(self.basis_pinv(), M)  # (9, P)
+            return (M - constant(_EYE, M)).reshape(*M.shape[:-2], 9) @ pinv  # (..., P)
         M = asarray(M)
         if M.ndim < 2 or tuple(M.shape[-2:]) != (3, 3):
             raise ValueError(f"M must have shape (..., 3, 3), got {tuple(M.shape)}")
@@ -171,8 +171,8 @@ class Warp:
             raise ValueError("M has M[2, 2] == 0: the warp sends the origin to infinity")
         if bool((xp.abs(xp.linalg.det(M)) < _SINGULAR_TOL).any()):
             raise ValueError("M is singular (determinant ~ 0)")
-        p = self._params(M)
-        back = self._matrix(p)
+        p = self.params(M, check=False)
+        back = self.matrix(p, check=False)
         scale = M[..., 2:3, 2:3] if self.projective else 1.0
         if not bool((xp.abs(back - M / scale) < 1e-6 * (1 + xp.abs(M / scale))).all()):
             raise ValueError(f"M is not a {type(self).__name__} matrix")
@@ -185,38 +185,32 @@ class Warp:
             return xp.zeros((*batch_shape, self.n_params), dtype=like.dtype, device=like.device)
         return np.zeros((*batch_shape, self.n_params))
 
-    def _compose(self, p: Array, q: Array) -> Array:
-        return self._params(self._matrix(p) @ self._matrix(q))
-
     def compose(self, p: ArrayLike, q: ArrayLike, *, check: bool = True) -> Array:
         """Parameters of ``M(p) @ M(q)``: ``q`` acts on the points first.
 
         ``check=False`` skips the shape and finiteness checks of ``p`` and ``q`` (arrays that a
         caller has checked, or whose non-finite rows it handles itself).
         """
-        if not check:
-            return self._compose(*same_kind(asarray(p), asarray(q)))
-        p, q = same_kind(self.check_params(p, "p"), self.check_params(q, "q"))
-        return self._compose(p, q)
-
-    def _inverse(self, p: Array) -> Array:
-        xp = namespace(p)
-        return self._params(xp.linalg.inv(self._matrix(p)))
+        if check:
+            p, q = same_kind(self.check_params(p, "p"), self.check_params(q, "q"))
+        else:
+            p, q = same_kind(asarray(p), asarray(q))
+        return self.params(self.matrix(p, check=False) @ self.matrix(q, check=False), check=False)
 
     def inverse(self, p: ArrayLike) -> Array:
         """Parameters of ``M(p)^-1``; ``ValueError`` for a singular warp."""
         p = self.check_params(p)
-        M = self._matrix(p)
+        M = self.matrix(p, check=False)
         xp = namespace(M)
         if bool((xp.abs(xp.linalg.det(M)) < _SINGULAR_TOL).any()):
             raise ValueError("p gives a singular warp matrix (determinant ~ 0): no inverse")
-        inv = self._params(xp.linalg.inv(M))
+        inv = self.params(xp.linalg.inv(M), check=False)
         if not all_finite(inv):
             raise ValueError("p gives a warp whose inverse sends points to infinity")
         return inv
 
     def _apply(self, p: Array, xy: Array) -> Array:
-        M = self._matrix(p)  # (..., 3, 3)
+        M = self.matrix(p, check=False)  # (..., 3, 3)
         out = xy @ M[..., :2, :2].swapaxes(-1, -2) + M[..., None, :2, 2]  # (..., N, 2)
         if self.projective:
             w = xy @ M[..., 2:3, :2].swapaxes(-1, -2) + M[..., None, 2:3, 2]  # (..., N, 1)
@@ -232,24 +226,26 @@ class Warp:
         p = self.check_params(p) if check else asarray(p)
         return self._apply(p, self._check_xy(xy, like=p))
 
-    def jacobian(self, xy: ArrayLike, p: ArrayLike | None = None) -> Array:
+    def jacobian(self, xy: ArrayLike, p: ArrayLike | None = None, *, check: bool = True) -> Array:
         """``dW/dp`` at the points ``xy``, shape ``(..., N, 2, P)``; at the identity by default.
 
         For ``W = (u / w, v / w)`` with ``(u, v, w) = M(p) xh``:
         ``dW/dp_k = (B_k[:2] xh - W B_k[2] xh) / w`` ([BM04] Sec. 2.1).
+        ``check=False`` skips the checks of ``xy`` and ``p``, which must then be arrays of one
+        kind (for inner loops: the Jacobian of a homography at each iterate).
         """
-        xy = self._check_xy(xy)
-        p = self.identity(like=xy) if p is None else self.check_params(p)
-        xy = asarray(xy, like=p)
-        return self._jacobian(xy, p)
-
-    def _jacobian(self, xy: Array, p: Array) -> Array:
+        if check:
+            xy = self._check_xy(xy)
+            p = self.identity(like=xy) if p is None else self.check_params(p)
+            xy = asarray(xy, like=p)
+        elif p is None:
+            p = self.identity(like=xy)
         xp = namespace(xy, p)
         ones = xp.ones_like(xy[..., :1])
         xh = xp.concatenate([xy, ones], -1)  # (..., N, 3)
         B = constant(self.basis, xy)  # (P, 3, 3)
         Bx = xp.einsum("kij,...nj->...nik", B, xh)  # (..., N, 3, P)
-        M = self._matrix(p)  # (..., 3, 3)
+        M = self.matrix(p, check=False)  # (..., 3, 3)
         h = xh @ M.swapaxes(-1, -2)  # (..., N, 3)
         w = h[..., 2:3]  # (..., N, 1)
         W = h[..., :2] / w  # (..., N, 2)

@@ -1,14 +1,15 @@
 """The package's layout rules, checked on the source: small files, private names kept private,
-the experiments independent of the command line.
+torch kept out of the classical aligners, the experiments independent of the command line.
 
 - every file in ``lkstn/`` has at most 400 lines (a module a reader takes in at one sitting;
   ``LONG`` lists the files being rewritten elsewhere);
 - no module uses another module's underscore names: neither ``from lkstn.x import _name``, nor
   ``module._name``, nor ``obj._name`` for a ``_name`` defined only in other modules (a method of
   another module's class). A leading-underscore *module* is private to its package and may be
-  imported by the modules of that package. ``lkstn/classical`` is checked by its own owners and
-  is left out here; ``EXCEPTIONS`` lists, by file, the uses that wait for their module's next
-  change (each of those names has a public twin already);
+  imported by the modules of that package. ``EXCEPTIONS`` lists, by file, the uses that wait for
+  their module's next change (each of those names has a public twin already);
+- in ``lkstn/classical`` (NumPy/SciPy) only ``TORCH_MODULE``, ICLK's float32 sampler, imports
+  torch, anywhere in its body: ICLK imports that module only for ``dtype="float32"``;
 - ``lkstn.experiments`` never imports ``lkstn.cli``, and ``lkstn.cli`` runs no script of
   ``benchmarks/``.
 """
@@ -25,6 +26,7 @@ MAX_LINES = 400
 # Files being rewritten elsewhere at the time of writing; their next change removes the entry.
 LONG: set[str] = set()
 EXCEPTIONS: dict[str, set[str]] = {}
+TORCH_MODULE = "lkstn/classical/torch_sampler.py"
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -101,8 +103,6 @@ def test_no_module_uses_another_modules_private_names():
     owners = {path: _defined(tree) for path, tree in trees.items()}
     offences = defaultdict(set)
     for path, tree in trees.items():
-        if path.startswith("lkstn/classical/"):
-            continue
         extra = _uses(path, tree, owners) - EXCEPTIONS.get(path, set())
         if extra:
             offences[path] = extra
@@ -122,6 +122,48 @@ def test_the_checker_sees_each_kind_of_use(tmp_path):
         "    obj._mine()\n"
     )
     assert _uses("lkstn/b.py", ast.parse(source), owners) == {"_helper", "_other", "_method"}
+
+
+def _imports_torch(tree: ast.Module) -> bool:
+    """Whether ``tree`` has ``import torch[...]`` or ``from torch[...] import ...`` anywhere."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(n == "torch" or n.startswith("torch.") for n in names):
+            return True
+    return False
+
+
+def test_only_one_classical_module_imports_torch():
+    importing = {
+        str(p.relative_to(ROOT))
+        for p in sorted((PACKAGE / "classical").rglob("*.py"))
+        if _imports_torch(ast.parse(p.read_text(), filename=str(p)))
+    }
+    assert importing == {TORCH_MODULE}
+
+
+def test_the_torch_check_sees_each_form_of_import():
+    for source in (
+        "import torch",
+        "import torch.nn.functional as F",
+        "from torch import nn",
+        "from torch.nn import functional",
+        "def f():\n    import torch\n",
+    ):
+        assert _imports_torch(ast.parse(source)), source
+    for source in (
+        "import torchvision",
+        "from torchaudio import x",
+        "from . import torch_sampler",
+        "from lkstn.classical import torch_sampler",
+        "x = 'import torch'",
+    ):
+        assert not _imports_torch(ast.parse(source)), source
 
 
 def test_experiments_never_import_the_command_line():

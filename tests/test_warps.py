@@ -86,6 +86,26 @@ class TestFamily:
         assert tuple(warp.apply(p, xy).shape) == (4, 3, 5, 2)
         assert tuple(warp.jacobian(xy, p).shape) == (4, 3, 5, 2, warp.n_params)
 
+    def test_unchecked_forms_agree_and_let_nan_through(self, warp, kind):
+        """``check=False`` (the inner loops' form) computes the same values without raising."""
+        rng = np.random.default_rng(8)
+        p, q = as_kind(random_p(warp, rng, (3,)), kind), as_kind(random_p(warp, rng, (3,)), kind)
+        xy = as_kind(rng.uniform(-1, 1, (3, 5, 2)), kind)
+        M = warp.matrix(p)
+        pairs = [
+            (warp.matrix(p, check=False), M),
+            (warp.params(M, check=False), warp.params(M)),
+            (warp.compose(p, q, check=False), warp.compose(p, q)),
+            (warp.jacobian(xy, p, check=False), warp.jacobian(xy, p)),
+            (warp.jacobian(xy, check=False), warp.jacobian(xy)),
+        ]
+        for unchecked, checked in pairs:
+            np.testing.assert_array_equal(to_np(unchecked), to_np(checked))
+        nan = p * float("nan")
+        assert np.isnan(to_np(warp.matrix(nan, check=False))[..., 0, 0]).all()
+        assert np.isnan(to_np(warp.compose(nan, q, check=False))).all()
+        assert np.isnan(to_np(warp.params(warp.matrix(nan, check=False), check=False))).all()
+
     def test_inputs_not_mutated(self, warp, kind):
         rng = np.random.default_rng(7)
         p, q = random_p(warp, rng, (2,)), random_p(warp, rng, (2,))

@@ -55,7 +55,7 @@ from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
 
-_RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
+RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
 
 MIN_SCORE = 0.5
 """Default ``min_score``: the final zero-normalised correlation below which an alignment that
@@ -79,7 +79,7 @@ def singular(hessian: np.ndarray) -> np.ndarray:
     finite = np.isfinite(hessian).all((-2, -1))
     safe = np.where(finite[..., None, None], hessian, np.eye(hessian.shape[-1]))
     eig = np.linalg.eigvalsh(safe)  # (..., P) ascending
-    return ~finite | ~(eig[..., 0] > _RCOND * eig[..., -1])
+    return ~finite | ~(eig[..., 0] > RCOND * eig[..., -1])
 
 
 def solve(hessian: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
 """The float64 bilinear sampler of the Gauss-Newton aligners: ``I(W(x; p))`` for many ``p``.
 
 :class:`Sampler` is what LK, CompositionalLK and ICLK call once per iteration for all their
-alignments; ``ICLK(dtype="float32")`` uses :class:`lkstn.classical._single.SingleSampler`, which
-has the same interface. Glossary as in :mod:`lkstn.classical._gauss_newton`.
+alignments; ``ICLK(dtype="float32")`` uses
+:class:`lkstn.classical.torch_sampler.SingleSampler`, which has the same interface. Glossary as
+in :mod:`lkstn.classical._gauss_newton`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Sampler:
         """
         n = p.shape[0]
         # (n, 3, 3): padded pixel from canonical
-        A = self._pad_from_canonical @ self._warp._matrix(p)
+        A = self._pad_from_canonical @ self._warp.matrix(p, check=False)
         Hp, Wp = self._size
         corners = A @ self._corners  # (n, 3, 4)
         w = corners[:, 2]

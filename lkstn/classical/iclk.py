@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from lkstn.classical._gauss_newton import _RCOND, MIN_SCORE, GaussNewton, Level, singular
+from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
 from lkstn.classical.photometric import Photometric
 from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
 from lkstn.sampling import image_gradients
@@ -98,8 +98,9 @@ class ICLK(GaussNewton):
         :mod:`lkstn.classical.photometric`. Same cost per iteration.
     dtype : float64 (default) or float32
         Precision of sampling and of the fixed linear map. ``float32`` samples through
-        PyTorch's compiled bilinear ``grid_sample`` (:mod:`lkstn.classical._single`; about twice
-        as fast on a batch of starts); the warp update and the convergence test stay float64.
+        PyTorch's compiled bilinear ``grid_sample`` (:mod:`lkstn.classical.torch_sampler`;
+        about twice as fast on a batch of starts); the warp update and the convergence test
+        stay float64.
     gradient_sigma : float
         Standard deviation, in template pixels, of a Gaussian applied to the template for a
         second, smoothed set of steepest-descent images ``sd_G`` (0: none, the classical IC-LK
@@ -269,7 +270,7 @@ class ICLK(GaussNewton):
             T_G = ndimage.gaussian_filter(T, (s, s, 0))
             sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
         hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
-        if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / _RCOND:
+        if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / RCOND:
             raise ValueError(
                 f"template of shape {self.template.shape} has a singular Gauss-Newton Hessian at "
                 f"{level.template.shape[:2]} pixels (flat or one-dimensional texture): it cannot "
@@ -326,14 +327,14 @@ class ICLK(GaussNewton):
         """See :meth:`GaussNewton.align`; ``dtype="float32"`` samples on one torch thread."""
         if self.dtype != np.float32:
             return super().align(image, p_init, n_iter, **kwargs)
-        from lkstn.classical._single import one_thread  # imports torch
+        from lkstn.classical.torch_sampler import one_thread  # imports torch
 
         with one_thread():
             return super().align(image, p_init, n_iter, **kwargs)
 
     def _sampler(self, images: np.ndarray, level: _ICLevel):
         if self.dtype == np.float32:
-            from lkstn.classical._single import SingleSampler  # imports torch
+            from lkstn.classical.torch_sampler import SingleSampler  # imports torch
 
             return SingleSampler(images, self.warp, level.template.shape[:2])
         return super()._sampler(images, level)
@@ -376,10 +377,10 @@ def clear_built() -> None:
 
 def compose_inverse(warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
     """``compose(p, inverse(dp))`` for ``(n, P)`` arrays; NaN rows where ``M(dp)`` is singular."""
-    Mdp = warp._matrix(dp)  # (n, 3, 3)
+    Mdp = warp.matrix(dp, check=False)  # (n, 3, 3)
     det = np.linalg.det(Mdp)
     bad = ~(np.abs(det) > 1e-12)
     Mdp[bad] = np.eye(3)
-    out = warp._params(warp._matrix(p) @ np.linalg.inv(Mdp))
+    out = warp.params(warp.matrix(p, check=False) @ np.linalg.inv(Mdp), check=False)
     out[bad] = np.nan
     return out

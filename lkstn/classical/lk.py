@@ -124,7 +124,7 @@ class LK(GaussNewton):
         C = e.shape[-1]
         gx, gy = samples[..., C : 2 * C], samples[..., 2 * C :]  # grad I at W(x; p), step 3
         # dW/dp(x; p), step 4: constant for linear warps, depends on p for a homography
-        J = self.warp._jacobian(level.grid, p) if self.warp.projective else level.J
+        J = self.warp.jacobian(level.grid, p, check=False) if self.warp.projective else level.J
         sd = _chain(gx, gy, J)  # steepest-descent images, [BM04] Fig. 1 step 5
         return gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))
 
@@ -170,4 +170,4 @@ class CompositionalLK(GaussNewton):
         return gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
-        return self.warp._compose(p, dp)  # p <- p o dp, [BM04] Fig. 3 step 9
+        return self.warp.compose(p, dp, check=False)  # p <- p o dp, [BM04] Fig. 3 step 9

@@ -348,7 +348,8 @@ class SDM:
                 samples, cost = self._sample(image, p)  # I(p)
                 costs.append(cost)
                 dp = self.features_of(samples) @ R.T + b  # [LL17] eq. (6)
-                p = self.warp._compose(p, inverse_or_nan(self.warp, dp))  # p <- p o dp^-1 [BM04]
+                dp_inv = inverse_or_nan(self.warp, dp)  # NaN rows where M(dp) is singular
+                p = self.warp.compose(p, dp_inv, check=False)  # p <- p o dp^-1 [BM04]
                 update_px = corner_motion_px(self.warp, self.template_shape, dp)
                 history.append(p)
             samples, cost = self._sample(image, p)

@@ -122,12 +122,12 @@ def learn_cascade(
 
 def inverse_or_nan(warp: Warp, p: np.ndarray) -> np.ndarray:
     """``inverse(p)`` that never raises: a singular or NaN warp gives non-finite parameters."""
-    M = warp._matrix(p)  # (..., 3, 3)
+    M = warp.matrix(p, check=False)  # (..., 3, 3)
     r0, r1, r2 = M[..., 0, :], M[..., 1, :], M[..., 2, :]
     with np.errstate(all="ignore"):
         adj = np.stack([np.cross(r1, r2), np.cross(r2, r0), np.cross(r0, r1)], -1)  # (..., 3, 3)
         det = (r0 * np.cross(r1, r2)).sum(-1)  # (...)
-        return warp._params(adj / det[..., None, None])
+        return warp.params(adj / det[..., None, None], check=False)
 
 
 def corner_motion_px(warp: Warp, template_shape: tuple[int, int], dp: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ def test_single_precision_reaches_the_double_precision_alignment(warp, color, ph
 def test_single_sampler_is_warp_image_borders_included(warp, channels):
     """Inside, across the border (zero padding), far outside, across a homography's line at
     infinity, with NaN warps, for one image and for a batch read in any order."""
-    from lkstn.classical._single import SingleSampler
+    from lkstn.classical.torch_sampler import SingleSampler
 
     rng = np.random.default_rng(7)
     shape = (23, 31) if channels is None else (23, 31, channels)
@@ -121,7 +121,7 @@ def test_single_sampler_blocks_cover_every_alignment_once():
     last block is short (2); 40 alignments span two calls. Every alignment is sampled once, at
     its own warp (float32 coordinates resolve ~1e-5 px here, and this random image changes by
     up to ~1 a pixel: 1e-4)."""
-    from lkstn.classical._single import SingleSampler
+    from lkstn.classical.torch_sampler import SingleSampler
 
     rng = np.random.default_rng(3)
     image = rng.random((120, 130))

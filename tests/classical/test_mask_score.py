@@ -218,11 +218,11 @@ def test_refine_adds_one_plain_stage_at_the_finest_level():
 
 def test_float32_align_runs_torch_on_one_thread_and_restores_the_setting():
     torch = pytest.importorskip("torch")
-    import lkstn.classical._single as single
+    from lkstn.classical import torch_sampler
 
     image, template, p_init = problem()
     seen = []
-    blocks = single.SingleSampler.blocks
+    blocks = torch_sampler.SingleSampler.blocks
 
     def spy(self, p, index):
         seen.append(torch.get_num_threads())
@@ -231,9 +231,9 @@ def test_float32_align_runs_torch_on_one_thread_and_restores_the_setting():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        single.SingleSampler.blocks = spy
+        torch_sampler.SingleSampler.blocks = spy
         result = ICLK(template, Affine(), dtype="float32").align(image, p_init)
         assert set(seen) == {1} and torch.get_num_threads() == 2 and bool(result.converged)
     finally:
-        single.SingleSampler.blocks = blocks
+        torch_sampler.SingleSampler.blocks = blocks
         torch.set_num_threads(before)

@@ -16,7 +16,11 @@ pixels outside the image, which samples as zero, as the float64 sampler does.
 
 The template grid is regular, so the coordinates of a linear warp are sums of a per-column and a
 per-row term (``x_ij = m00 u_j + m01 v_i + m02``): two small products and one broadcast sum per
-coordinate instead of a ``(3, h*w)`` product. ``torch`` is imported only when this module is.
+coordinate instead of a ``(3, h*w)`` product.
+
+This is the one module of :mod:`lkstn.classical` that imports ``torch``
+(``tests/test_architecture.py`` checks it), and :class:`~lkstn.classical.iclk.ICLK` imports it
+only for ``dtype="float32"``: float64 alignment never loads torch.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ class SingleSampler:
         write into them)."""
         h, w = self._shape
         every = slice(0, h * w)
-        M = torch.from_numpy(np.ascontiguousarray(self._warp._matrix(p)))  # (n, 3, 3) float64
+        M = torch.from_numpy(np.ascontiguousarray(self._warp.matrix(p, check=False)))  # (n, 3, 3)
         # coordinate r of pixel (i, j) is cols[r][:, j] + rows[r][:, i] (before the division)
         cols = [(M[:, r, 0, None] * self._u).float() for r in range(3)]  # (n, w) each
         rows = [(M[:, r, 1, None] * self._v + M[:, r, 2, None]).float() for r in range(3)]
