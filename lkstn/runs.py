@@ -185,10 +185,28 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 _held: dict[Path, int] = {}  # run directories this process holds: path -> depth
 
 
+LOCK_WAIT_S = 2.0
+"""How long :func:`lock` waits for a held lock before refusing: a process being killed, or a child
+it forked a moment before (which holds the lock until it execs), lets go within milliseconds."""
+
+
+def _flock_soon(fd: int) -> bool:
+    """Take ``fd``'s exclusive lock, polling for up to ``LOCK_WAIT_S``; whether it was taken."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold ``run_dir/lock`` (``fcntl.flock``, non-blocking) for the block; re-entrant within one
-    process. Raises :class:`RunLocked` when another process holds it."""
+    """Hold ``run_dir/lock`` (``fcntl.flock``) for the block; re-entrant within one process.
+    Raises :class:`RunLocked` when another process still holds it after ``LOCK_WAIT_S``."""
     run_dir = Path(run_dir).resolve()
     if run_dir in _held:
         _held[run_dir] += 1
@@ -202,9 +220,7 @@ def lock(run_dir: str | os.PathLike) -> Iterator[None]:
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise not_writable(run_dir / LOCK, exc) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _flock_soon(fd):
         os.close(fd)
         raise RunLocked(
             f"{run_dir} is being written by another process (it holds {run_dir / LOCK}); "

@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -199,6 +200,19 @@ def test_a_second_writer_is_refused_and_the_lock_dies_with_its_holder(tmp_path, 
         holder.stdout.close()
         holder.stdin.close()
     train(icstn(), CONFIG, alignment_data(), run_dir=tmp_path)  # free again
+
+
+def test_a_lock_let_go_within_the_wait_is_taken(tmp_path) -> None:
+    """A holder that exits within ``LOCK_WAIT_S`` (a killed run, or a child it forked just before
+    being killed) delays the next run instead of refusing it; one that holds on is refused."""
+    holder = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path / runs.LOCK)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    threading.Timer(0.3 * runs.LOCK_WAIT_S, holder.kill).start()
+    with runs.lock(tmp_path):  # waits for the kill
+        assert holder.poll() is not None or holder.wait(1.0) is not None
+    holder.stdout.close()
+    holder.stdin.close()
 
 
 def test_the_lock_is_reentrant_within_one_process(tmp_path) -> None:
