@@ -17,11 +17,26 @@ order; it is callable as its function :func:`lkstn.perturb.perturb`.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lkstn import perturb
 from lkstn.result import Aligner, AlignmentResult, corner_error, param_error
 from lkstn.warps import Affine, Homography, Similarity, Translation, Warp, warp_from_name
+
+if TYPE_CHECKING:  # the names of _LAZY below, for type checkers (explicit re-exports)
+    from lkstn.classical.iclk import ICLK as ICLK
+    from lkstn.classical.lk import LK as LK
+    from lkstn.classical.lk import CompositionalLK as CompositionalLK
+    from lkstn.classical.sdm import SDM as SDM
+    from lkstn.io import read_image as read_image
+    from lkstn.learned.stn import CSTN as CSTN
+    from lkstn.learned.stn import ICSTN as ICSTN
+    from lkstn.learned.stn import STN as STN
+    from lkstn.pixels import box_matrix as box_matrix
+    from lkstn.pixels import params_from_pixel_matrix as params_from_pixel_matrix
+    from lkstn.pixels import pixel_matrix as pixel_matrix
+    from lkstn.register import align_pixels as align_pixels
+    from lkstn.sampling import warp_image as warp_image
 
 __version__ = "0.1.0"
 
@@ -57,7 +72,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lkstn' has no attribute {name!r}")

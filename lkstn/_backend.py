@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import numpy as np
 
@@ -23,20 +23,20 @@ else:
     ArrayLike = Any  # anything np.asarray accepts, or a torch.Tensor
 
 
-def is_torch(x: Any) -> bool:
+def is_torch(x: object) -> TypeGuard[torch.Tensor]:
     """True when ``x`` is a torch tensor (checked without importing torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def namespace(*arrays: Any) -> ModuleType:
+def namespace(*arrays: object) -> ModuleType:
     """``torch`` if any argument is a tensor, else ``numpy``."""
     if any(is_torch(a) for a in arrays):
         return sys.modules["torch"]
     return np
 
 
-def asarray(x: Any, like: Any = None) -> Array:
+def asarray(x: ArrayLike, like: Array | None = None) -> Array:
     """``x`` as a floating array of the kind (and dtype/device) of ``like``."""
     if like is not None and is_torch(like):
         torch = sys.modules["torch"]
@@ -51,7 +51,7 @@ def asarray(x: Any, like: Any = None) -> Array:
     return arr
 
 
-def constant(values: Any, like: Array) -> Array:
+def constant(values: ArrayLike, like: Array) -> Array:
     """A constant array with the dtype and device of ``like``."""
     if is_torch(like):
         torch = sys.modules["torch"]

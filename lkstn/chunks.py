@@ -28,11 +28,11 @@ Glossary: ``n`` the number of alignments, ``chunk`` a slice of them, ``rows`` ``
 
 from __future__ import annotations
 
-from typing import Any
+from types import ModuleType
 
 import numpy as np
 
-from lkstn._backend import is_torch
+from lkstn._backend import Array, ArrayLike, is_torch
 from lkstn.result import Aligner, AlignmentResult
 
 __all__ = ["align_in_chunks"]
@@ -40,8 +40,8 @@ __all__ = ["align_in_chunks"]
 
 def align_in_chunks(
     aligner: Aligner,
-    image: Any,
-    p_init: Any,
+    image: ArrayLike,
+    p_init: ArrayLike,
     *,
     chunk_size: int = 4096,
     n_iter: int | None = None,
@@ -109,13 +109,13 @@ def _numpy_chunks(aligner, image, p_init, chunk_size, n_iter) -> AlignmentResult
     flat_p = np.broadcast_to(p, (*batch, P)).reshape(n, P)  # (n, P)
     if img_batch == ():  # one image, many starts: slice the starts only
 
-        def piece(s: slice) -> tuple[Any, Any]:
+        def piece(s: slice) -> tuple[np.ndarray, np.ndarray]:
             return image, flat_p[s]
 
     elif img_batch == batch:  # a batch of images, one start each: slice both (views)
         images = image.reshape(n, *image.shape[len(batch) :])  # (n, H, W[, C])
 
-        def piece(s: slice) -> tuple[Any, Any]:
+        def piece(s: slice) -> tuple[np.ndarray, np.ndarray]:
             return images[s], flat_p[s]
 
     else:  # images broadcast against more starts (SDM): gather each chunk's images
@@ -123,7 +123,7 @@ def _numpy_chunks(aligner, image, p_init, chunk_size, n_iter) -> AlignmentResult
         images = image.reshape(n_img, *image.shape[len(img_batch) :])
         index = np.broadcast_to(np.arange(n_img).reshape(img_batch), batch).reshape(n)
 
-        def piece(s: slice) -> tuple[Any, Any]:
+        def piece(s: slice) -> tuple[np.ndarray, np.ndarray]:
             return images[index[s]], flat_p[s]
 
     out = _Collector(n, batch)
@@ -159,7 +159,7 @@ class _Collector:
         self.n, self.batch = n, tuple(batch)
         self.history = self.cost = self.converged = self.score = None
 
-    def add(self, s: slice, res: AlignmentResult, xp: Any) -> None:
+    def add(self, s: slice, res: AlignmentResult, xp: ModuleType) -> None:
         m = s.stop - s.start
         history = res.history.reshape(res.history.shape[0], m, res.history.shape[-1])
         cost = None if res.cost is None else res.cost.reshape(res.cost.shape[0], m)
@@ -188,7 +188,7 @@ class _Collector:
         )
 
 
-def _empty(xp: Any, like: Any, shape: tuple[int, ...]) -> Any:
+def _empty(xp: ModuleType, like: Array, shape: tuple[int, ...]) -> Array:
     if xp is np:
         return np.empty(shape, dtype=like.dtype)
     return xp.empty(shape, dtype=like.dtype, device=like.device)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -134,8 +134,7 @@ def perturb(
 class _CallableModule(types.ModuleType):
     """This module, callable as :func:`perturb` (see the module docstring)."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Array:
-        return perturb(*args, **kwargs)
+    __call__ = staticmethod(perturb)  # the function itself: its signature, its errors
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.warps import Warp, warp_from_name
 
@@ -52,7 +52,10 @@ def pixel_from_canonical(shape: tuple[int, int]) -> np.ndarray:
 
 
 def pixel_matrix(
-    warp: Warp | str, p: Any, template_shape: tuple[int, int], image_shape: tuple[int, int]
+    warp: Warp | str,
+    p: npt.ArrayLike,
+    template_shape: tuple[int, int],
+    image_shape: tuple[int, int],
 ) -> np.ndarray:
     """``(..., 3, 3)`` image-pixel-from-template-pixel matrix of the canonical warp ``p``, eq. (1).
 
@@ -71,7 +74,10 @@ def pixel_matrix(
 
 
 def params_from_pixel_matrix(
-    warp: Warp | str, H: Any, template_shape: tuple[int, int], image_shape: tuple[int, int]
+    warp: Warp | str,
+    H: npt.ArrayLike,
+    template_shape: tuple[int, int],
+    image_shape: tuple[int, int],
 ) -> np.ndarray:
     """Inverse of :func:`pixel_matrix`: canonical ``p`` ``(..., P)`` of a pixel matrix.
 
@@ -85,7 +91,7 @@ def params_from_pixel_matrix(
     return np.asarray(warp_from_name(warp).params(M))
 
 
-def box_matrix(warp: Warp | str, box: Any, template_shape: tuple[int, int]) -> np.ndarray:
+def box_matrix(warp: Warp | str, box: npt.ArrayLike, template_shape: tuple[int, int]) -> np.ndarray:
     """The pixel matrix of ``warp``'s family closest to mapping the template onto ``box``.
 
     The template's corner pixels go to the box corners, fitted in pixels (exact for affine
@@ -107,7 +113,9 @@ def box_matrix(warp: Warp | str, box: Any, template_shape: tuple[int, int]) -> n
     return _fit_pixels(warp_from_name(warp), _corners_px(template_shape), dst)
 
 
-def project_pixel_matrix(warp: Warp | str, H: Any, template_shape: tuple[int, int]) -> np.ndarray:
+def project_pixel_matrix(
+    warp: Warp | str, H: npt.ArrayLike, template_shape: tuple[int, int]
+) -> np.ndarray:
     """The pixel matrix of ``warp``'s family that moves the template's corners closest to ``H``.
 
     Identity for a matrix already in the family (e.g. an affine ``H`` and ``Affine()``).
@@ -147,7 +155,9 @@ def read_pixel_matrix(path: str | Path, *, name: str = "init") -> np.ndarray:
         raise ValueError(f"{name}: {path}: expected a 2x3 or 3x3 pixel matrix ({exc})") from None
 
 
-def warp_image_pixels(image: Any, H: Any, out_shape: tuple[int, int]) -> np.ndarray:
+def warp_image_pixels(
+    image: npt.ArrayLike, H: npt.ArrayLike, out_shape: tuple[int, int]
+) -> np.ndarray:
     """``image`` sampled at ``H x`` for every pixel ``x`` of an ``out_shape`` frame.
 
     Bilinear with zeros outside (:func:`lkstn.sampling.warp_image`); for a template-shaped
@@ -166,7 +176,7 @@ def warp_image_pixels(image: Any, H: Any, out_shape: tuple[int, int]) -> np.ndar
     )
 
 
-def _as_3x3(H: Any, name: str) -> np.ndarray:
+def _as_3x3(H: npt.ArrayLike, name: str) -> np.ndarray:
     H = np.asarray(H, dtype=np.float64)
     if H.shape[-2:] == (2, 3):
         bottom = np.broadcast_to([0.0, 0.0, 1.0], (*H.shape[:-2], 1, 3))

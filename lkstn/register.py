@@ -27,9 +27,9 @@ pixel shift, ``score`` ZNCC of template and warped image in ``[-1, 1]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.pixels import (
     params_from_pixel_matrix,
@@ -37,7 +37,7 @@ from lkstn.pixels import (
     project_pixel_matrix,
     warp_image_pixels,
 )
-from lkstn.result import AlignmentResult
+from lkstn.result import Aligner, AlignmentResult
 
 __all__ = ["PixelAlignment", "align_pixels"]
 
@@ -73,8 +73,9 @@ class PixelAlignment:
 
 
 def align_pixels(
-    aligner: Any, image: np.ndarray, H_init: Any, *, template: np.ndarray | None = None,
-    mask: np.ndarray | None = None, n_iter: int | None = None, max_windows: int = 50,
+    aligner: Aligner, image: np.ndarray, H_init: npt.ArrayLike, *,
+    template: np.ndarray | None = None, mask: np.ndarray | None = None,
+    n_iter: int | None = None, max_windows: int = 50,
 ) -> PixelAlignment:  # fmt: skip
     """Align ``image`` with ``aligner`` from the pixel matrix ``H_init``.
 
@@ -178,7 +179,9 @@ def _align_in_windows(aligner, image, H0, n_iter, max_windows) -> tuple:
     return H, result
 
 
-def _score_in_image(template: np.ndarray, mask: Any, image: np.ndarray, H: np.ndarray) -> float:
+def _score_in_image(
+    template: np.ndarray, mask: np.ndarray | None, image: np.ndarray, H: np.ndarray
+) -> float:
     from lkstn.score import zncc
 
     if not np.all(np.isfinite(H)):

@@ -12,11 +12,11 @@ it (the likely unit of [LL17] Table 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from lkstn._backend import Array, asarray, namespace
+from lkstn._backend import Array, ArrayLike, asarray, namespace
 from lkstn.warps import Warp
 
 __all__ = [
@@ -115,7 +115,9 @@ class Aligner(Protocol):
     warp: Warp
     template_shape: tuple[int, int]
 
-    def align(self, image: Any, p_init: Any, n_iter: int | None = None) -> AlignmentResult:
+    def align(
+        self, image: ArrayLike, p_init: ArrayLike, n_iter: int | None = None
+    ) -> AlignmentResult:
         """Align ``image`` starting at ``p_init``; see DESIGN.md Sec. 3."""
         ...
 
@@ -127,7 +129,9 @@ def _canonical_to_pixel_scale(template_shape: tuple[int, int], like: Array) -> A
     return scale if xp is np else xp.as_tensor(scale, dtype=like.dtype, device=like.device)
 
 
-def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int]) -> Array:
+def corner_error(
+    warp: Warp, p: ArrayLike, p_true: ArrayLike, template_shape: tuple[int, int]
+) -> Array:
     """RMS corner distance in template pixels between the warps ``p`` and ``p_true``.
 
     Parameters
@@ -173,7 +177,7 @@ def corner_error(warp: Warp, p: Any, p_true: Any, template_shape: tuple[int, int
     return out[()] if xp is np else out  # NumPy: a scalar for one alignment, as before
 
 
-def param_error(p: Any, p_true: Any) -> Array:
+def param_error(p: ArrayLike, p_true: ArrayLike) -> Array:
     """L2 distance between parameter vectors (canonical units), shape ``(...)``.
 
     >>> import numpy as np
@@ -186,7 +190,7 @@ def param_error(p: Any, p_true: Any) -> Array:
     return xp.sqrt(((p - p_true) ** 2).sum(-1))
 
 
-def check_template_shape(template_shape: Any) -> None:
+def check_template_shape(template_shape: object) -> None:
     """Raise ``ValueError`` unless ``template_shape`` is ``(h, w)`` with integers ``h, w >= 2``."""
     ok = (
         isinstance(template_shape, tuple | list)

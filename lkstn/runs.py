@@ -41,9 +41,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from lkstn.errors import UsageError
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "FORMAT",
@@ -101,7 +104,7 @@ def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
     _durably(Path(path), "ab", lambda f: f.write(line))
 
 
-def _durably(path: Path, mode: str, action: Callable[[Any], Any]) -> None:
+def _durably(path: Path, mode: str, action: Callable[[IO[bytes]], object]) -> None:
     """Open ``path``, apply ``action`` to the file, flush and fsync; a failure is one line."""
     try:
         with open(path, mode) as f:
@@ -235,7 +238,7 @@ def lock(run_dir: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def add_arguments(parser: Any, what: str = "the run in --out") -> None:
+def add_arguments(parser: argparse.ArgumentParser, what: str = "the run in --out") -> None:
     """The command-line options of a run directory: ``--resume`` and ``--fresh``."""
     parser.add_argument(
         "--resume",
@@ -272,9 +275,9 @@ def code_version() -> dict[str, Any]:
     return {"version": __version__, "commit": commit}
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         for key, v in value.items():
             out.update(_flatten(v, f"{prefix}{key}."))
         return out or {prefix[:-1]: {}}
@@ -285,7 +288,7 @@ def differences(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``"field: run X, now Y"`` for every dotted field that differs (JSON values compared)."""
     a, b = _flatten(json.loads(json.dumps(stored))), _flatten(json.loads(json.dumps(now)))
 
-    def short(value: Any) -> str:
+    def short(value: object) -> str:
         text = "(none)" if value is _NONE else json.dumps(value)
         return text if len(text) <= 40 else text[:16] + "..." + text[-8:]
 

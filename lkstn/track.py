@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.pixels import project_pixel_matrix
 from lkstn.register import PixelAlignment, align_pixels
+from lkstn.result import Aligner
 
 __all__ = ["Track", "track"]
 
@@ -65,14 +66,14 @@ def _shifted_starts(H: np.ndarray, template_shape: tuple[int, int]) -> list[np.n
 
 
 def track(
-    aligner: Any,
+    aligner: Aligner,
     frames: Iterable[np.ndarray],
-    H_init: Any,
+    H_init: npt.ArrayLike,
     *,
     min_score: float = 0.9,
     template: np.ndarray | None = None,
     mask: np.ndarray | None = None,
-    redetect: Any = None,
+    redetect: Aligner | None = None,
     callback: Callable[[int, PixelAlignment], None] | None = None,
 ) -> Track:
     """Track the aligner's template through ``frames``, starting at ``H_init`` in frame 0.

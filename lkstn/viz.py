@@ -9,13 +9,20 @@ mapping from a name to per-iteration mean errors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.sampling import canonical_to_pixel
 from lkstn.warps import Warp
+
+if TYPE_CHECKING:  # matplotlib is imported on first use
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "box_corners",
@@ -33,7 +40,7 @@ MAX_FIGSIZE = (14.0, 4.5)
 """Largest overlay figure (inches): at 100 dpi it fits a laptop screen whatever the input size."""
 
 
-def pyplot() -> Any:
+def pyplot() -> ModuleType:
     """``matplotlib.pyplot``, imported on first use (``import lkstn.viz`` stays light).
 
     No backend is forced: matplotlib picks Agg by itself where there is no display, and a
@@ -44,7 +51,7 @@ def pyplot() -> Any:
     return plt
 
 
-def box_corners(warp: Warp, p: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+def box_corners(warp: Warp, p: npt.ArrayLike, image_shape: tuple[int, ...]) -> np.ndarray:
     """The template corners under ``W(.; p)``, in image pixels, ``(..., 4, 2)``."""
     p = np.asarray(p, dtype=float)
     return canonical_to_pixel(warp.apply(p, warp.corners()), tuple(image_shape[:2]))
@@ -53,12 +60,12 @@ def box_corners(warp: Warp, p: Any, image_shape: tuple[int, ...]) -> np.ndarray:
 def plot_boxes(
     image: np.ndarray,
     warp: Warp,
-    p_true: Any,
-    p_others: Any = None,
+    p_true: npt.ArrayLike,
+    p_others: npt.ArrayLike | None = None,
     *,
-    ax: Any = None,
+    ax: Axes | None = None,
     title: str | None = None,
-) -> Any:
+) -> Figure:
     """The image with the ground-truth box (red) and other boxes (yellow), [LL17] Fig. 6(a)."""
     plt = pyplot()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 4))
@@ -81,7 +88,7 @@ def plot_grid(
     row_labels: Sequence[str] | None = None,
     title: str | None = None,
     cmap: str = "gray",
-) -> Any:
+) -> Figure:
     """A grid of images: ``(N, h, w[, 3])`` wrapped at ``n_cols``, or with ``by_rows=True``
     ``(R, N, h, w[, 3])``, one row per leading index (e.g. one row per recurrence)."""
     plt = pyplot()
@@ -121,8 +128,8 @@ def plot_error_curves(
     xlabel: str = "number of warps / iterations",
     title: str | None = None,
     log: bool = True,
-    ax: Any = None,
-) -> Any:
+    ax: Axes | None = None,
+) -> Figure:
     """Mean error against the iteration count, one curve per aligner ([LL17] Fig. 7).
 
     ``curves[name][k]`` is the error after ``k`` warps (index 0 is the start). A dot marks
@@ -150,7 +157,7 @@ def plot_error_curves(
 
 def plot_mean_variance(
     aligned: Mapping[str, np.ndarray], labels: np.ndarray, *, classes: Sequence[int] | None = None
-) -> Any:
+) -> Figure:
     """Per-class mean and variance of aligned images, one row pair per model ([LL17] Fig. 9/11).
 
     ``aligned[name]`` is ``(N, h, w)`` or ``(N, h, w, 3)``; ``labels`` is ``(N,)``.
@@ -183,7 +190,7 @@ def plot_mean_variance(
     return fig
 
 
-def _outline(H: np.ndarray, template_shape: tuple[int, int]) -> np.ndarray:
+def _outline(H: npt.ArrayLike, template_shape: tuple[int, int]) -> np.ndarray:
     """The template's corner pixels moved by the pixel matrix ``H``, ``(4, 2)``."""
     h, w = template_shape
     c = np.array(
@@ -212,11 +219,11 @@ def checkerboard(a: np.ndarray, b: np.ndarray, n_tiles: int = 6) -> np.ndarray:
 def plot_overlay(
     image: np.ndarray,
     template: np.ndarray,
-    H: Any,
-    H_init: Any = None,
+    H: npt.ArrayLike,
+    H_init: npt.ArrayLike | None = None,
     *,
     title: str | None = None,
-) -> Any:
+) -> Figure:
     """What an alignment found, for a person: four panels on one row.
 
     The image (in colour if it has colour) with the start box (dashed) and the result box
@@ -269,7 +276,8 @@ def plot_overlay(
     return fig
 
 
-def save_overlay(path: Any, image: np.ndarray, template: np.ndarray, H: Any, H_init: Any = None,
+def save_overlay(path: str | os.PathLike[str], image: np.ndarray, template: np.ndarray,
+                 H: npt.ArrayLike, H_init: npt.ArrayLike | None = None,
                  *, title: str | None = None, dpi: int = 100) -> None:  # fmt: skip
     """Write :func:`plot_overlay` to a PNG (or any format matplotlib writes)."""
     plot_overlay(image, template, H, H_init, title=title).savefig(path, dpi=dpi)

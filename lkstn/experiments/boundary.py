@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lkstn import runs
+from lkstn._backend import ArrayLike
 from lkstn.experiments import arguments as types
 from lkstn.learned.stn import CSTN, STN
 from lkstn.sampling import canonical_grid
@@ -50,7 +51,7 @@ MAX_SIZE = 1024  # --size: the frame is shown at a few hundred pixels; 1024 peak
 class Fixed(nn.Module):
     """A "predictor" that always outputs ``dp`` ``(P,)``, whatever the image."""
 
-    def __init__(self, dp: Any) -> None:
+    def __init__(self, dp: ArrayLike) -> None:
         super().__init__()
         self.register_buffer("dp", torch.as_tensor(dp, dtype=torch.float64))
 
@@ -74,7 +75,9 @@ def crop_params(
     return [sx - 1.0, 0.0, cx, 0.0, sy - 1.0, cy]
 
 
-def boundary_effect(photo: Tensor, p_crop: Any, zoom: float, size: int = 96) -> dict[str, Any]:
+def boundary_effect(
+    photo: Tensor, p_crop: ArrayLike, zoom: float, size: int = 96
+) -> dict[str, Any]:
     """STN and c-STN outputs of one zoom of the crop ``p_crop``, and the lost-pixel measures.
 
     Parameters

@@ -29,12 +29,13 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.perturb import perturb
-from lkstn.result import CONVERGED_PX, AlignmentResult, corner_error
+from lkstn.result import CONVERGED_PX, Aligner, AlignmentResult, corner_error
 from lkstn.warps import Warp, warp_from_name
 
 __all__ = [
@@ -71,11 +72,11 @@ class ConvergenceReport:
     methods: list[str]
     results: list[SigmaResult]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Plain dict of lists, floats and strings; non-finite floats become ``None``."""
         return finite_or_none(asdict(self))
 
-    def to_json(self, **kwargs: Any) -> str:
+    def to_json(self, **kwargs: Any) -> str:  # Any: json.dumps's options, passed on
         """``json.dumps(self.to_dict())``."""
         return json.dumps(self.to_dict(), **kwargs)
 
@@ -93,7 +94,12 @@ class ConvergenceReport:
 
 
 def fixed_starts(
-    warp: Warp, p_true: Any, sigma: float, template_shape: tuple[int, int], n_trials: int, seed: int
+    warp: Warp,
+    p_true: npt.ArrayLike,
+    sigma: float,
+    template_shape: tuple[int, int],
+    n_trials: int,
+    seed: int,
 ) -> np.ndarray:
     """The ``(n_trials, P)`` starts of one sigma, reproducible from ``(seed, sigma)`` alone."""
     rng = np.random.default_rng([int(seed), int(round(float(sigma) * 1e6))])
@@ -116,7 +122,11 @@ def safe_corner_error(
     return err
 
 
-def _run(method: Any, image: Any, p_init: np.ndarray) -> np.ndarray:
+def _run(
+    method: Aligner | Callable[[np.ndarray, np.ndarray], AlignmentResult | npt.ArrayLike],
+    image: np.ndarray,
+    p_init: np.ndarray,
+) -> np.ndarray:
     """History ``(rows, n, P)`` of one method on all starts."""
     out = method.align(image, p_init) if hasattr(method, "align") else method(image, p_init)
     if isinstance(out, AlignmentResult):
@@ -128,9 +138,11 @@ def _run(method: Any, image: Any, p_init: np.ndarray) -> np.ndarray:
 
 
 def evaluate(
-    methods: Mapping[str, Any | Callable[..., Any]],
-    image: Any,
-    p_true: Any,
+    methods: Mapping[
+        str, Aligner | Callable[[np.ndarray, np.ndarray], AlignmentResult | npt.ArrayLike]
+    ],
+    image: np.ndarray,
+    p_true: npt.ArrayLike,
     template_shape: tuple[int, int],
     sigmas: Sequence[float],
     n_trials: int,
@@ -207,8 +219,17 @@ def evaluate(
     )
 
 
-def finite_or_none(x: Any) -> Any:
-    """``x`` ready for JSON: non-finite floats as ``None``, NumPy scalars as Python numbers."""
+@overload
+def finite_or_none(x: dict[Any, Any]) -> dict[str, object]: ...
+@overload
+def finite_or_none(x: object) -> object: ...
+
+
+def finite_or_none(x: object) -> object:
+    """``x`` ready for JSON: non-finite floats as ``None``, NumPy scalars as Python numbers.
+
+    Dicts and lists are converted at every depth; anything else passes through unchanged.
+    """
     if isinstance(x, dict):
         return {str(k): finite_or_none(v) for k, v in x.items()}
     if isinstance(x, list | tuple):

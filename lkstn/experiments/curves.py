@@ -27,20 +27,26 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.experiments.convergence import finite_or_none, safe_corner_error
-from lkstn.result import CONVERGED_PX, AlignmentResult, check_template_shape
+from lkstn.result import CONVERGED_PX, Aligner, AlignmentResult, check_template_shape
 from lkstn.warps import Warp, warp_from_name
+
+if TYPE_CHECKING:  # torch and matplotlib are imported on first use
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from torch import nn
 
 __all__ = ["ErrorCurves", "TorchAligner", "error_curves", "plot_curves"]
 
 _BLOCK = 500  # starts per call of a torch aligner: bounded memory for the autograd-free pass
 
 
-def _is_torch_module(obj: Any) -> bool:
+def _is_torch_module(obj: object) -> TypeGuard[nn.Module]:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.nn.Module)
 
@@ -55,14 +61,16 @@ class TorchAligner:
         n_iter)`` (STN, CSTN, ICSTN).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: nn.Module) -> None:
         if not (hasattr(model, "align") and hasattr(model, "warp")):
             raise ValueError(f"model must be a torch aligner, got {type(model).__name__}")
         self.model = model
         self.warp: Warp = model.warp
         self.template_shape: tuple[int, int] = tuple(model.template_shape)
 
-    def align(self, image: Any, p_init: Any, n_iter: int | None = None) -> AlignmentResult:
+    def align(
+        self, image: npt.ArrayLike, p_init: npt.ArrayLike, n_iter: int | None = None
+    ) -> AlignmentResult:
         """Align ``image`` ``(H, W)`` or ``(H, W, C)`` from ``p_init`` ``(N, P)`` or ``(P,)``."""
         import torch
 
@@ -119,16 +127,16 @@ class ErrorCurves:
     fraction_converged: dict[str, list[float]]
     seconds: dict[str, float]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """JSON-ready dict; non-finite floats become ``None``."""
         return finite_or_none(asdict(self))
 
 
 def error_curves(
-    aligners: Mapping[str, Any],
-    image: Any,
-    p_true: Any,
-    p_init: Any,
+    aligners: Mapping[str, Aligner | nn.Module],
+    image: np.ndarray,
+    p_true: npt.ArrayLike,
+    p_init: npt.ArrayLike,
     n_iter: int,
     *,
     template_shape: tuple[int, int] | None = None,
@@ -218,8 +226,8 @@ def plot_curves(
     trained_depth: Mapping[str, int] | None = None,
     names: list[str] | None = None,
     title: str | None = None,
-    ax: Any = None,
-) -> Any:
+    ax: Axes | None = None,
+) -> Figure:
     """[LL17] Fig. 7 for the aligners in ``curves`` (or ``names``): one metric on shared axes."""
     from lkstn.viz import plot_error_curves
 

@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TypeVar
 
 from lkstn.errors import UsageError
 
 __all__ = ["EXECUTORS", "add_executor_arguments", "run_jobs"]
 
 EXECUTORS = ("local", "ray")
+
+T = TypeVar("T")
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +49,14 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_jobs(
-    fn: Callable[..., Any],
+    fn: Callable[..., T],
     jobs: Sequence[tuple],
     *,
     executor: str = "local",
     address: str | None = None,
     max_retries: int = 3,
     cpus_per_job: float = 1,
-) -> list[Any]:
+) -> list[T]:
     """``[fn(*args) for args in jobs]``, here or as Ray tasks; see the module docstring.
 
     Raises

@@ -25,13 +25,17 @@ predictor rate ``3e-4`` made the GTSRB STN diverge (NaN loss at step 534 of a 20
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lkstn.experiments import classification as cl
 from lkstn.experiments.classification import Experiment, Recipe, Row
 from lkstn.learned import predictors
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["GTSRB", "SIZE", "add_arguments", "run"]
 
@@ -53,15 +57,17 @@ RECIPES = {
 }
 
 
-def _predictor(arch: str = "", **kwargs: Any):
-    return predictors.gtsrb_predictor(**kwargs)  # Table 3 has one predictor architecture
+def _predictor(arch: str = "", *, generator: torch.Generator | None = None) -> predictors.ConvNet:
+    return predictors.gtsrb_predictor(generator=generator)  # Table 3 has one predictor architecture
 
 
-def _cnn(**kwargs: Any):
-    return predictors.gtsrb_cnn(**kwargs)
+def _cnn(*, generator: torch.Generator | None = None) -> predictors.ConvNet:
+    return predictors.gtsrb_cnn(generator=generator)
 
 
-def _load(root: Any, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def _load(
+    root: str | os.PathLike[str] | None, split: str, size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
     from lkstn.data.gtsrb import gtsrb_is_official, load_gtsrb, resize_images
 
     roi = size is None  # the authors' frame (a size) keeps the margin around the sign

@@ -18,7 +18,7 @@ Glossary: ``(a)``/``(b)`` the two capacity budgets of Table 2 (about 39K and 19K
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
 
 import numpy as np
 
@@ -51,7 +51,9 @@ RECIPES = {
 }
 
 
-def _load(root: Any, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def _load(
+    root: str | os.PathLike[str] | None, split: str, size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
     from lkstn.data.mnist import load_mnist
 
     if size not in (None, 28):

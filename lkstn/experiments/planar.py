@@ -60,6 +60,7 @@ from lkstn.experiments.planar_sweep import add_sweep_arguments, sweep_options
 from lkstn.experiments.problems import PlanarProblem
 from lkstn.machine import fingerprint
 from lkstn.perturb import perturb
+from lkstn.result import Aligner
 from lkstn.sampling import warp_image
 
 __all__ = [
@@ -138,7 +139,7 @@ def train_model(
     return sum(r["seconds"] for r in runs.read_records(timing))
 
 
-def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, Any]:
+def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, Aligner]:
     """The classical aligners of Fig. 7 on the same template (SDM fitted at ``sigma``)."""
     from lkstn.classical.iclk import ICLK
     from lkstn.classical.lk import LK, CompositionalLK

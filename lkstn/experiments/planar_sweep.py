@@ -19,17 +19,23 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lkstn.errors import UsageError
 from lkstn.experiments.executors import add_executor_arguments, run_jobs
+
+if TYPE_CHECKING:  # torch is imported on first use
+    from lkstn.experiments.planar_setup import Recipe
+    from lkstn.learned.train import TrainConfig
 
 __all__ = ["add_sweep_arguments", "phase_config", "sweep_options", "train_cells", "train_table1"]
 
 Cell = tuple[float, int]  # (sigma in the setup's unit, depth K)
 
 
-def phase_config(recipe: Any, sigma: float, depth: int, phase: int, progress: bool = False):
+def phase_config(
+    recipe: Recipe, sigma: float, depth: int, phase: int, progress: bool = False
+) -> TrainConfig:
     """The :class:`~lkstn.learned.train.TrainConfig` of one learning-rate phase of one model."""
     from lkstn.experiments.planar_setup import setup_of
     from lkstn.learned.train import TrainConfig
@@ -68,7 +74,7 @@ def sweep_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def train_cells(
-    cells: list[Cell], recipe: Any, out: str | Path, progress: bool = False
+    cells: list[Cell], recipe: Recipe, out: str | Path, progress: bool = False
 ) -> dict[Cell, tuple[dict, float]]:
     """Train ``cells`` together (one sweep per phase); ``{cell: (state_dict, seconds)}``."""
     import torch
@@ -95,7 +101,7 @@ def train_cells(
 
 
 def train_table1(
-    recipe: Any,
+    recipe: Recipe,
     out: str | Path,
     *,
     executor: str = "local",

@@ -22,8 +22,8 @@ bottom-right corners in the image; ``p_true`` the canonical warp onto the box.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -62,7 +62,9 @@ class PlanarProblem:
         return tuple(self.template.shape[:2])
 
 
-def box_warp(warp: Warp | str, box: Any, image_shape: tuple[int, int]) -> np.ndarray:
+def box_warp(
+    warp: Warp | str, box: Sequence[float] | np.ndarray, image_shape: tuple[int, int]
+) -> np.ndarray:
     """Parameters that map the template's canonical corners onto ``box`` in the image.
 
     Raises ``ValueError`` when the family cannot express the box (a translation cannot scale).
@@ -92,7 +94,7 @@ def planar_problem(
     template_shape: tuple[int, int] = (50, 50),
     *,
     warp: Warp | str = "affine",
-    box: Any = CAT_BOX,
+    box: Sequence[float] | np.ndarray = CAT_BOX,
     color: bool = False,
     image: np.ndarray | None = None,
 ) -> PlanarProblem:

@@ -124,7 +124,7 @@ def load_checkpoint(
     model: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     *,
-    map_location: Any = None,
+    map_location: torch.serialization.MAP_LOCATION = None,
 ) -> Checkpoint:
     """Read a checkpoint safely and, if given, load it into ``model`` and ``optimizer``.
 
@@ -234,7 +234,7 @@ def _check_optimizer_shapes(path: Path, ckpt: Checkpoint, optimizer) -> None:
                 )
 
 
-def _parse(path: Path, state: Any) -> Checkpoint:
+def _parse(path: Path, state: object) -> Checkpoint:
     """The fields of ``state``, each of the type :func:`save_checkpoint` writes."""
 
     def bad(what: str) -> CheckpointError:

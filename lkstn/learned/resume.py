@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from torch import nn
 
 from lkstn import runs
 from lkstn.learned.checkpoint import load_checkpoint, restore_checkpoint
+from lkstn.learned.config import TrainConfig
+
+if TYPE_CHECKING:
+    from lkstn.learned.streams import AlignmentData, ClassificationData
 
 __all__ = ["EXECUTION", "resume_run", "run_identity", "seed_everything"]
 
@@ -33,8 +37,8 @@ EXECUTION = ("n_steps", "eval_every", "checkpoint_every", "progress", "fast_conv
 
 def run_identity(
     model: nn.Module,
-    config: Any,
-    data: Any = None,
+    config: TrainConfig,
+    data: AlignmentData | ClassificationData | None = None,
     data_identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a run's manifest compares: the configuration (without the execution settings), the
@@ -59,7 +63,9 @@ def run_identity(
     }
 
 
-def resume_run(run: Path, model: nn.Module, optimizer, config: Any) -> int:
+def resume_run(
+    run: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, config: TrainConfig
+) -> int:
     """Load ``run``'s checkpoint into ``model`` and ``optimizer`` after checking that it was
     written by this configuration; returns its step (0 without a checkpoint)."""
     path = run / "checkpoint.pt"

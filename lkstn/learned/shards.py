@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from lkstn.learned.streams import Batch
 
 __all__ = ["ShardedStep", "default_workers", "detached", "intra_op_threads", "split_batch"]
+
+T = TypeVar("T")
 
 
 def default_workers(model: nn.Module, batch_size: int) -> int:
@@ -142,7 +144,7 @@ class ShardedStep:
             self._pool.shutdown()
 
 
-def detached(out: Any) -> Any:
+def detached(out: T) -> T:
     """``out`` without its graph (a tensor, or a tuple such as ``Transformed``)."""
     if isinstance(out, Tensor):
         return out.detach()

@@ -46,7 +46,7 @@ def machine(device: str) -> dict[str, Any]:
     return {**fp, **short, "cpu": cpu, "device": device, "gpu": gpu}
 
 
-def add_arguments(parser: Any, exp: Experiment) -> None:
+def add_arguments(parser: argparse.ArgumentParser, exp: Experiment) -> None:
     """Options of ``lkstn reproduce mnist|gtsrb``."""
     names = [r.name for r in exp.rows]
     parser.add_argument(
@@ -152,7 +152,7 @@ def add_arguments(parser: Any, exp: Experiment) -> None:
     )
 
 
-def run(exp: Experiment, args: Any) -> int:
+def run(exp: Experiment, args: argparse.Namespace) -> int:
     """``lkstn reproduce``: train the selected rows, then write the table, JSON and figures."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -175,8 +175,8 @@ def run(exp: Experiment, args: Any) -> int:
         return _run_rows(exp, args, recipe, n_steps, eval_every, out)
 
 
-def _run_rows(exp: Experiment, args: Any, recipe: Recipe, n_steps: int, eval_every: int,
-              out: Path) -> int:  # fmt: skip
+def _run_rows(exp: Experiment, args: argparse.Namespace, recipe: Recipe, n_steps: int,
+              eval_every: int, out: Path) -> int:  # fmt: skip
     """:func:`run` once its arguments are checked and ``out`` is locked."""
     frame, standardize = getattr(args, "frame", "own"), args.standardize
     if args.report_only:  # the frame and input the runs were trained with

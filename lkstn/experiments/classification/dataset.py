@@ -11,6 +11,7 @@ Glossary: ``exp`` the :class:`~lkstn.experiments.classification.rows.Experiment`
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +29,7 @@ __all__ = ["load_data", "standardize_images"]
 
 def load_data(
     exp: Experiment,
-    root: Any,
+    root: str | os.PathLike[str] | None,
     *,
     quick: bool = False,
     seed: int = 0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from lkstn.learned.classify import AlignThenClassify
 from lkstn.learned.streams import ClassificationData
 from lkstn.viz import plot_grid, plot_mean_variance, pyplot
 from lkstn.warps import Homography
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["figure_alignment", "figure_curves", "figure_mean_variance", "save_figure"]
 
@@ -109,7 +112,7 @@ def figure_mean_variance(
     return save_figure(fig, path)
 
 
-def save_figure(fig: Any, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Save ``fig`` as a small PNG: 64 dpi, quantised to a 256-colour palette."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=64)
@@ -118,7 +121,7 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def figure_curves(rows: Sequence[dict], other: Sequence[dict]) -> Any:
+def figure_curves(rows: Sequence[dict], other: Sequence[dict]) -> Figure:
     """Test error against wall time of every row of two runs, with the paper's error dotted."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))

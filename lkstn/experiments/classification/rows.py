@@ -14,9 +14,10 @@ iterations; ``exp`` the :class:`Experiment` (dataset, rows, builders) a row belo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -82,8 +83,10 @@ class Experiment:
     cnn: Callable[..., nn.Module]  # (arch, generator=) -> nn.Module
     capacity: Callable[[str], int]
     recipes: dict[str, Recipe]
-    load: Callable[[Any, str, int | None], tuple[np.ndarray, np.ndarray, str]]  # (root, split,
-    # size) -> (N, C, h, w), (N,), note; size None: the template's
+    # (root, split, size) -> (N, C, h, w), (N,), note; size None: the template's
+    load: Callable[
+        [str | os.PathLike[str] | None, str, int | None], tuple[np.ndarray, np.ndarray, str]
+    ]
     figure_rows: tuple[str, ...]  # Fig. 9/11: the models whose aligned means are shown
     figure_classes: tuple[int, ...]  # the classes shown in Figs. 8-11
     figures: tuple[str, str] = ("alignment", "mean_variance")  # PNG names of Figs. 8/10, 9/11

@@ -46,7 +46,9 @@ def cosine_schedule(recipe: Recipe, n_steps: int) -> Iterator[None]:
         yield
         return
 
-    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def hook(
+        optimizer: torch.optim.Optimizer, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> None:
         for group in optimizer.param_groups:
             base = group.setdefault("initial_lr", group["lr"])
             t = float(optimizer.state.get(group["params"][0], {}).get("step", 0))  # steps taken
@@ -173,7 +175,7 @@ def train_row(
     return model, progress
 
 
-def write_run_record(run_dir: Path, resume: bool, **run: Any) -> None:
+def write_run_record(run_dir: Path, resume: bool, **run: object) -> None:
     """Write ``run.json`` (how a row was trained); a resume keeps the first record, adds its own."""
     path = run_dir / "run.json"
     if resume and path.exists():
