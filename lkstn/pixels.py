@@ -84,6 +84,14 @@ def params_from_pixel_matrix(
     ``H`` is ``(..., 3, 3)`` or an affine ``(..., 2, 3)`` (completed with ``[0, 0, 1]``).
     A matrix outside the family (e.g. a homography given to ``Affine()``) is projected by
     :meth:`Warp.params`.
+
+    Examples
+    --------
+    >>> # an 11 px template 3 px right of the centre of a 21 px image, at twice its size:
+    >>> # canonical units are half the image side, so 3 px is 0.3
+    >>> p = params_from_pixel_matrix("affine", [[2, 0, 3], [0, 2, 0]], (11, 11), (21, 21))
+    >>> (p.round(6) + 0.0).tolist()  # + 0.0: no -0.0
+    [0.0, 0.0, 0.3, 0.0, 0.0, 0.0]
     """
     H = _as_3x3(H, "H")
     image_from_pixel = np.linalg.inv(pixel_from_canonical(image_shape[:2]))
@@ -102,6 +110,13 @@ def box_matrix(warp: Warp | str, box: npt.ArrayLike, template_shape: tuple[int, 
     ------
     ValueError
         For a box that is not 4 finite numbers with ``x1 > x0`` and ``y1 > y0``.
+
+    Examples
+    --------
+    >>> (box_matrix("homography", [10, 20, 50, 60], (41, 41)).round(6) + 0.0).tolist()  # 1:1
+    [[1.0, 0.0, 10.0], [0.0, 1.0, 20.0], [0.0, 0.0, 1.0]]
+    >>> (box_matrix("translation", [10, 20, 50, 60], (21, 21)).round(6) + 0.0).tolist()
+    [[1.0, 0.0, 20.0], [0.0, 1.0, 30.0], [0.0, 0.0, 1.0]]
     """
     box = np.asarray(box, dtype=np.float64)
     if box.shape != (4,) or not np.all(np.isfinite(box)):

@@ -104,6 +104,18 @@ def align_pixels(
     ------
     ValueError
         For a similarity with a non-square template.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import ndimage
+    >>> from lkstn import ICLK, box_matrix
+    >>> image = ndimage.gaussian_filter(np.random.default_rng(0).random((96, 96)), 3.0)
+    >>> template = image[30:62, 20:52]  # its top-left pixel at x = 20, y = 30
+    >>> start = box_matrix("affine", [21, 31, 52, 62], template.shape)  # 1 px off in x and y
+    >>> out = align_pixels(ICLK(template, warp="affine"), image, start)
+    >>> np.allclose(out.H, [[1, 0, 20], [0, 1, 30], [0, 0, 1]], atol=1e-3), out.converged
+    (True, True)
     """
     image = np.asarray(image)
     warp, shape = aligner.warp, tuple(aligner.template_shape)

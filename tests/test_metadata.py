@@ -42,3 +42,16 @@ def test_changelog_and_docs_extra():
     docs = " ".join(PYPROJECT["project"]["optional-dependencies"]["docs"])
     for package in ("sphinx", "pydata-sphinx-theme", "myst-nb", "numpydoc", "jupytext"):
         assert package in docs
+
+
+def test_every_top_level_function_and_class_has_a_runnable_example():
+    """What ``from lkstn import ...`` gives shows itself in use (the doctests run the examples)."""
+    import inspect
+
+    missing = [
+        name
+        for name in lkstn.__all__
+        if (inspect.isfunction(obj := getattr(lkstn, name)) or inspect.isclass(obj))
+        and ">>>" not in (inspect.getdoc(obj) or "")
+    ]
+    assert not missing, f"no Examples section with >>>: {missing}"
