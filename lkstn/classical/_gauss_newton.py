@@ -41,12 +41,12 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.chunks import align_in_chunks
-from lkstn.classical._sampler import Sampler
+from lkstn.classical._sampler import Sampler, Samples
 from lkstn.classical.checks import check_int, check_template
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.classical.region import change_frame, check_mask, crop_around, root_weights
@@ -109,14 +109,14 @@ class GaussNewton:
 
     def __init__(
         self,
-        template: Any,
+        template: npt.ArrayLike,
         warp: Warp | str = "affine",
         n_iter: int = 30,
         tol: float = 1e-4,
         *,
         channel_axis: int | None = None,
         pyramid: int = 1,
-        mask: Any = None,
+        mask: npt.ArrayLike | None = None,
         min_score: float = MIN_SCORE,
         backtrack: bool = False,
         second_look: float = -1.0,
@@ -179,11 +179,12 @@ class GaussNewton:
         """What the sampler reads, ``(B, H, W, K)``: the images (LK adds their gradients)."""
         return images
 
-    def _sampler(self, images: np.ndarray, level: Level) -> Sampler:
+    def _sampler(self, images: np.ndarray, level: Level) -> Samples:
         """What samples ``I(p)`` at this level (ICLK may sample in single precision)."""
         return Sampler(images, self.warp, level.grid)
 
-    def _measure(self, level: Level, sampler: Sampler, p: np.ndarray, index) -> tuple:
+    def _measure(self, level: Level, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:  # fmt: skip
         """Steps (1)-(2) for ``n`` alignments: ``(cost (n,), work)``, ``work`` a tuple of arrays
         with ``n`` rows that ``_step`` consumes: here ``I(p)`` samples and the error ``e``."""
         T = level.template.reshape(1, -1, level.template.shape[-1])  # (1, h*w, C)
@@ -202,9 +203,8 @@ class GaussNewton:
         raise NotImplementedError
 
     # -- alignment --------------------------------------------------------------------------------
-    def align(
-        self, image: Any, p_init: Any, n_iter: int | None = None, *, chunk_size: int | None = None
-    ) -> AlignmentResult:
+    def align(self, image: npt.ArrayLike, p_init: npt.ArrayLike, n_iter: int | None = None,
+              *, chunk_size: int | None = None) -> AlignmentResult:  # fmt: skip
         """Align ``image`` to the template from ``p_init``; see the module docstring.
 
         Parameters
@@ -272,7 +272,7 @@ class GaussNewton:
         history[0] = p
         false = np.zeros(n, bool)
         state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
-        samplers: dict = {}  # per pyramid level: a refining stage reuses the finest one's
+        samplers: dict[int, Samples] = {}  # per level: a refining stage reuses the finest one's
         for i, (level, j) in enumerate(stages):  # coarse to fine
             if j not in samplers:
                 samplers[j] = self._sampler(self._sampled(pyr[j]), level)
@@ -304,7 +304,7 @@ class GaussNewton:
         p[reset] = p_start[reset]
         state.failed &= ~reset
 
-    def _score(self, sampler: Sampler, p: np.ndarray, index) -> np.ndarray:
+    def _score(self, sampler: Samples, p: np.ndarray, index: np.ndarray | None) -> np.ndarray:
         """ZNCC of the template and the image warped at ``p`` under the mask, ``(n,)``
         (:func:`lkstn.score.zncc`); NaN where ``p`` is not finite."""
         h, w, C = self._T.shape
@@ -358,7 +358,8 @@ class GaussNewton:
                 state.done[live[~ok | small]] = True
             history[k + 1] = p
 
-    def _parse(self, image: Any, p_init: Any):
+    def _parse(self, image: npt.ArrayLike, p_init: npt.ArrayLike,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, ...]]:  # fmt: skip
         """Images ``(B, H, W, C)``, starts ``(n, P)``, image index per start, batch shape."""
         image = np.asarray(image)
         if image.dtype.kind not in "biuf":

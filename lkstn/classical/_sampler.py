@@ -8,13 +8,29 @@ in :mod:`lkstn.classical._gauss_newton`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 import numpy as np
 
 from lkstn.warps import Warp
 
-__all__ = ["Sampler"]
+__all__ = ["Sampler", "Samples"]
 
 _BLOCK = 1 << 14  # samples per block of the sampler: the temporaries stay in cache
+
+
+Block = tuple[slice, slice, np.ndarray]
+"""``(alignments, pixels, I(p)[alignments, pixels])``: one block of samples, ``(na, nq, K)``."""
+
+
+class Samples(Protocol):
+    """What the aligners sample ``I(p)`` with: :class:`Sampler` or the float32
+    :class:`~lkstn.classical.torch_sampler.SingleSampler`."""
+
+    def __call__(self, p: np.ndarray, image_index: np.ndarray | None) -> np.ndarray: ...
+
+    def blocks(self, p: np.ndarray, image_index: np.ndarray | None) -> Iterator[Block]: ...
 
 
 class Sampler:
@@ -67,7 +83,7 @@ class Sampler:
             out[s, t] = values
         return out
 
-    def blocks(self, p: np.ndarray, image_index: np.ndarray | None):
+    def blocks(self, p: np.ndarray, image_index: np.ndarray | None) -> Iterator[Block]:
         """Yield ``(alignments, pixels, I(p)[alignments, pixels])`` block by block.
 
         Blocks hold about ``_BLOCK`` samples (whole alignments when the template is small), so
@@ -90,7 +106,9 @@ class Sampler:
             for t, G in self._grid_blocks:
                 yield s, t, self._bilinear(A[s], G, b, bool(inside[s].all()))
 
-    def _bilinear(self, A, G, base, inside: bool) -> np.ndarray:
+    def _bilinear(
+        self, A: np.ndarray, G: np.ndarray, base: np.ndarray | None, inside: bool
+    ) -> np.ndarray:
         Hp, Wp = self._size
         x, y = A[:, 0] @ G, A[:, 1] @ G  # (na, nq) padded pixel coordinates
         if self._warp.projective:

@@ -3,21 +3,20 @@ argument."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["check_int", "check_template"]
 
 
-def check_int(value: Any, name: str, minimum: int) -> int:
+def check_int(value: object, name: str, minimum: int) -> int:
     """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def check_template(template: Any, channel_axis: int | None) -> np.ndarray:
+def check_template(template: npt.ArrayLike, channel_axis: int | None) -> np.ndarray:
     """The template as float64 ``(h, w, C)``, or ValueError for a template that is not one."""
     T = np.asarray(template)
     if T.dtype.kind not in "biuf":

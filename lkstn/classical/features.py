@@ -18,9 +18,9 @@ feature length, ``C`` channels.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "FEATURES",
@@ -48,7 +48,7 @@ def _core_ndim(channel_axis: int | None) -> int:
     return 2 if channel_axis is None else 3
 
 
-def pixels(samples: Any, *, channel_axis: int | None = None) -> np.ndarray:
+def pixels(samples: npt.ArrayLike, *, channel_axis: int | None = None) -> np.ndarray:
     """Raw intensities, ravelled: ``(..., h, w[, C]) -> (..., h * w [* C])``, float64.
 
     With ``pixels`` the SDM regressor acts on ``I(p).ravel()`` exactly as IC-LK's linear
@@ -69,7 +69,7 @@ def pixels(samples: Any, *, channel_axis: int | None = None) -> np.ndarray:
 
 
 def hog(
-    samples: Any,
+    samples: npt.ArrayLike,
     *,
     channel_axis: int | None = None,
     orientations: int = HOG_ORIENTATIONS,
@@ -140,7 +140,7 @@ def hog(
 
 
 def block_mean(
-    samples: Any, k: int, *, channel_axis: int | None = None, reduce: str = "mean"
+    samples: npt.ArrayLike, k: int, *, channel_axis: int | None = None, reduce: str = "mean"
 ) -> np.ndarray:
     """Mean over ``k x k`` pixel blocks: ``(..., h, w[, C]) -> (..., h // k, w // k[, C])``.
 
@@ -180,8 +180,8 @@ def block_mean(
 
 
 def normalised(
-    samples: Any,
-    weights: Any = None,
+    samples: npt.ArrayLike,
+    weights: npt.ArrayLike | None = None,
     *,
     gain: bool = True,
     channel_axis: int | None = None,

@@ -32,20 +32,23 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
+from lkstn.classical._sampler import Samples
 from lkstn.classical.photometric import Photometric
 from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
+from lkstn.result import AlignmentResult
 from lkstn.sampling import image_gradients
+from lkstn.warps import Warp
 
 __all__ = ["ICLK", "clear_built"]
 
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
-_BUILT: dict = {}  # (class, built_key) -> aligner, oldest first
+_BUILT: dict[tuple[type[ICLK], tuple], ICLK] = {}  # (class, built_key) -> aligner, oldest first
 
 
 @dataclass(frozen=True)
@@ -173,8 +176,8 @@ class ICLK(GaussNewton):
 
     def __init__(
         self,
-        template: Any,
-        warp: Any = "affine",
+        template: npt.ArrayLike,
+        warp: Warp | str = "affine",
         n_iter: int = 30,
         tol: float = 1e-4,
         *,
@@ -182,8 +185,8 @@ class ICLK(GaussNewton):
         pyramid: int = 1,
         gradient_sigma: float = 0.0,
         photometric: str | None = None,
-        dtype: Any = np.float64,
-        mask: Any = None,
+        dtype: npt.DTypeLike = np.float64,
+        mask: npt.ArrayLike | None = None,
         min_score: float = MIN_SCORE,
         refine: bool = False,
         backtrack: bool = False,
@@ -215,12 +218,13 @@ class ICLK(GaussNewton):
                 Level(finest.template, finest.grid, root_w=finest.root_w), smoothing=False
             )
 
-    def _stages(self):
+    def _stages(self) -> list[tuple[Level, int]]:
         stages = super()._stages()
         return stages + [(self._refined, 0)] if self.refine else stages
 
     @classmethod
-    def robust(cls, template: Any, *, warp: Any = "affine", mask: Any = None, **overrides) -> ICLK:
+    def robust(cls, template: npt.ArrayLike, *, warp: Warp | str = "affine",
+               mask: npt.ArrayLike | None = None, **overrides: object) -> ICLK:  # fmt: skip
         """ICLK configured for real photographs: see :mod:`lkstn.classical.robust`.
 
         Coarse to fine as deep as the template allows, smoothing scaled to the template, blind
@@ -323,23 +327,25 @@ class ICLK(GaussNewton):
             R = R * np.repeat(self._levels[0].root_w[:, 0], self._T.shape[-1])
         return R.copy(), -R @ self._T.ravel()  # [LL17] eq. (6)
 
-    def align(self, image: Any, p_init: Any, n_iter: int | None = None, **kwargs):
+    def align(self, image: npt.ArrayLike, p_init: npt.ArrayLike, n_iter: int | None = None,
+              *, chunk_size: int | None = None) -> AlignmentResult:  # fmt: skip
         """See :meth:`GaussNewton.align`; ``dtype="float32"`` samples on one torch thread."""
         if self.dtype != np.float32:
-            return super().align(image, p_init, n_iter, **kwargs)
+            return super().align(image, p_init, n_iter, chunk_size=chunk_size)
         from lkstn.classical.torch_sampler import one_thread  # imports torch
 
         with one_thread():
-            return super().align(image, p_init, n_iter, **kwargs)
+            return super().align(image, p_init, n_iter, chunk_size=chunk_size)
 
-    def _sampler(self, images: np.ndarray, level: _ICLevel):
+    def _sampler(self, images: np.ndarray, level: _ICLevel) -> Samples:
         if self.dtype == np.float32:
             from lkstn.classical.torch_sampler import SingleSampler  # imports torch
 
             return SingleSampler(images, self.warp, level.template.shape[:2])
         return super()._sampler(images, level)
 
-    def _measure(self, level: _ICLevel, sampler, p, index):
+    def _measure(self, level: _ICLevel, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
+                 ) -> tuple[np.ndarray, tuple[np.ndarray]]:  # fmt: skip
         """Steps (1), (2), (7) and (8) fused block by block: I(p) is never stored whole."""
         h, w, C = level.template.shape
         single = self.dtype == np.float32  # the sampler's precision, and so the products'
@@ -363,7 +369,8 @@ class ICLK(GaussNewton):
         total = h * w * C if r is None else float((r.astype(np.float64) ** 2).sum()) * C
         return ssd / total, (dp,)
 
-    def _step(self, level: _ICLevel, p, dp):
+    def _step(self, level: _ICLevel, p: np.ndarray, dp: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         return dp, np.isfinite(dp).all(-1)  # computed in _measure, [BM04] Fig. 4 steps 7-8
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
@@ -375,7 +382,7 @@ def clear_built() -> None:
     _BUILT.clear()
 
 
-def compose_inverse(warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
+def compose_inverse(warp: Warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
     """``compose(p, inverse(dp))`` for ``(n, P)`` arrays; NaN rows where ``M(dp)`` is singular."""
     Mdp = warp.matrix(dp, check=False)  # (n, 3, 3)
     det = np.linalg.det(Mdp)

@@ -120,7 +120,9 @@ class LK(GaussNewton):
         gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
         return np.concatenate([images, gx, gy], -1)  # (B, H, W, 3C): I, dI/dx, dI/dy
 
-    def _step(self, level: _JLevel, p, samples, e):
+    def _step(
+        self, level: _JLevel, p: np.ndarray, samples: np.ndarray, e: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         C = e.shape[-1]
         gx, gy = samples[..., C : 2 * C], samples[..., 2 * C :]  # grad I at W(x; p), step 3
         # dW/dp(x; p), step 4: constant for linear warps, depends on p for a homography
@@ -162,7 +164,9 @@ class CompositionalLK(GaussNewton):
             level.template, level.grid, self.warp.jacobian(level.grid), root_w=level.root_w
         )
 
-    def _step(self, level: _JLevel, p, samples, e):
+    def _step(
+        self, level: _JLevel, p: np.ndarray, samples: np.ndarray, e: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         h, w, C = level.template.shape
         warped = samples.reshape(len(samples), h, w, C)  # I(p), step 1
         gx, gy = image_gradients(warped, channel_axis=-1)  # grad I(p) per template unit, step 3

@@ -56,7 +56,9 @@ class Photometric:
     t_norm: np.ndarray
 
     @classmethod
-    def of(cls, template: np.ndarray, mode: str | None, root_w: np.ndarray | None = None):
+    def of(
+        cls, template: np.ndarray, mode: str | None, root_w: np.ndarray | None = None
+    ) -> Photometric:
         """From a template ``(h, w, C)``; ``root_w`` ``(h*w, 1)``: square roots of the mask's
         weights, for residuals weighted by them (the constant image becomes ``root_w``, and the
         template's channels are centred on their weighted means and weighted likewise)."""

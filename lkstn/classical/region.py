@@ -10,9 +10,8 @@ it, so for one image only the region the starts can reach is filtered and decima
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.classical.pyramid import level_shape
 from lkstn.warps import Warp
@@ -20,7 +19,7 @@ from lkstn.warps import Warp
 __all__ = ["change_frame", "check_mask", "crop_around", "root_weights"]
 
 
-def check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray | None:
+def check_mask(mask: npt.ArrayLike | None, shape: tuple[int, int]) -> np.ndarray | None:
     """The mask as float64 weights ``(h, w)``, or None for no mask (or a mask of ones)."""
     if mask is None:
         return None
@@ -38,7 +37,9 @@ def root_weights(mask: np.ndarray | None) -> np.ndarray | None:
     return None if mask is None else np.sqrt(np.maximum(mask, 0.0)).reshape(-1, 1)
 
 
-def crop_around(images: np.ndarray, warp: Warp, p: np.ndarray, pyramid: int):
+def crop_around(
+    images: np.ndarray, warp: Warp, p: np.ndarray, pyramid: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """``(cropped images, to_crop)`` for a pyramid on one image, or None.
 
     Building the pyramid of a whole photograph costs more than aligning a small template in

@@ -44,9 +44,13 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from lkstn.warps import Warp
 
 __all__ = ["BUILT_SIZE", "COARSEST", "SECOND_LOOK", "SMOOTHING", "built_key", "robust_settings"]
 
@@ -95,11 +99,16 @@ def robust_settings(
     }
 
 
-def built_key(template: Any, warp: Any, mask: Any, overrides: dict) -> tuple | None:
+def built_key(
+    template: npt.ArrayLike,
+    warp: Warp | str,
+    mask: npt.ArrayLike | None,
+    overrides: dict[str, object],
+) -> tuple | None:
     """What makes two ``ICLK.robust`` aligners the same: a digest of the template's and the
     mask's pixels, the warp and the overrides; None when something is not hashable."""
 
-    def digest(a: Any) -> tuple | None:
+    def digest(a: npt.ArrayLike | None) -> tuple | None:
         if a is None:
             return None
         a = np.ascontiguousarray(a)

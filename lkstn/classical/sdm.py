@@ -32,9 +32,8 @@ References: [XD13] Xiong & De la Torre, Supervised Descent Method, CVPR 2013. [L
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.chunks import align_in_chunks
 from lkstn.classical.features import FeatureFn, block_mean, get_features, normalised
@@ -146,7 +145,7 @@ class SDM:
         *,
         channel_axis: int | None = None,
         tol: float = 0.1,
-        mask: Any = None,
+        mask: npt.ArrayLike | None = None,
         pool: int = 1,
         min_score: float = MIN_SCORE,
         photometric: str | None = None,
@@ -191,7 +190,8 @@ class SDM:
         return int(self.features_of(np.zeros((1, *self.template_shape, *channels))).shape[-1])
 
     # -- learning ---------------------------------------------------------------------------------
-    def fit(self, images: Any, p_true: Any, p_init: Any, *, progress: bool | None = None) -> SDM:
+    def fit(self, images: npt.ArrayLike, p_true: npt.ArrayLike, p_init: npt.ArrayLike, *,
+            progress: bool | None = None) -> SDM:  # fmt: skip
         """Learn the cascade from ``M`` perturbed starts per image ([LL17] eq. (7)).
 
         Parameters
@@ -224,11 +224,11 @@ class SDM:
 
     def fit_perturbed(
         self,
-        image: Any,
-        p_true: Any,
+        image: npt.ArrayLike,
+        p_true: npt.ArrayLike,
         sigma: float,
         n_samples: int,
-        rng: Any,
+        rng: np.random.Generator,
         *,
         progress: bool | None = None,
     ) -> SDM:
@@ -273,8 +273,8 @@ class SDM:
     def set_regressors(
         self,
         regressors: list[tuple[np.ndarray, np.ndarray]],
-        template: Any,
-        train_errors: Any = None,
+        template: npt.ArrayLike,
+        train_errors: npt.ArrayLike | None = None,
     ) -> None:
         """Install a fitted cascade (from :meth:`fit` or a file): ``n_stages`` pairs ``(R, b)``.
 
@@ -298,9 +298,8 @@ class SDM:
     load = classmethod(load_sdm)  # SDM.load(path): every field checked
 
     # -- alignment --------------------------------------------------------------------------------
-    def align(
-        self, image: Any, p_init: Any, n_iter: int | None = None, *, chunk_size: int | None = None
-    ) -> AlignmentResult:
+    def align(self, image: npt.ArrayLike, p_init: npt.ArrayLike, n_iter: int | None = None,
+              *, chunk_size: int | None = None) -> AlignmentResult:  # fmt: skip
         """Apply the cascade: stage ``k`` at iteration ``k``, the last stage again beyond it.
 
         Parameters

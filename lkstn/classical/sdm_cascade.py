@@ -17,7 +17,7 @@ Glossary: ``N`` images, ``M`` starts per image, ``P`` warp parameters, ``D`` fea
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from lkstn.classical.sdm_checks import check_fit_memory
 from lkstn.result import corner_error
 from lkstn.sampling import warp_image
 from lkstn.warps import Warp
+
+if TYPE_CHECKING:  # sdm.py imports this module
+    from lkstn.classical.sdm import SDM
 
 __all__ = [
     "CHUNK_BYTES",
@@ -44,7 +47,7 @@ Sampler = Callable[[int, np.ndarray], np.ndarray]
 
 
 def learn_cascade(
-    sdm: Any,
+    sdm: SDM,
     sample: Sampler,
     p_true: np.ndarray,
     p_init: np.ndarray,
@@ -144,7 +147,11 @@ def corner_motion_px(warp: Warp, template_shape: tuple[int, int], dp: np.ndarray
 
 
 def coverage(
-    image: np.ndarray, warp: Warp, p: np.ndarray, template_shape: tuple[int, int], channel_axis
+    image: np.ndarray,
+    warp: Warp,
+    p: np.ndarray,
+    template_shape: tuple[int, int],
+    channel_axis: int | None,
 ) -> np.ndarray:
     """Fraction of the template frame that ``W(.; p)`` puts inside the image, ``(...)``.
 

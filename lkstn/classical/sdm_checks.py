@@ -8,9 +8,10 @@ Glossary: ``N`` images, ``M`` starts per image, ``P`` warp parameters, ``D`` fea
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from lkstn.warps import Warp
 
@@ -30,7 +31,7 @@ FIT_BYTES = 1 << 30
 """Largest working memory (bytes) a fit may need: its features ``(N M, D)`` and its ridge."""
 
 
-def check_image(image: Any, name: str, channel_axis: int | None) -> np.ndarray:
+def check_image(image: npt.ArrayLike, name: str, channel_axis: int | None) -> np.ndarray:
     """An intensity image ``(..., H, W[, C])`` as float64; bool and non-numeric dtypes refused."""
     image = np.asarray(image)
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
@@ -46,7 +47,7 @@ def check_image(image: Any, name: str, channel_axis: int | None) -> np.ndarray:
     return image.astype(np.float64, copy=False)
 
 
-def check_params(p: Any, name: str, warp: Warp) -> np.ndarray:
+def check_params(p: npt.ArrayLike, name: str, warp: Warp) -> np.ndarray:
     """Warp parameters ``(..., P)``, finite, float64; a bool array is refused (not a warp)."""
     p = np.asarray(p)
     if p.dtype == bool or not np.issubdtype(p.dtype, np.number):
@@ -60,7 +61,7 @@ def check_params(p: Any, name: str, warp: Warp) -> np.ndarray:
     return p.astype(np.float64)
 
 
-def check_mask(mask: Any, template_shape: tuple[int, int]) -> np.ndarray | None:
+def check_mask(mask: npt.ArrayLike | None, template_shape: tuple[int, int]) -> np.ndarray | None:
     """Template weights ``(h, w)``, finite and >= 0, not all zero; ``None`` passes through."""
     if mask is None:
         return None
@@ -89,7 +90,11 @@ def check_fit_memory(n: int, D: int, P: int, sample_bytes: int, limit: int = FIT
 
 
 def check_fit_input(
-    warp: Warp, channel_axis: int | None, images: Any, p_true: Any, p_init: Any
+    warp: Warp,
+    channel_axis: int | None,
+    images: npt.ArrayLike,
+    p_true: npt.ArrayLike,
+    p_init: npt.ArrayLike,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``images (N, H, W[, C])``, ``p_true (N, P)``, ``p_init (N, M, P)`` from either batch form."""
     P, n_core = warp.n_params, 2 if channel_axis is None else 3
@@ -113,7 +118,7 @@ def check_fit_input(
 
 
 def check_regressors(
-    regressors: Any, n_stages: int, P: int, D: int
+    regressors: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]], n_stages: int, P: int, D: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n_stages`` pairs ``(R (P, D), b (P,))`` of finite float64 (copies)."""
     if len(regressors) != n_stages:
@@ -131,13 +136,13 @@ def check_regressors(
 
 
 def check_settings(
-    template_shape: Any,
-    n_stages: Any,
-    alpha: Any,
-    tol: Any,
-    channel_axis: Any,
-    pool: Any,
-    min_score: Any,
+    template_shape: tuple[int, int],
+    n_stages: int,
+    alpha: float,
+    tol: float,
+    channel_axis: int | None,
+    pool: int,
+    min_score: float,
 ) -> None:
     """The numeric settings of ``SDM(...)``, each named in its error."""
     shape_ok = isinstance(template_shape, tuple | list) and len(template_shape) == 2
@@ -158,7 +163,7 @@ def check_settings(
         raise ValueError(f"min_score must be in [-1, 1], got {min_score!r}")
 
 
-def check_photometric(photometric: Any, residual_px: Any) -> None:
+def check_photometric(photometric: str | None, residual_px: float) -> None:
     """``photometric``: ``None``, ``"bias"`` or ``"gain-bias"``; ``residual_px`` > 0."""
     if photometric not in (None, "bias", "gain-bias"):
         raise ValueError(f"photometric must be None, 'bias' or 'gain-bias', got {photometric!r}")

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # sdm.py imports this module
+    from lkstn.classical.sdm import SDM
 
 __all__ = ["FORMAT", "MAX_BYTES", "VERSION", "load_sdm", "save_sdm"]
 
@@ -43,7 +47,7 @@ _KEYS = {
 }  # fmt: skip
 
 
-def save_sdm(sdm: Any, path: str | Path) -> Path:
+def save_sdm(sdm: SDM, path: str | Path) -> Path:
     """Write a fitted SDM to ``path`` (``.npz`` appended if missing); returns the path.
 
     One ``.npz`` of float64 arrays and the configuration as JSON text, no pickle (the module
@@ -79,7 +83,7 @@ def save_sdm(sdm: Any, path: str | Path) -> Path:
     return path
 
 
-def load_sdm(cls: type, path: str | Path) -> Any:
+def load_sdm(cls: type[SDM], path: str | Path) -> SDM:
     """Read, check and rebuild an SDM written by :func:`save_sdm` (``SDM.load(path)``).
 
     Any file it did not write, or a damaged one, gives one ``ValueError`` naming the file and
@@ -156,7 +160,7 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return config, arrays
 
 
-def _config(text: np.ndarray, fail: Any) -> dict:
+def _config(text: np.ndarray, fail: Callable[[str, str], ValueError]) -> dict:
     if text.shape != () or text.dtype.kind != "U":
         raise fail("config", f"expected a JSON string, got {text.dtype} {text.shape}")
     try:

@@ -24,16 +24,21 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
+from lkstn.classical.features import FeatureFn
 from lkstn.classical.sdm_cascade import Sampler
 from lkstn.classical.sdm_checks import check_fit_memory, check_image, check_mask
 from lkstn.perturb import perturbation
 from lkstn.sampling import pixel_to_canonical, warp_image
 from lkstn.warps import Affine, Homography, Warp
+
+if TYPE_CHECKING:  # sdm.py imports this module
+    from lkstn.classical.sdm import SDM
 
 __all__ = ["DEFAULTS", "fit_template", "reflected_sampler"]
 
@@ -48,22 +53,22 @@ features; features are ``photometric``-normalised (blind to the image's offset a
 
 
 def fit_template(
-    cls: type,
-    template: Any,
+    cls: type[SDM],
+    template: npt.ArrayLike,
     *,
-    warp: Any = "affine",
-    mask: Any = None,
+    warp: Warp | str = "affine",
+    mask: npt.ArrayLike | None = None,
     sigma_px: float | None = None,
     n_samples: int | None = None,
     n_stages: int | None = None,
     alpha: float | None = None,
     pool: int | None = None,
     margin_px: float | None = None,
-    features: Any = "pixels",
+    features: str | FeatureFn = "pixels",
     rng: np.random.Generator | int | None = 0,
     progress: bool | None = None,
-    **options: Any,
-) -> Any:
+    **options: float | str | None,
+) -> SDM:
     """``SDM.for_template``: an SDM fitted on perturbations of ``template``, ready to align.
 
     Parameters

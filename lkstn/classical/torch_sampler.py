@@ -25,12 +25,14 @@ only for ``dtype="float32"``: float64 alignment never loads torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lkstn.classical._sampler import Block
 from lkstn.warps import Warp
 
 __all__ = ["SingleSampler", "one_thread"]
@@ -40,7 +42,7 @@ _YIELD = 1 << 16  # samples per block yielded: what the caller does with them st
 
 
 @contextmanager
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Run torch on one thread inside, restoring the caller's setting after (``ICLK.align``
     with ``dtype="float32"`` runs in it, switching once per call).
 
@@ -93,7 +95,7 @@ class SingleSampler:
             out[s] = values
         return out
 
-    def blocks(self, p: np.ndarray, image_index: np.ndarray | None):
+    def blocks(self, p: np.ndarray, image_index: np.ndarray | None) -> Iterator[Block]:
         """Yield ``(alignments, pixels, I(p)[alignments, pixels])``: ``(nb, h*w, K)`` float32
         arrays, whole alignments at a time (views of one ``grid_sample`` output; the caller may
         write into them)."""
@@ -128,7 +130,9 @@ class SingleSampler:
             return self._images[index[0] : index[-1] + 1]
         return self._images[torch.from_numpy(index)]
 
-    def _grid(self, cols: list, rows: list, inside: bool) -> torch.Tensor:
+    def _grid(
+        self, cols: list[torch.Tensor], rows: list[torch.Tensor], inside: bool
+    ) -> torch.Tensor:
         """``W(x; p)`` over the template grid in canonical units, ``(n, h, w, 2)`` float32."""
         grid = torch.empty(len(cols[0]), *self._shape, 2, dtype=torch.float32)
 
