@@ -20,9 +20,11 @@ lkstn
     What :func:`lkstn.learned.train.train` runs: :class:`lkstn.learned.stn.ICSTN` (cached grid,
     one matmul per grid, composition on matrices) inside
     :class:`~lkstn.learned.stn.AlignThenClassify`, with the fast CPU layers of
-    :func:`lkstn.learned.fast_cpu.fast_cpu_layers` (NNPACK convolutions, 2x2 max-pool as
-    elementwise maxima) and, with ``T > 1`` threads, the batch cut into ``T`` shards whose
-    forward and backward run in ``T`` threads of one intra-op thread each
+    :func:`lkstn.learned.fast_cpu.fast_cpu_layers` (forward and input-gradient convolutions by
+    NNPACK or oneDNN, 2x2 max-pool by elementwise maxima or ``max_pool2d``, each chosen by
+    measurement at its first call, :mod:`lkstn.learned.kernels`; the choices are printed and
+    written to the JSON as ``kernel_choices``) and, with ``T > 1`` threads, the batch cut into
+    ``T`` shards whose forward and backward run in ``T`` threads of one intra-op thread each
     (:class:`lkstn.learned.shards.ShardedStep`, ``TrainConfig.workers``).
 lkstn-1worker (``T > 1`` only)
     ``lkstn`` without shards: one forward and backward of the whole batch on ``T`` intra-op
@@ -72,6 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_icstn  # noqa: E402
 
 from lkstn.learned.fast_cpu import fast_cpu_layers  # noqa: E402
+from lkstn.learned.kernels import kernel_choices  # noqa: E402
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: E402
 from lkstn.learned.shards import ShardedStep, intra_op_threads  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
@@ -262,7 +265,8 @@ def worker(args) -> dict:
     images, labels, variants, compile_s = build(args.seed, args.compile, args.threads[0])
     check = check_same_function(args.seed, images, labels, args.threads[0])
     res = measure(variants, args.rounds, args.steps, args.warmup)
-    return {"same_function_check": check, "compile_seconds": compile_s, "results": res}
+    return {"same_function_check": check, "compile_seconds": compile_s, "results": res,
+            "kernel_choices": kernel_choices()}  # fmt: skip
 
 
 def main() -> None:
@@ -297,6 +301,9 @@ def main() -> None:
         if run["compile_seconds"] is not None:
             print(f"torch.compile ({threads} threads): first step (compilation) took "
                   f"{run['compile_seconds']:.1f} s")  # fmt: skip
+        print(f"\nkernels chosen by measurement ({threads} thread(s) in the process):")
+        for key, name in run["kernel_choices"].items():
+            print(f"  {key:72s} -> {name}")
         res = run["results"]
         base = res["reference"]["steps_per_s"]
         print(f"\n{threads} thread(s), median of {args.rounds} rounds x {args.steps} steps:")
