@@ -16,12 +16,12 @@ inside ``torch.compile``, both are their plain parents.
   gradient goes, as ``max_pool2d``'s, to the first maximum of each window in row-major order.
 
 Which kernel is fastest is a property of the CPU, not of the code: on a 2-core AMD EPYC (AVX2)
-NNPACK won every convolution and the maxima were ~10x faster than ``max_pool2d``; on a 2-core
-Intel Xeon (Sapphire Rapids, AVX-512) oneDNN's forward kernels win some layers, NNPACK others,
-and the two pools are about even (``benchmarks/README.md``). So the kernels are chosen by
-:func:`lkstn.learned.kernels.choose` at each layer's first call: a few interleaved timings of
-each candidate on the real tensors, the median kept, the choice cached for the process and
-listed by :func:`lkstn.learned.kernels.kernel_choices`.
+NNPACK won every convolution and the maxima's forward pass was ~10x faster than ``max_pool2d``'s; on
+a 2-core Intel Xeon (Sapphire Rapids, AVX-512) oneDNN's forward kernels win some layers, NNPACK
+others, and the two pools are about even (``benchmarks/README.md``). So the kernels are chosen by
+:func:`lkstn.learned.kernels.choose` at each layer's first call: a few interleaved timings of each
+candidate on the real tensors, the median kept, the choice cached for the process and listed by
+:func:`lkstn.learned.kernels.kernel_choices`.
 
 Measured in ``benchmarks/train_step.py`` (``lkstn`` against ``lkstn-plainconv``); values and
 gradients of every candidate are checked against the plain layers in
