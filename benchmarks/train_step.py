@@ -29,6 +29,11 @@ lkstn
 lkstn-1worker (``T > 1`` only)
     ``lkstn`` without shards: one forward and backward of the whole batch on ``T`` intra-op
     threads.
+lkstn-fixed
+    ``lkstn`` with the kernels fixed as they were before the choice by measurement (NNPACK for
+    forward and input-gradient convolutions, oneDNN's backward for the weight gradient,
+    elementwise maxima for the pool), pinned around each of its steps and the measured choices
+    restored after, so that the gain of measuring is timed interleaved in one process.
 lkstn-plainconv
     ``lkstn`` with PyTorch's default ``nn.Conv2d``/``nn.MaxPool2d`` kernels and no shards, to
     separate the gains.
@@ -74,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_icstn  # noqa: E402
 
 from lkstn.learned.fast_cpu import fast_cpu_layers  # noqa: E402
-from lkstn.learned.kernels import kernel_choices  # noqa: E402
+from lkstn.learned.kernels import kernel_choices, pin_kernels  # noqa: E402
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: E402
 from lkstn.learned.shards import ShardedStep, intra_op_threads  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
@@ -207,6 +212,28 @@ def check_same_function(seed: int, images, labels, threads: int) -> dict[str, di
     return out
 
 
+def fixed_kernel(key: str) -> str:
+    """The kernel lkstn used for ``key`` before it chose by measurement."""
+    if key.startswith("conv2d weight-grad"):
+        return "backward"
+    return "nnpack" if key.startswith("conv2d") else "maxima"
+
+
+def with_fixed_kernels(step):
+    """``step`` run with :func:`fixed_kernel` pinned for every key chosen so far (the variants
+    before it in the warm-up made them), the measured choices restored after each call."""
+
+    def run():
+        measured = kernel_choices()
+        pin_kernels({key: fixed_kernel(key) for key in measured})
+        try:
+            return step()
+        finally:
+            pin_kernels(measured)
+
+    return run
+
+
 def build(seed: int, with_compile: bool, threads: int):
     """name -> (step function, intra-op threads it runs with)."""
     gen = torch.Generator().manual_seed(seed)
@@ -220,6 +247,9 @@ def build(seed: int, with_compile: bool, threads: int):
         model, pred, clf = lkstn_models(ref)["lkstn"]
         variants["lkstn-1worker"] = variants["lkstn"]
         variants["lkstn"] = (lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1)
+    model, pred, clf = lkstn_models(ref)["lkstn"]
+    fixed = lkstn_step(model, pred, clf, images, labels, gen, workers=threads)
+    variants["lkstn-fixed"] = (with_fixed_kernels(fixed), variants["lkstn"][1])
     compile_s = None
     if with_compile:
         pred, clf = copy_reference_weights(ref)

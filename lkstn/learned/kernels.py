@@ -10,9 +10,13 @@ smallest median time (ties: the first listed). Later calls with the same key reu
 so a process computes with fixed kernels and its results are deterministic given the choice.
 
 The candidates of one key compute the same function and differ only in floating-point rounding,
-so the choice changes results in the last bits only. :func:`kernel_choices` lists what was
-chosen (a run records it); :func:`pin_kernels` imposes choices, to repeat a run bit for bit
-with the kernels it used.
+so the choice changes results in the last bits only. To keep two identical runs identical, a
+choice is measured once per machine and kept in a JSON file (:func:`cache_path`: by default
+``~/.cache/lkstn/kernels.json``, or the file named by the environment variable
+``LKSTN_KERNEL_CACHE``; ``off`` measures in every process), under the CPU model, family, model
+number, vector flags and torch version; later processes on that machine read it instead of
+timing again. :func:`kernel_choices` lists what was chosen (a run records it);
+:func:`pin_kernels` imposes choices, to repeat a run bit for bit with the kernels it used.
 
 Glossary: ``key`` what a choice depends on, as a readable string (operation, shapes, dtype,
 intra-op threads); ``candidates`` name -> function of no arguments running one kernel.
@@ -20,15 +24,20 @@ intra-op threads); ``candidates`` name -> function of no arguments running one k
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = [
+    "cache_path",
     "choose",
     "clear_kernel_choices",
     "fastest",
@@ -37,8 +46,72 @@ __all__ = [
     "thread_key",
 ]
 
+CACHE_ENV = "LKSTN_KERNEL_CACHE"
+"""Environment variable naming the choices file; ``off`` keeps no file."""
+
 _CHOICES: dict[str, str] = {}
 _LOCK = threading.RLock()  # shard threads reaching the same key: one measures, the others wait
+_STORED: dict[str, str] | None = None  # this machine's choices in the file, read once
+
+
+def cache_path() -> Path | None:
+    """The file of this machine's choices (``None``: ``LKSTN_KERNEL_CACHE=off``)."""
+    value = os.environ.get(CACHE_ENV, "")
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value)
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lkstn" / "kernels.json"
+    )
+
+
+def _machine() -> str:
+    """What a choice depends on beyond its key: the CPU and the torch build."""
+    from lkstn.machine import cpu_info
+
+    cpu = cpu_info()
+    flags = ",".join(cpu["flags"])
+    where = f"family {cpu['family']} model {cpu['model']}"
+    return f"{cpu['model_name']} | {where} | {flags} | torch {torch.__version__}"
+
+
+def _read_file(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, unreadable or torn: measure again
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _stored() -> dict[str, str]:
+    global _STORED
+    if _STORED is None:
+        path = cache_path()
+        mine = _read_file(path).get(_machine(), {}) if path else {}
+        _STORED = {str(k): str(v) for k, v in mine.items()} if isinstance(mine, dict) else {}
+    return _STORED
+
+
+def _store(key: str, name: str) -> None:
+    """Add one choice to the file (merged with what other processes wrote; atomic replace).
+    A file that cannot be written only costs the next process a measurement."""
+    path = cache_path()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_file(path)
+        machine = data.setdefault(_machine(), {})
+        if not isinstance(machine, dict):
+            machine = data[_machine()] = {}
+        machine[key] = name
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernels-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def fastest(
@@ -88,16 +161,21 @@ def choose(
 ) -> str:
     """The candidate chosen for ``key``: :func:`fastest` at its first call, then the same name.
 
-    A choice pinned by :func:`pin_kernels` is taken as it is if it is among ``candidates``.
+    A choice pinned by :func:`pin_kernels` is taken as it is if it is among ``candidates``;
+    otherwise one stored for this machine (:func:`cache_path`); otherwise it is measured and
+    stored.
     Thread-safe: concurrent first calls with one key measure once. Timing runs without autograd
     recording unless the candidates enable it themselves.
     """
     with _LOCK:
         name = _CHOICES.get(key)
         if name is None or name not in candidates:
+            name = _stored().get(key)
+        if name is None or name not in candidates:
             with torch.no_grad():
                 name = fastest(candidates, repeats=repeats, timer=timer)
-            _CHOICES[key] = name
+            _store(key, name)
+        _CHOICES[key] = name
     return name
 
 
@@ -114,9 +192,11 @@ def pin_kernels(choices: Mapping[str, str]) -> None:
 
 
 def clear_kernel_choices() -> None:
-    """Forget every choice: the next call of each key measures again."""
+    """Forget this process's choices (the stored file is read again at the next call)."""
+    global _STORED
     with _LOCK:
         _CHOICES.clear()
+        _STORED = None
 
 
 def thread_key(*parts: object) -> str:

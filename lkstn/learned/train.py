@@ -16,7 +16,8 @@ checkpoint holds the model, the optimizer and the step, so ``resume=True`` conti
 bit for bit (on the same machine with the same ``torch.get_num_threads()`` and ``workers``: the
 kernels' floating-point reductions depend on them). Which CPU kernel computes each layer is chosen
 by timing at the first step (:mod:`lkstn.learned.kernels`) and returned in
-:attr:`TrainResult.kernels`; two runs that chose differently differ in the last bits. On a CPU each
+:attr:`TrainResult.kernels`; the choice is timed once per machine and kept in a file
+(:func:`lkstn.learned.kernels.cache_path`), so identical runs compute alike. On a CPU each
 batch is cut into ``workers`` shards (default: one per thread, 25 samples or more each) whose
 forward and backward run in parallel threads (:mod:`lkstn.learned.shards`); on a GPU, with
 ``cuda_graph=True``, each step's forward and backward is replayed from a CUDA graph

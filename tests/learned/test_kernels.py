@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lkstn.learned import kernels
@@ -94,3 +96,39 @@ def test_thread_key_names_the_thread_count() -> None:
     import torch
 
     assert kernels.thread_key("conv2d", "x=(1,)").endswith(f"threads={torch.get_num_threads()}")
+
+
+def test_a_choice_is_measured_once_per_machine_then_read_from_the_file(tmp_path, monkeypatch):
+    """Two processes on one machine compute with the same kernels (bit-identical runs): the
+    second reads the first's choice from the file instead of timing again."""
+    path = tmp_path / "kernels.json"
+    monkeypatch.setenv(kernels.CACHE_ENV, str(path))
+    clear_kernel_choices()
+    clock = FakeClock()
+    candidates = {"a": clock.candidate("a", [3.0] * 5), "b": clock.candidate("b", [2.0] * 5)}
+    assert choose("conv2d forward x=(4,)", candidates, timer=clock) == "b"
+    stored = json.loads(path.read_text())
+    assert [list(v.items()) for v in stored.values()] == [[("conv2d forward x=(4,)", "b")]]
+
+    clear_kernel_choices()  # as a new process would start
+    slower_b = FakeClock()
+    flipped = {"a": slower_b.candidate("a", [1.0] * 5), "b": slower_b.candidate("b", [9.0] * 5)}
+    assert choose("conv2d forward x=(4,)", flipped, timer=slower_b) == "b"  # the stored choice
+    assert slower_b.calls == []  # nothing timed
+
+    path.write_text('{"torn": ')  # a torn or foreign file: measured again, and rewritten
+    clear_kernel_choices()
+    assert choose("conv2d forward x=(4,)", flipped, timer=slower_b) == "a"
+    assert "conv2d forward x=(4,)" in next(iter(json.loads(path.read_text()).values()))
+
+
+def test_off_keeps_no_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # where the default file would go
+    monkeypatch.setenv(kernels.CACHE_ENV, "off")
+    clear_kernel_choices()
+    assert kernels.cache_path() is None
+    clock = FakeClock()
+    choose("pool x=(1,)", {"only": clock.candidate("only", [1.0] * 5)}, timer=clock)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.delenv(kernels.CACHE_ENV)
+    assert kernels.cache_path() == tmp_path / "lkstn" / "kernels.json"
