@@ -20,13 +20,20 @@ lkstn
     What :func:`lkstn.learned.train.train` runs: :class:`lkstn.learned.stn.ICSTN` (cached grid,
     one matmul per grid, composition on matrices) inside
     :class:`~lkstn.learned.stn.AlignThenClassify`, with the fast CPU layers of
-    :func:`lkstn.learned.fast_cpu.fast_cpu_layers` (NNPACK convolutions, 2x2 max-pool as
-    elementwise maxima) and, with ``T > 1`` threads, the batch cut into ``T`` shards whose
-    forward and backward run in ``T`` threads of one intra-op thread each
+    :func:`lkstn.learned.fast_cpu.fast_cpu_layers` (forward and input-gradient convolutions by
+    NNPACK or oneDNN, 2x2 max-pool by elementwise maxima or ``max_pool2d``, each chosen by
+    measurement at its first call, :mod:`lkstn.learned.kernels`; the choices are printed and
+    written to the JSON as ``kernel_choices``) and, with ``T > 1`` threads, the batch cut into
+    ``T`` shards whose forward and backward run in ``T`` threads of one intra-op thread each
     (:class:`lkstn.learned.shards.ShardedStep`, ``TrainConfig.workers``).
 lkstn-1worker (``T > 1`` only)
     ``lkstn`` without shards: one forward and backward of the whole batch on ``T`` intra-op
     threads.
+lkstn-fixed
+    ``lkstn`` with the kernels fixed as they were before the choice by measurement (NNPACK for
+    forward and input-gradient convolutions, oneDNN's backward for the weight gradient,
+    elementwise maxima for the pool), pinned around each of its steps and the measured choices
+    restored after, so that the gain of measuring is timed interleaved in one process.
 lkstn-plainconv
     ``lkstn`` with PyTorch's default ``nn.Conv2d``/``nn.MaxPool2d`` kernels and no shards, to
     separate the gains.
@@ -72,6 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_icstn  # noqa: E402
 
 from lkstn.learned.fast_cpu import fast_cpu_layers  # noqa: E402
+from lkstn.learned.kernels import kernel_choices, pin_kernels  # noqa: E402
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: E402
 from lkstn.learned.shards import ShardedStep, intra_op_threads  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
@@ -204,6 +212,28 @@ def check_same_function(seed: int, images, labels, threads: int) -> dict[str, di
     return out
 
 
+def fixed_kernel(key: str) -> str:
+    """The kernel lkstn used for ``key`` before it chose by measurement."""
+    if key.startswith("conv2d weight-grad"):
+        return "backward"
+    return "nnpack" if key.startswith("conv2d") else "maxima"
+
+
+def with_fixed_kernels(step):
+    """``step`` run with :func:`fixed_kernel` pinned for every key chosen so far (the variants
+    before it in the warm-up made them), the measured choices restored after each call."""
+
+    def run():
+        measured = kernel_choices()
+        pin_kernels({key: fixed_kernel(key) for key in measured})
+        try:
+            return step()
+        finally:
+            pin_kernels(measured)
+
+    return run
+
+
 def build(seed: int, with_compile: bool, threads: int):
     """name -> (step function, intra-op threads it runs with)."""
     gen = torch.Generator().manual_seed(seed)
@@ -217,6 +247,9 @@ def build(seed: int, with_compile: bool, threads: int):
         model, pred, clf = lkstn_models(ref)["lkstn"]
         variants["lkstn-1worker"] = variants["lkstn"]
         variants["lkstn"] = (lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1)
+    model, pred, clf = lkstn_models(ref)["lkstn"]
+    fixed = lkstn_step(model, pred, clf, images, labels, gen, workers=threads)
+    variants["lkstn-fixed"] = (with_fixed_kernels(fixed), variants["lkstn"][1])
     compile_s = None
     if with_compile:
         pred, clf = copy_reference_weights(ref)
@@ -262,7 +295,8 @@ def worker(args) -> dict:
     images, labels, variants, compile_s = build(args.seed, args.compile, args.threads[0])
     check = check_same_function(args.seed, images, labels, args.threads[0])
     res = measure(variants, args.rounds, args.steps, args.warmup)
-    return {"same_function_check": check, "compile_seconds": compile_s, "results": res}
+    return {"same_function_check": check, "compile_seconds": compile_s, "results": res,
+            "kernel_choices": kernel_choices()}  # fmt: skip
 
 
 def main() -> None:
@@ -297,6 +331,9 @@ def main() -> None:
         if run["compile_seconds"] is not None:
             print(f"torch.compile ({threads} threads): first step (compilation) took "
                   f"{run['compile_seconds']:.1f} s")  # fmt: skip
+        print(f"\nkernels chosen by measurement ({threads} thread(s) in the process):")
+        for key, name in run["kernel_choices"].items():
+            print(f"  {key:72s} -> {name}")
         res = run["results"]
         base = res["reference"]["steps_per_s"]
         print(f"\n{threads} thread(s), median of {args.rounds} rounds x {args.steps} steps:")

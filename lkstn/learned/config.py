@@ -119,10 +119,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` returns: the final step and every evaluation record."""
+    """What :func:`train` returns: the final step, every evaluation record, the kernels used.
+
+    ``kernels``: the CPU kernels chosen by measurement in this process
+    (:func:`lkstn.learned.kernels.kernel_choices`: layer key -> kernel name); empty where none
+    was chosen (a GPU, ``fast_conv=False``).
+    """
 
     step: int
     records: list[dict[str, float]] = field(default_factory=list)
+    kernels: dict[str, str] = field(default_factory=dict)
 
     @property
     def last(self) -> dict[str, float]:

@@ -5,16 +5,27 @@
 change class, nothing is copied: parameters and ``state_dict`` keys stay). On other devices, and
 inside ``torch.compile``, both are their plain parents.
 
-- :class:`FastConv2d`: NNPACK for the forward pass and the input gradient, oneDNN for the weight
-  gradient. For 1-8 channels, PyTorch's default (oneDNN) input gradient is several times slower
-  than a forward convolution of the same size.
-- :class:`FastMaxPool2d`: 2x2, stride 2, as two elementwise maxima of strided views. PyTorch's
-  ``max_pool2d`` on contiguous ``(B, C, H, W)`` tensors takes ~5 ns per input element on this CPU,
-  the views ~0.5 ns. The gradient goes, as ``max_pool2d``'s, to the first maximum of each window in
-  row-major order.
+- :class:`FastConv2d`: the forward pass and the input gradient (a "full" correlation with the
+  flipped kernel) each by NNPACK or by oneDNN's forward convolution, whichever was measured
+  fastest for the layer's shapes and thread count; the weight gradient by oneDNN's backward
+  kernel or its forward kernel over the batch, also as measured. PyTorch's
+  default input gradient (oneDNN's ``convolution_backward``) is 2-6x slower than either for
+  1-8 channels, so it is no candidate.
+- :class:`FastMaxPool2d`: 2x2, stride 2, as two elementwise maxima of strided views, or
+  PyTorch's ``max_pool2d``, whichever was measured fastest (forward and backward together). The
+  gradient goes, as ``max_pool2d``'s, to the first maximum of each window in row-major order.
+
+Which kernel is fastest is a property of the CPU, not of the code: on a 2-core AMD EPYC (AVX2)
+NNPACK won every convolution and the maxima's forward pass was ~10x faster than ``max_pool2d``'s; on
+a 2-core Intel Xeon (Sapphire Rapids, AVX-512) oneDNN's forward kernels win some layers, NNPACK
+others, and the two pools are about even (``benchmarks/README.md``). So the kernels are chosen by
+:func:`lkstn.learned.kernels.choose` at each layer's first call: a few interleaved timings of each
+candidate on the real tensors, the median kept, the choice cached for the process and listed by
+:func:`lkstn.learned.kernels.kernel_choices`.
 
 Measured in ``benchmarks/train_step.py`` (``lkstn`` against ``lkstn-plainconv``); values and
-gradients are checked against the plain layers in ``tests/learned/test_fast_cpu.py``.
+gradients of every candidate are checked against the plain layers in
+``tests/learned/test_fast_cpu.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lkstn.learned.kernels import choose, thread_key
 
 __all__ = ["FastConv2d", "FastMaxPool2d", "fast_cpu_layers"]
 
@@ -54,33 +67,43 @@ def _nnpack_ready() -> bool:
     return _NNPACK_READY
 
 
-def _nnpack_conv(x: Tensor, weight: Tensor, bias: Tensor | None, pad=(0, 0)) -> Tensor:
-    """Unit-stride ``conv2d`` with zero padding ``pad = (ph, pw)``, through NNPACK where it can."""
+def _conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None, pad: tuple[int, int], role: str
+) -> Tensor:
+    """Unit-stride ``conv2d`` with zero padding ``pad = (ph, pw)`` by the kernel measured fastest.
+
+    Candidates: NNPACK (float32, kernels up to 16x16) and PyTorch's default (oneDNN), chosen per
+    ``role``, shapes, dtype and intra-op thread count by :func:`lkstn.learned.kernels.choose`.
+    """
+    candidates = {"onednn": lambda: F.conv2d(x, weight, bias, padding=pad)}
     if x.dtype == torch.float32 and max(weight.shape[-2:]) <= 16 and _nnpack_ready():
         b = weight.new_zeros(weight.shape[0]) if bias is None else bias
-        try:
-            return torch._nnpack_spatial_convolution(x, weight, b, list(pad), [1, 1])
-        except RuntimeError:  # an NNPACK limit: the default backend will do
-            pass
-    return F.conv2d(x, weight, bias, padding=tuple(pad))
+        candidates["nnpack"] = lambda: torch._nnpack_spatial_convolution(
+            x, weight, b, list(pad), [1, 1]
+        )  # fmt: skip
+    if len(candidates) == 1:
+        return candidates["onednn"]()
+    shapes = f"x={tuple(x.shape)} w={tuple(weight.shape)} pad={tuple(pad)}"
+    key = thread_key(f"conv2d {role}", shapes, _dtype(x))
+    return candidates[choose(key, candidates)]()
 
 
 class _Conv2dFunction(torch.autograd.Function):
     """``conv2d`` (unit stride, no padding, one group) with the CPU kernels that are fastest here.
 
     Same function, same gradients; only the kernels differ. For the 1-8 channel layers of [LL17]
-    Table 2 on CPU, oneDNN (PyTorch's default) is slowest at the input gradient, several times
-    slower than a forward convolution of the same size. So the forward pass and the input
+    Table 2 on CPU, oneDNN's ``convolution_backward`` is slowest at the input gradient, several
+    times slower than a forward convolution of the same size. So the forward pass and the input
     gradient, ``dL/dx = conv2d(pad(g, k - 1), flip(w)^T)`` (the "full" correlation with the
-    flipped kernel), go through NNPACK, and ``dL/dw``, ``dL/db`` through oneDNN's
-    ``convolution_backward``.
+    flipped kernel), go through a forward convolution, NNPACK's or oneDNN's as measured
+    (:func:`_conv`); ``dL/dw`` by oneDNN as measured (:func:`_weight_grad`), ``dL/db`` a sum.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _nnpack_conv(x, weight, bias)
+        return _conv(x, weight, bias, (0, 0), "forward")
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -91,27 +114,52 @@ class _Conv2dFunction(torch.autograd.Function):
         if need_x:
             kh, kw = weight.shape[-2:]
             flipped = weight.flip(2, 3).transpose(0, 1).contiguous()  # (I, O, kh, kw)
-            grad_x = _nnpack_conv(grad, flipped, None, (kh - 1, kw - 1))  # (B, I, H, W)
-        if need_w or need_b:
-            bias_sizes = [weight.shape[0]] if ctx.has_bias else None
-            mask = [False, need_w, need_b and ctx.has_bias]
-            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad, x, weight, bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
-            )
+            grad_x = _conv(grad, flipped, None, (kh - 1, kw - 1), "input-grad")  # (B, I, H, W)
+        if need_w:
+            grad_w = _weight_grad(x, grad, weight)
+        if need_b and ctx.has_bias:
+            grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
+
+
+def _weight_grad(x: Tensor, grad: Tensor, weight: Tensor) -> Tensor:
+    """``dL/dw`` of a unit-stride, unpadded ``conv2d``, by the oneDNN kernel measured fastest.
+
+    Candidates: ``convolution_backward``, and the forward correlation of the inputs with the
+    output gradients over the batch, ``dL/dw[o, i] = sum_b x[b, i] * g[b, o]`` (the batch as
+    the channels: ``conv2d(x^T (I, B, H, W), g^T (O, B, h, w)) -> (I, O, kh, kw)``).
+    """
+    mask = [False, True, False]
+
+    def backward() -> Tensor:
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+        )[1]
+
+    def batch_correlation() -> Tensor:
+        return F.conv2d(x.transpose(0, 1), grad.transpose(0, 1)).transpose(0, 1)  # (O, I, kh, kw)
+
+    candidates = {"backward": backward, "batch-correlation": batch_correlation}
+    shapes = f"x={tuple(x.shape)} g={tuple(grad.shape)}"
+    return candidates[choose(thread_key("conv2d weight-grad", shapes, _dtype(x)), candidates)]()
 
 
 class FastConv2d(nn.Conv2d):
     """``nn.Conv2d`` computed by :class:`_Conv2dFunction` on CPU; same parameters and function.
 
     Only for unit stride, no padding, no dilation and one group (every convolution of [LL17]);
-    on other devices, or inside ``torch.compile``, it is a plain ``nn.Conv2d``.
+    on other devices, or inside ``torch.compile``, it is a plain ``nn.Conv2d``. The forward and
+    input-gradient kernels are chosen by measurement at the first call with new shapes.
     """
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if input.device.type != "cpu" or torch.compiler.is_compiling():
             return super()._conv_forward(input, weight, bias)  # NNPACK has no fake kernels
         return _Conv2dFunction.apply(input, weight, bias)
+
+
+def _dtype(x: Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
 
 
 def _plain_conv(m: nn.Module) -> bool:
@@ -155,9 +203,11 @@ class _MaxPool2x2Function(torch.autograd.Function):
 
 
 class FastMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d(2, 2)`` computed by two elementwise maxima on CPU; same values and gradients.
+    """``nn.MaxPool2d(2, 2)`` on CPU by two elementwise maxima or ``max_pool2d``, as measured.
 
-    Inputs with an odd height or width, other devices, and ``torch.compile`` use the parent.
+    Same values and gradients either way. The choice is made per input shape, dtype, thread count
+    and whether a backward pass follows (then forward and backward are timed together). Inputs
+    with an odd height or width, other devices, and ``torch.compile`` use the parent.
     """
 
     def forward(self, input: Tensor) -> Tensor:
@@ -170,7 +220,26 @@ class FastMaxPool2d(nn.MaxPool2d):
             or torch.compiler.is_compiling()
         ):
             return super().forward(input)
-        return _MaxPool2x2Function.apply(input)
+        candidates = {"maxima": _MaxPool2x2Function.apply, "max_pool2d": super().forward}
+        training = torch.is_grad_enabled() and input.requires_grad
+        role = "forward+backward" if training else "forward"
+        key = thread_key(f"max_pool2d 2x2 {role}", f"x={tuple(input.shape)}", _dtype(input))
+        timed = {name: _timed_pool(pool, input, training) for name, pool in candidates.items()}
+        return candidates[choose(key, timed)](input)
+
+
+def _timed_pool(pool, x: Tensor, training: bool):
+    """What :func:`~lkstn.learned.kernels.choose` times of ``pool``: its forward (and backward)."""
+    if not training:
+        return lambda: pool(x)
+    leaf = x.detach().requires_grad_()
+
+    def forward_backward():
+        with torch.enable_grad():
+            y = pool(leaf)
+            return torch.autograd.grad(y, leaf, y.detach())
+
+    return forward_backward
 
 
 def _plain_pool(m: nn.Module) -> bool:
@@ -193,9 +262,10 @@ def fast_cpu_layers(model: nn.Module) -> nn.Module:
     with the plain layers to float rounding (pooling: exactly). Strided, padded, dilated or
     grouped convolutions and other pools are left alone. Returns ``model``.
 
-    NNPACK's thread pool is created with one thread at the first forward pass
-    (:func:`_nnpack_ready`); :func:`~lkstn.learned.train.train` uses the other cores by running
-    batch shards in parallel threads.
+    The kernels are chosen at each layer's first call with new shapes (a few ms of timing per
+    layer, :mod:`lkstn.learned.kernels`). NNPACK's thread pool is created with one thread at the
+    first forward pass (:func:`_nnpack_ready`); :func:`~lkstn.learned.train.train` uses the
+    other cores by running batch shards in parallel threads.
     """
     for module in model.modules():
         if _plain_conv(module):

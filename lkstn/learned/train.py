@@ -14,25 +14,30 @@ paper's noise model (:mod:`lkstn.learned.streams`):
 Everything follows the model's device and dtype. Batch ``k`` is a function of ``(seed, k)`` and the
 checkpoint holds the model, the optimizer and the step, so ``resume=True`` continues a killed run
 bit for bit (on the same machine with the same ``torch.get_num_threads()`` and ``workers``: the
-kernels' floating-point reductions depend on them). On a CPU each batch is cut into ``workers``
-shards (default: one per thread, 25 samples or more each) whose forward and backward run in
-parallel threads (:mod:`lkstn.learned.shards`); on a GPU, with ``cuda_graph=True``, each
-step's forward and backward is replayed from a CUDA graph (:mod:`lkstn.learned.graphed`); the
-next batch is drawn while a GPU computes the current one. Training runs in float32 without
-TensorFloat-32 unless ``tf32=True``. The test perturbations are drawn once (fixed seed), so test
-errors are repeatable. A non-finite loss stops the run with :class:`TrainingDiverged` before the
-update, leaving the last checkpoint intact; with
+kernels' floating-point reductions depend on them). Which CPU kernel computes each layer is chosen
+by timing at the first step (:mod:`lkstn.learned.kernels`) and returned in
+:attr:`TrainResult.kernels`; the choice is timed once per machine and kept in a file
+(:func:`lkstn.learned.kernels.cache_path`), so identical runs compute alike. On a CPU each
+batch is cut into ``workers`` shards (default: one per thread, 25 samples or more each) whose
+forward and backward run in parallel threads (:mod:`lkstn.learned.shards`); on a GPU, with
+``cuda_graph=True``, each step's forward and backward is replayed from a CUDA graph
+(:mod:`lkstn.learned.graphed`); the next batch is drawn while a GPU computes the current one.
+Training runs in float32 without TensorFloat-32 unless ``tf32=True``. The test perturbations are
+drawn once (fixed seed), so test errors are repeatable. A non-finite loss stops the run with
+:class:`TrainingDiverged` before the update, leaving the last checkpoint intact; with
 ``nonfinite="skip"`` the batch is dropped instead (no update, counted in the log as
 ``skipped_steps``) and the run stops only after ``MAX_SKIPS_IN_A_ROW`` such batches in a row.
 
-Run directory (:mod:`lkstn.runs`): ``manifest.json`` (the configuration, the model description
-with its parameter shapes, the data identity, the seed and the code version; a resume that differs
-in any of them is refused, :func:`run_identity`), ``log.jsonl`` (one line per evaluation, appended
-with fsync; a resume cuts a torn line and the lines past the checkpoint), ``checkpoint.pt``
-(latest, written atomically) and ``lock`` (one writer at a time). A fresh run (no checkpoint)
-seeds every global generator it may use (torch, NumPy, Python ``random``) from ``config.seed``; a
-resumed run restores torch's from the checkpoint; so dropout draws the same masks in two
-identical runs.
+Run directory (:mod:`lkstn.runs`): ``manifest.json`` (the configuration, the model description with
+its parameter shapes, the data identity, the seed and the code version; a resume that differs in any
+of them is refused, :func:`run_identity`), ``log.jsonl`` (one line per evaluation, appended with
+fsync; a resume cuts a torn line and the lines past the checkpoint), ``checkpoint.pt`` (latest,
+written atomically), ``kernels.json`` (the CPU kernels chosen by measurement,
+:mod:`lkstn.learned.kernels`, written with each checkpoint and imposed again on resume, so that a
+resumed run computes with the kernels it started with) and ``lock`` (one writer at a time). A fresh
+run (no checkpoint) seeds every global generator it may use (torch, NumPy, Python ``random``) from
+``config.seed``; a resumed run restores torch's from the checkpoint; so dropout draws the same masks
+in two identical runs.
 
 Glossary: ``step`` optimizer steps taken; ``lr_predictor``/``lr_classifier`` the learning rates of
 the geometric predictor(s) and of the classifier.
@@ -41,6 +46,7 @@ the geometric predictor(s) and of the classifier.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -57,6 +63,7 @@ from lkstn.learned.checkpoint import save_checkpoint
 from lkstn.learned.config import MAX_SKIPS_IN_A_ROW, TrainConfig, TrainingDiverged, TrainResult
 from lkstn.learned.fast_cpu import fast_cpu_layers
 from lkstn.learned.graphed import GraphedStep
+from lkstn.learned.kernels import kernel_choices, pin_kernels
 from lkstn.learned.resume import resume_run, run_identity, seed_everything
 from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
@@ -70,6 +77,8 @@ __all__ = [
     "run_identity",
     "train",
 ]
+
+KERNELS = "kernels.json"  # in the run directory: the CPU kernels chosen, pinned on resume
 
 
 def train(
@@ -136,6 +145,8 @@ def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResul
         seed_everything(config.seed)
     if config.fast_conv and device.type == "cpu":
         fast_cpu_layers(model)
+        if start > 0 and (run / KERNELS).exists():  # the kernels the run chose: bit for bit
+            pin_kernels(json.loads((run / KERNELS).read_text()))
     data = data.to(device, dtype)
     aligner = getattr(model, "aligner", model)
     warp, shape = aligner.warp, aligner.template_shape
@@ -171,11 +182,12 @@ def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResul
                 if run is not None and _due(done, config.checkpoint_every, config.n_steps):
                     save_checkpoint(run / "checkpoint.pt", model, optimizer, step=done,
                                     config=asdict(config))  # fmt: skip
+                    runs.write_atomic(run / KERNELS, json.dumps(kernel_choices(), indent=1))
                     guard.last_saved = done
     finally:
         bar.close()
         step_fn.close()
-    return TrainResult(step=max(start, config.n_steps), records=records)
+    return TrainResult(step=max(start, config.n_steps), records=records, kernels=kernel_choices())
 
 
 def _open_run(run, model, optimizer, config, data, resume, fresh, data_identity) -> int:

@@ -1,4 +1,4 @@
-"""The fast CPU layers compute the plain layers' function and gradients."""
+"""The fast CPU layers compute the plain layers' function and gradients, whichever kernels."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
+from lkstn.learned import fast_cpu
 from lkstn.learned.fast_cpu import FastConv2d, FastMaxPool2d, fast_cpu_layers
 
 
@@ -63,3 +65,69 @@ def test_fast_pool_propagates_nan_and_falls_back_on_odd_sizes() -> None:
     torch.testing.assert_close(
         fast_cpu_layers(nn.MaxPool2d(2, 2))(odd), nn.functional.max_pool2d(odd, 2, 2)
     )
+
+
+def _pick(forward: str, input_grad: str, weight_grad: str, pool: str):
+    """A stand-in for ``choose`` that imposes one kernel per role, whatever the timings."""
+    wanted = {"conv2d forward": forward, "conv2d input-grad": input_grad,
+              "conv2d weight-grad": weight_grad, "max_pool2d": pool}  # fmt: skip
+
+    def choose(key, candidates):
+        name = next(v for k, v in wanted.items() if key.startswith(k))
+        return name if name in candidates else "onednn"  # NNPACK absent: the default
+
+    return choose
+
+
+CONV = ("nnpack", "onednn")
+CHOICES = [(f, g, w, p) for f in CONV for g in CONV for w in ("backward", "batch-correlation")
+           for p in ("maxima", "max_pool2d")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("forward", "input_grad", "weight_grad", "pool"), CHOICES)
+def test_every_kernel_choice_gives_the_plain_layers_values_and_gradients(
+    monkeypatch, forward, input_grad, weight_grad, pool
+) -> None:
+    """Each kernel a measurement can choose computes the plain layer to float32 rounding.
+
+    Every candidate sums the same ``n`` products in some order (NNPACK by a fast transform), so
+    an output differs from the plain layer's by at most ``2 gamma_n`` times the same sum of
+    absolute products, ``gamma_n = n u / (1 - n u)``, ``u = 2^-24`` (Higham, Accuracy and
+    Stability of Numerical Algorithms, Sec. 3.1); the bound is evaluated per output as a
+    convolution of absolute values.
+    """
+    monkeypatch.setattr(fast_cpu, "choose", _pick(forward, input_grad, weight_grad, pool))
+    gen = torch.Generator().manual_seed(7)
+    plain = nn.Conv2d(4, 8, 7)
+    fast = fast_cpu_layers(copy.deepcopy(plain))
+    x = torch.randn(10, 4, 22, 22, generator=gen)
+    g = torch.randn(10, 8, 16, 16, generator=gen)
+    u = 2.0**-24
+
+    def bound(n: int, reference: Tensor) -> Tensor:
+        return 2 * n * u / (1 - n * u) * reference
+
+    y1 = plain(x.requires_grad_())
+    y2 = fast(x)
+    n_fwd = 4 * 7 * 7 + 1  # products and the bias
+    abs_fwd = F.conv2d(x.abs(), plain.weight.abs(), plain.bias.abs())
+    assert ((y2 - y1).abs() <= bound(n_fwd, abs_fwd)).all()
+    gx1, gw1, gb1 = torch.autograd.grad(y1, [x, plain.weight, plain.bias], g)
+    gx2, gw2, gb2 = torch.autograd.grad(y2, [x, fast.weight, fast.bias], g)
+    n_in = 8 * 7 * 7
+    flipped = plain.weight.flip(2, 3).transpose(0, 1).abs()
+    abs_in = F.conv2d(g.abs(), flipped, padding=6)  # sum of |g| |w| per input pixel
+    assert ((gx2 - gx1).abs() <= bound(n_in, abs_in)).all()
+    n_w = 10 * 16 * 16
+    abs_w = F.conv2d(x.abs().transpose(0, 1), g.abs().transpose(0, 1)).transpose(0, 1)
+    assert ((gw2 - gw1).abs() <= bound(n_w, abs_w)).all()
+    assert ((gb2 - gb1).abs() <= bound(n_w, g.abs().sum((0, 2, 3)))).all()
+
+    pool_in = torch.relu(torch.randn(10, 8, 16, 16, generator=gen)).requires_grad_()
+    pooled = fast_cpu_layers(nn.MaxPool2d(2, 2))(pool_in)
+    reference = F.max_pool2d(pool_in, 2, 2)
+    g_pool = torch.randn(reference.shape, generator=gen)
+    assert torch.equal(pooled, reference)
+    (gp1,) = torch.autograd.grad(reference, pool_in, g_pool)
+    (gp2,) = torch.autograd.grad(pooled, pool_in, g_pool)
+    assert torch.equal(gp2, gp1)  # ReLU zeros tie: both give the first maximum the gradient

@@ -15,6 +15,7 @@ from skimage import transform
 from torch import nn
 
 from lkstn.learned.checkpoint import load_checkpoint
+from lkstn.learned.kernels import clear_kernel_choices
 from lkstn.learned.predictors import LinearPredictor, mnist_classifier, mnist_predictor
 from lkstn.learned.stn import ICSTN, AlignThenClassify
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
@@ -327,3 +328,18 @@ def test_training_follows_the_model_to_cuda(tmp_path) -> None:
     # resuming on the GPU loads the checkpoint to the model's device, the RNG state to the CPU
     train(model, TrainConfig(n_steps=6, **CONFIG), digits(), run_dir=tmp_path, resume=True)
     assert load_checkpoint(tmp_path / "checkpoint.pt").step == 6
+
+
+def test_the_run_records_its_kernels_and_a_resume_pins_them(tmp_path) -> None:
+    result = train(classifier_model(), TrainConfig(n_steps=2, **CONFIG), digits(),
+                   run_dir=tmp_path)  # fmt: skip
+    recorded = json.loads((tmp_path / "kernels.json").read_text())
+    assert any(key.startswith("conv2d forward") for key in result.kernels)
+    assert recorded.items() <= result.kernels.items()
+    imposed = {key: "onednn" for key in recorded if key.startswith("conv2d forward")}
+    (tmp_path / "kernels.json").write_text(json.dumps({**recorded, **imposed}))
+    clear_kernel_choices()
+    resumed = train(classifier_model(), TrainConfig(n_steps=4, **CONFIG), digits(),
+                    run_dir=tmp_path, resume=True)  # fmt: skip
+    assert imposed.items() <= resumed.kernels.items()
+    clear_kernel_choices()
