@@ -197,15 +197,37 @@ class Warp:
             p, q = same_kind(asarray(p), asarray(q))
         return self.params(self.matrix(p, check=False) @ self.matrix(q, check=False), check=False)
 
-    def inverse(self, p: ArrayLike) -> Array:
-        """Parameters of ``M(p)^-1``; ``ValueError`` for a singular warp."""
-        p = self.check_params(p)
-        M = self.matrix(p, check=False)
+    def inverse_matrix(self, p: ArrayLike, *, check: bool = True) -> Array:
+        """``M(p)^-1``, shape ``(..., 3, 3)``: the one matrix inversion of the warps.
+
+        ``ValueError`` for a singular warp (``|det M(p)| < 1e-12``). ``check=False`` skips the
+        checks of ``p`` (an array of this family's ``(..., P)``) and never raises: where ``M(p)``
+        is singular (``|det| <= 1e-12``, or a NaN determinant, as NaN parameters give), the
+        inverse is NaN (for inner loops, whose failures are data).
+        """
+        if check:
+            p = self.check_params(p)
+        M = self.matrix(p, check=False)  # (..., 3, 3)
         xp = namespace(M)
-        if bool((xp.abs(xp.linalg.det(M)) < _SINGULAR_TOL).any()):
+        with np.errstate(invalid="ignore"):  # NaN parameters: a NaN determinant, flagged below
+            det = xp.linalg.det(M)  # (...)
+        if check and bool((xp.abs(det) < _SINGULAR_TOL).any()):
             raise ValueError("p gives a singular warp matrix (determinant ~ 0): no inverse")
-        inv = self.params(xp.linalg.inv(M), check=False)
-        if not all_finite(inv):
+        bad = ~(xp.abs(det) > _SINGULAR_TOL)  # (...), NaN determinants too
+        if not bool(bad.any()):
+            return xp.linalg.inv(M)
+        bad = bad[..., None, None]  # (..., 1, 1)
+        inv = xp.linalg.inv(xp.where(bad, constant(_EYE, M), M))  # the identity stands in
+        return xp.where(bad, constant(np.nan, M), inv)
+
+    def inverse(self, p: ArrayLike, *, check: bool = True) -> Array:
+        """Parameters of ``M(p)^-1``; ``ValueError`` for a singular warp.
+
+        ``check=False`` skips the checks and never raises: NaN rows where ``M(p)`` is singular
+        (see :meth:`inverse_matrix`).
+        """
+        inv = self.params(self.inverse_matrix(p, check=check), check=False)
+        if check and not all_finite(inv):
             raise ValueError("p gives a warp whose inverse sends points to infinity")
         return inv
 

@@ -11,7 +11,9 @@ torch kept out of the classical aligners, the experiments independent of the com
 - in ``lkstn/classical`` (NumPy/SciPy) only ``TORCH_MODULE``, ICLK's float32 sampler, imports
   torch, anywhere in its body: ICLK imports that module only for ``dtype="float32"``;
 - ``lkstn.experiments`` never imports ``lkstn.cli``, and ``lkstn.cli`` runs no script of
-  ``benchmarks/``.
+  ``benchmarks/``;
+- the tests of the classical aligners (``tests/classical``) never import ``lkstn.experiments``:
+  their fixture, the planar problem, lives in ``lkstn.problems``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lkstn"
+CLASSICAL_TESTS = ROOT / "tests" / "classical"
 MAX_LINES = 400
 # Files being rewritten elsewhere at the time of writing; their next change removes the entry.
 LONG: set[str] = set()
@@ -181,3 +184,31 @@ def test_the_command_line_runs_no_benchmark_script():
     for path in sorted((PACKAGE / "cli").rglob("*.py")):
         text = path.read_text()
         assert "subprocess" not in text and "benchmarks" not in text, path
+
+
+def _imports_experiments(text: str) -> bool:
+    """Whether ``text`` imports ``lkstn.experiments`` (also inside a string run by a subprocess)."""
+    return "lkstn.experiments" in text or any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "lkstn"
+        and any(a.name == "experiments" for a in node.names)
+        for node in ast.walk(ast.parse(text))
+    )
+
+
+def test_classical_tests_never_import_the_experiments():
+    files = sorted(CLASSICAL_TESTS.rglob("*.py"))
+    assert files
+    importing = [str(p.relative_to(ROOT)) for p in files if _imports_experiments(p.read_text())]
+    assert not importing, f"import lkstn.experiments (use lkstn.problems): {importing}"
+
+
+def test_the_experiments_check_sees_each_form_of_import():
+    for source in (
+        "from lkstn.experiments.problems import planar_problem",
+        "import lkstn.experiments.problems",
+        "from lkstn import experiments",
+        "code = 'from lkstn.experiments.problems import planar_problem'",
+    ):
+        assert _imports_experiments(source), source
+    assert not _imports_experiments("from lkstn.problems import planar_problem")

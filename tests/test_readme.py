@@ -33,8 +33,8 @@ def test_icstn_from_iclk_is_iclk_with_tol_zero_and_until_the_first_freeze():
     import torch
 
     from lkstn import ICLK, ICSTN, Affine
-    from lkstn.experiments.problems import planar_problem
     from lkstn.perturb import perturb
+    from lkstn.problems import planar_problem
 
     problem = planar_problem((50, 50))
     starts = perturb(Affine(), problem.p_true, 5.0, (50, 50), np.random.default_rng(0), n=40)

@@ -61,8 +61,8 @@ def test_n_iter_counts_the_iterations_actually_run():
     """ICLK asked for 50 iterations stops once every update is below ``tol``: ``n_iter`` is the
     number it ran, and running exactly that many gives the same estimate, one fewer another."""
     from lkstn import ICLK
-    from lkstn.experiments.problems import planar_problem
     from lkstn.perturb import perturb
+    from lkstn.problems import planar_problem
 
     problem = planar_problem((40, 40))
     starts = perturb(Affine(), problem.p_true, 2.0, (40, 40), np.random.default_rng(1), n=8)

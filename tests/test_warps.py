@@ -54,6 +54,22 @@ class TestFamily:
         np.testing.assert_allclose(to_np(warp.compose(p, warp.inverse(p))), 0.0, atol=1e-12)
         np.testing.assert_allclose(to_np(warp.compose(warp.inverse(p), p)), 0.0, atol=1e-12)
 
+    def test_unchecked_inverse_is_nan_exactly_where_the_warp_is_singular(self, warp, kind):
+        """``check=False``: the checked inverse where it exists, NaN rows where it does not."""
+        p = random_p(warp, np.random.default_rng(5), (4,))
+        p[1] = np.nan  # a failed update
+        M = np.eye(3)
+        M[1] = M[0]  # a singular matrix of the family: points collapse onto the line x = y
+        if warp.n_params >= 6:
+            p[2] = warp.params(M, check=False)
+        p = as_kind(p, kind)
+        out, good = to_np(warp.inverse(p, check=False)), [0, 3] if warp.n_params >= 6 else [0, 2, 3]
+        np.testing.assert_array_equal(out[good], to_np(warp.inverse(p[good])))
+        assert np.isnan(np.delete(out, good, axis=0)).all()
+        inv = to_np(warp.inverse_matrix(p, check=False))  # (4, 3, 3)
+        np.testing.assert_array_equal(inv[good], to_np(warp.inverse_matrix(p[good])))
+        assert np.isnan(np.delete(inv, good, axis=0)).all()
+
     def test_fit_recovers_known_warp(self, warp, kind):
         rng = np.random.default_rng(4)
         p = as_kind(random_p(warp, rng, (3,)), kind)

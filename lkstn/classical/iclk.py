@@ -384,10 +384,5 @@ def clear_built() -> None:
 
 def compose_inverse(warp: Warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
     """``compose(p, inverse(dp))`` for ``(n, P)`` arrays; NaN rows where ``M(dp)`` is singular."""
-    Mdp = warp.matrix(dp, check=False)  # (n, 3, 3)
-    det = np.linalg.det(Mdp)
-    bad = ~(np.abs(det) > 1e-12)
-    Mdp[bad] = np.eye(3)
-    out = warp.params(warp.matrix(p, check=False) @ np.linalg.inv(Mdp), check=False)
-    out[bad] = np.nan
-    return out
+    dp_inv = warp.inverse_matrix(dp, check=False)  # (n, 3, 3), NaN where singular
+    return warp.params(warp.matrix(p, check=False) @ dp_inv, check=False)

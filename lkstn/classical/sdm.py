@@ -42,7 +42,6 @@ from lkstn.classical.sdm_cascade import (
     Sampler,
     corner_motion_px,
     coverage,
-    inverse_or_nan,
     learn_cascade,
 )
 from lkstn.classical.sdm_checks import (
@@ -347,7 +346,7 @@ class SDM:
                 samples, cost = self._sample(image, p)  # I(p)
                 costs.append(cost)
                 dp = self.features_of(samples) @ R.T + b  # [LL17] eq. (6)
-                dp_inv = inverse_or_nan(self.warp, dp)  # NaN rows where M(dp) is singular
+                dp_inv = self.warp.inverse(dp, check=False)  # NaN rows where M(dp) is singular
                 p = self.warp.compose(p, dp_inv, check=False)  # p <- p o dp^-1 [BM04]
                 update_px = corner_motion_px(self.warp, self.template_shape, dp)
                 history.append(p)

@@ -35,7 +35,6 @@ __all__ = [
     "Sampler",
     "corner_motion_px",
     "coverage",
-    "inverse_or_nan",
     "learn_cascade",
 ]
 
@@ -121,16 +120,6 @@ def learn_cascade(
             errors.append(median_error(p))
             bar.set_postfix(median_px=f"{errors[-1]:.3g}")
     return regressors, np.array(errors)
-
-
-def inverse_or_nan(warp: Warp, p: np.ndarray) -> np.ndarray:
-    """``inverse(p)`` that never raises: a singular or NaN warp gives non-finite parameters."""
-    M = warp.matrix(p, check=False)  # (..., 3, 3)
-    r0, r1, r2 = M[..., 0, :], M[..., 1, :], M[..., 2, :]
-    with np.errstate(all="ignore"):
-        adj = np.stack([np.cross(r1, r2), np.cross(r2, r0), np.cross(r0, r1)], -1)  # (..., 3, 3)
-        det = (r0 * np.cross(r1, r2)).sum(-1)  # (...)
-        return warp.params(adj / det[..., None, None], check=False)
 
 
 def corner_motion_px(warp: Warp, template_shape: tuple[int, int], dp: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ from scipy import ndimage
 from lkstn import runs
 from lkstn.experiments import arguments as types
 from lkstn.experiments.convergence import fixed_starts
-from lkstn.experiments.problems import planar_problem
+from lkstn.problems import planar_problem
 from lkstn.sampling import pixel_to_canonical, warp_image
 from lkstn.warps import Affine, Homography, Translation, Warp, compose_jacobians
 

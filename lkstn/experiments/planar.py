@@ -57,9 +57,9 @@ from lkstn.experiments.planar_setup import (
     setup_of,
 )
 from lkstn.experiments.planar_sweep import add_sweep_arguments, sweep_options
-from lkstn.experiments.problems import PlanarProblem
 from lkstn.machine import fingerprint
 from lkstn.perturb import perturb
+from lkstn.problems import PlanarProblem
 from lkstn.result import Aligner
 from lkstn.sampling import warp_image
 

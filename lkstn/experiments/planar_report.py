@@ -17,8 +17,8 @@ import numpy as np
 
 from lkstn.experiments.curves import ErrorCurves, plot_curves
 from lkstn.experiments.planar_setup import SHAPE, Recipe, setup_of
-from lkstn.experiments.problems import PlanarProblem
 from lkstn.perturb import perturb
+from lkstn.problems import PlanarProblem
 from lkstn.sampling import warp_image
 
 __all__ = ["figure6", "figure7", "machine", "table1_markdown"]

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lkstn.experiments.problems import CAT_BOX, PlanarProblem, planar_problem
+from lkstn.problems import CAT_BOX, PlanarProblem, planar_problem
 from lkstn.warps import Affine
 
 __all__ = [

@@ -10,8 +10,10 @@ one warp to the next ([LL17] Figs. 1, 3-5):
   reported in ``history`` so that corner errors can be measured.
 - :class:`CSTN` passes *warp parameters*: each stage predicts ``dp`` from ``I(p)`` and composes,
   and every stage resamples the original image ([LL17] eqs. (9)-(10), Fig. 4).
-- :class:`ICSTN` is a c-STN whose stages share one predictor, applied recurrently ([LL17]
-  Sec. 4.2); it may run more recurrences than it was trained with ([LL17] Fig. 7).
+- :class:`ICSTN` runs the same recurrence with one predictor shared by every stage, applied
+  recurrently ([LL17] Sec. 4.2); it may run more recurrences than it was trained with ([LL17]
+  Fig. 7). The two are siblings: :class:`CompositionalTransformer` holds the recurrence and the
+  update rule they share, and an IC-STN is not a c-STN (``isinstance(icstn, CSTN)`` is False).
 
 Update rule (``update=``, recorded in ``config``): ``"eq10"`` (default) is [LL17] eq. (10),
 ``M(p_out) = M(dp) M(p_in)``, i.e. ``p <- compose(dp, p)``, the authors' code; ``"inverse"`` is the
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
     from lkstn.classical.iclk import ICLK
 
 # AlignThenClassify, Transformed and Update, imported here, keep their former import path
-__all__ = ["STN", "CSTN", "ICSTN"]
+__all__ = ["STN", "CompositionalTransformer", "CSTN", "ICSTN"]
 
 
 class STN(SpatialTransformer):
@@ -112,11 +114,76 @@ class STN(SpatialTransformer):
         return Transformed(warped, history[-1], torch.stack(history))
 
 
-class CSTN(SpatialTransformer):
-    """Compositional STN ([LL17] Sec. 4.1, Figs. 3-4): warp parameters pass between stages.
+class CompositionalTransformer(SpatialTransformer):
+    """What :class:`CSTN` and :class:`ICSTN` share: warp parameters pass between stages.
 
-    For ``k = 1..K``: ``dp = f_k(I(p))``, ``p <- compose(dp, p)`` ([LL17] eq. (10)); the output
-    is ``I(p)``, always sampled from the original image.
+    The recurrence ([LL17] Sec. 4.1, Fig. 4): for each stage's predictor ``f_k``,
+    ``dp = f_k(I(p))`` and ``p <- compose(dp, p)`` ([LL17] eq. (10)), or
+    ``p <- compose(p, inverse(dp))`` ([BM04]) with ``update="inverse"``; the output is ``I(p)``,
+    always sampled from the original image. :meth:`recur` runs it for the predictors a subclass
+    gives: ``K`` distinct ones (:class:`CSTN`) or one, ``K`` times (:class:`ICSTN`).
+
+    Parameters
+    ----------
+    warp : Warp or str
+    template_shape : (h, w)
+    update : "eq10" or "inverse"
+    template : Tensor (C, h, w), optional
+        Only for the ``cost`` of :meth:`align`.
+
+    Examples
+    --------
+    >>> issubclass(CSTN, CompositionalTransformer), issubclass(ICSTN, CompositionalTransformer)
+    (True, True)
+    >>> issubclass(ICSTN, CSTN)  # siblings: one predictor applied K times is not K predictors
+    False
+    """
+
+    def __init__(
+        self,
+        warp: Warp | str,
+        template_shape: tuple[int, int],
+        update: Update,
+        template: ArrayLike | None,
+    ) -> None:
+        super().__init__(warp, template_shape, template)
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+        self.update = update
+
+    @property
+    def n_warps(self) -> int:
+        """Stages run by ``forward`` by default."""
+        raise NotImplementedError
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**super().config, "n_warps": self.n_warps, "update": self.update}
+
+    def recur(
+        self, image: Tensor, p_init: ArrayLike | None, stages: Sequence[nn.Module]
+    ) -> Transformed:
+        """One stage per predictor of ``stages`` on ``image`` ``(B, C, H, W)`` from ``p_init``."""
+        image, p = self.check_inputs(image, p_init)
+        S = self.sampler
+        M = S.matrix(p)
+        history = [p]
+        for k, f in enumerate(stages):
+            warped = S.sample(image, M)  # I(p)
+            dp = predict(f, warped, self.warp, first=k == 0)  # dp = f_k(I(p))
+            if self.update == "eq10":
+                M = S.compose(S.matrix(dp), M)  # M(p) <- M(dp) M(p), [LL17] eq. (10)
+            else:
+                M = S.compose(M, torch.linalg.inv(S.matrix(dp)))  # p <- p o dp^-1, [BM04]
+            history.append(S.params(M))
+        return Transformed(S.sample(image, M), history[-1], torch.stack(history))
+
+
+class CSTN(CompositionalTransformer):
+    """Compositional STN ([LL17] Sec. 4.1, Figs. 3-4): ``K`` predictors, one per stage.
+
+    For ``k = 1..K``: ``dp = f_k(I(p))``, ``p <- compose(dp, p)`` ([LL17] eq. (10)), each stage
+    with its *own* ``f_k``; the output is ``I(p)``, always sampled from the original image.
 
     Parameters
     ----------
@@ -150,50 +217,25 @@ class CSTN(SpatialTransformer):
         update: Update = "eq10",
         template: ArrayLike | None = None,
     ) -> None:
-        super().__init__(warp, template_shape, template)
+        super().__init__(warp, template_shape, update, template)
         if isinstance(predictors, nn.Module) and not isinstance(predictors, nn.ModuleList):
             raise ValueError("predictors must be a sequence of modules (one per stage)")
         self.predictors = nn.ModuleList(list(predictors))
-        if update not in UPDATES:
-            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-        self.update = update
 
     @property
     def n_warps(self) -> int:
         """Number of stages."""
         return len(self.predictors)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return {**super().config, "n_warps": self.n_warps, "update": self.update}
-
-    def _predictor(self, k: int) -> nn.Module:
-        return self.predictors[k]
-
     def forward(
         self, image: Tensor, p_init: ArrayLike | None = None, n_warps: int | None = None
     ) -> Transformed:
         """Run ``n_warps`` stages on ``image`` ``(B, C, H, W)`` from ``p_init`` ``(B, P)``."""
-        n = self.check_count(n_warps, len(self.predictors), len(self.predictors))
-        return self._run(image, p_init, n)
-
-    def _run(self, image: Tensor, p_init: ArrayLike | None, n: int) -> Transformed:
-        image, p = self.check_inputs(image, p_init)
-        S = self.sampler
-        M = S.matrix(p)
-        history = [p]
-        for k in range(n):
-            warped = S.sample(image, M)  # I(p)
-            dp = predict(self._predictor(k), warped, self.warp, first=k == 0)  # dp = f(I(p))
-            if self.update == "eq10":
-                M = S.compose(S.matrix(dp), M)  # M(p) <- M(dp) M(p), [LL17] eq. (10)
-            else:
-                M = S.compose(M, torch.linalg.inv(S.matrix(dp)))  # p <- p o dp^-1, [BM04]
-            history.append(S.params(M))
-        return Transformed(S.sample(image, M), history[-1], torch.stack(history))
+        n = self.check_count(n_warps, self.n_warps, self.n_warps)
+        return self.recur(image, p_init, self.predictors[:n])  # f_1, ..., f_n
 
 
-class ICSTN(CSTN):
+class ICSTN(CompositionalTransformer):
     """Inverse compositional STN ([LL17] Sec. 4.2, Fig. 5): one predictor, applied recurrently.
 
     For ``k = 1..n_warps``: ``dp = f(I(p))``, ``p <- compose(dp, p)`` ([LL17] eq. (10)) with the
@@ -233,9 +275,7 @@ class ICSTN(CSTN):
         update: Update = "eq10",
         template: ArrayLike | None = None,
     ) -> None:
-        super().__init__(
-            [], warp=warp, template_shape=template_shape, update=update, template=template
-        )
+        super().__init__(warp, template_shape, update, template)
         if not isinstance(predictor, nn.Module):
             raise ValueError(f"predictor must be an nn.Module, got {type(predictor).__name__}")
         self.predictor = predictor
@@ -243,16 +283,15 @@ class ICSTN(CSTN):
 
     @property
     def n_warps(self) -> int:
+        """Recurrences run by default."""
         return self._n_warps
-
-    def _predictor(self, k: int) -> nn.Module:
-        return self.predictor
 
     def forward(
         self, image: Tensor, p_init: ArrayLike | None = None, n_warps: int | None = None
     ) -> Transformed:
         """Run ``n_warps`` recurrences (default ``self.n_warps``) from ``p_init`` ``(B, P)``."""
-        return self._run(image, p_init, self.check_count(n_warps, self.n_warps))
+        n = self.check_count(n_warps, self.n_warps)
+        return self.recur(image, p_init, [self.predictor] * n)  # f, ..., f: one f, n times
 
     @classmethod
     def from_iclk(cls, iclk: ICLK) -> ICSTN:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lkstn import ICLK, LK, Affine, CompositionalLK, Homography, corner_error
-from lkstn.experiments.problems import planar_problem
 from lkstn.perturb import perturb
+from lkstn.problems import planar_problem
 
 ALIGNERS = [ICLK, LK, CompositionalLK]
 

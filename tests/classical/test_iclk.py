@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 
 from lkstn import ICLK, Affine, Homography, Similarity, Translation, corner_error, warp_image
-from lkstn.experiments.problems import planar_problem
 from lkstn.perturb import perturb
+from lkstn.problems import planar_problem
 
 WARPS = [Affine(), Homography()]
 

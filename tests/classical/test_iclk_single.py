@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lkstn import ICLK, Affine, Homography, corner_error, warp_image
-from lkstn.experiments.problems import planar_problem
 from lkstn.perturb import perturb
+from lkstn.problems import planar_problem
 from lkstn.sampling import canonical_grid
 
 
@@ -108,7 +108,7 @@ def test_double_precision_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
         "from lkstn import ICLK\n"
-        "from lkstn.experiments.problems import planar_problem\n"
+        "from lkstn.problems import planar_problem\n"
         "prob = planar_problem((50, 50))\n"
         "ICLK(prob.template, 'affine').align(prob.image, prob.p_true)\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

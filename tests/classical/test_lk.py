@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lkstn import ICLK, LK, Affine, CompositionalLK, Homography, corner_error, warp_image
-from lkstn.experiments.problems import planar_problem
 from lkstn.perturb import perturb
+from lkstn.problems import planar_problem
 
 WARPS = [Affine(), Homography()]
 FORWARD = [LK, CompositionalLK]

@@ -349,3 +349,19 @@ def test_runs_on_cuda_and_matches_cpu() -> None:
     out = cuda(image.cuda(), p_init.cuda())
     assert out.image.device.type == "cuda"
     torch.testing.assert_close(out.history.cpu(), out_cpu.history, rtol=1e-4, atol=1e-5)
+
+
+def test_cstn_and_icstn_are_siblings_over_the_compositional_recurrence():
+    """An IC-STN is not a c-STN; both share CompositionalTransformer and name their own class."""
+    from lkstn.learned.stn import CompositionalTransformer
+
+    icstn = ICSTN(mnist_predictor("b"), n_warps=2, template_shape=(28, 28))
+    cstn = CSTN([mnist_predictor("b")], template_shape=(28, 28))
+    assert isinstance(icstn, CompositionalTransformer) and isinstance(
+        cstn, CompositionalTransformer
+    )
+    assert not isinstance(icstn, CSTN) and not isinstance(cstn, ICSTN)
+    assert (icstn.config["model"], cstn.config["model"]) == ("ICSTN", "CSTN")
+    assert [k for k, _ in icstn.state_dict().items()] == [
+        k for k, _ in icstn.named_parameters()
+    ]  # the predictor's weights alone: no extra module or buffer

@@ -20,8 +20,8 @@ import torch
 
 from lkstn import runs
 from lkstn.experiments.classification.rows import Experiment
-from lkstn.experiments.problems import box_warp
 from lkstn.learned.streams import ClassificationData
+from lkstn.problems import box_warp
 from lkstn.warps import Homography
 
 __all__ = ["load_data", "standardize_images"]
