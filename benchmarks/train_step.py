@@ -20,12 +20,12 @@ lkstn
     What :func:`lkstn.learned.train.train` runs: :class:`lkstn.learned.stn.ICSTN` (cached grid,
     one matmul per grid, composition on matrices) inside
     :class:`~lkstn.learned.stn.AlignThenClassify`, with the fast CPU layers of
-    :func:`lkstn.learned.fast_cpu.fast_cpu_layers` (forward and input-gradient convolutions by
+    :func:`lkstn.learned.accel.fast_cpu.fast_cpu_layers` (forward and input-gradient convolutions by
     NNPACK or oneDNN, 2x2 max-pool by elementwise maxima or ``max_pool2d``, each chosen by
-    measurement at its first call, :mod:`lkstn.learned.kernels`; the choices are printed and
+    measurement at its first call, :mod:`lkstn.learned.accel.kernels`; the choices are printed and
     written to the JSON as ``kernel_choices``) and, with ``T > 1`` threads, the batch cut into
     ``T`` shards whose forward and backward run in ``T`` threads of one intra-op thread each
-    (:class:`lkstn.learned.shards.ShardedStep`, ``TrainConfig.workers``).
+    (:class:`lkstn.learned.accel.shards.ShardedStep`, ``TrainConfig.workers``).
 lkstn-1worker (``T > 1`` only)
     ``lkstn`` without shards: one forward and backward of the whole batch on ``T`` intra-op
     threads.
@@ -39,7 +39,7 @@ lkstn-plainconv
     separate the gains.
 lkstn-compiled (``--compile``)
     ``torch.compile`` of the ``lkstn-plainconv`` loss (NNPACK ops have no fake-tensor kernels, so
-    :class:`~lkstn.learned.fast_cpu.FastConv2d` falls back to ``nn.Conv2d`` when traced);
+    :class:`~lkstn.learned.accel.fast_cpu.FastConv2d` falls back to ``nn.Conv2d`` when traced);
     reports the compile time. Findings on the 2-core AMD EPYC dev machine (torch 2.13 CPU, gcc
     present): inductor works; the first step takes 50-60 s with a cold cache, ~12 s warm; it is
     ~1.3x faster than ``lkstn-plainconv`` but not faster than ``lkstn`` (also tried with the
@@ -78,10 +78,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_icstn  # noqa: E402
 
-from lkstn.learned.fast_cpu import fast_cpu_layers  # noqa: E402
-from lkstn.learned.kernels import kernel_choices, pin_kernels  # noqa: E402
+from lkstn.learned.accel.fast_cpu import fast_cpu_layers  # noqa: E402
+from lkstn.learned.accel.kernels import kernel_choices, pin_kernels  # noqa: E402
+from lkstn.learned.accel.shards import ShardedStep, intra_op_threads  # noqa: E402
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: E402
-from lkstn.learned.shards import ShardedStep, intra_op_threads  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
 from lkstn.learned.streams import Batch  # noqa: E402
 from lkstn.machine import fingerprint

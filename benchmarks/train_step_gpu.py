@@ -14,8 +14,8 @@ lkstn-eager
     NaN check, SGD (the paper's rates).
 lkstn
     The same loop with ``cuda_graph=True``: forward and backward replayed from a
-    CUDA graph (:class:`~lkstn.learned.graphed.GraphedStep`), the next batch drawn while the GPU
-    computes.
+    CUDA graph (:class:`~lkstn.learned.accel.graphed.GraphedStep`), the next batch drawn while
+    the GPU computes.
 
 All variants run in plain float32 (cuDNN's TF32 off, as :func:`~lkstn.learned.train.train` runs)
 unless ``--tf32``. The variants are interleaved over ``--rounds`` rounds of ``--steps`` steps
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_icstn  # noqa: E402
 from train_step import SHAPE, SIGMA_PX, copy_reference_weights  # noqa: E402
 
-from lkstn.learned.graphed import GraphedStep  # noqa: E402
-from lkstn.learned.shards import ShardedStep  # noqa: E402
+from lkstn.learned.accel.graphed import GraphedStep  # noqa: E402
+from lkstn.learned.accel.shards import ShardedStep  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
 from lkstn.learned.streams import ClassificationData, step_generator  # noqa: E402
 from lkstn.machine import fingerprint

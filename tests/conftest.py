@@ -8,7 +8,7 @@ import pytest
 
 
 def pytest_configure(config):
-    """The CPU kernels chosen by measurement (lkstn.learned.kernels) are kept for this test
+    """The CPU kernels chosen by measurement (lkstn.learned.accel.kernels) are kept for this test
     session in a file of its own, shared by its subprocesses, not in the user's cache."""
     folder = Path(tempfile.mkdtemp(prefix="lkstn-kernels-"))
     os.environ.setdefault("LKSTN_KERNEL_CACHE", str(folder / "kernels.json"))

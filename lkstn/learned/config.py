@@ -53,17 +53,17 @@ class TrainConfig:
         Show a tqdm progress bar with the loss and the training error.
     fast_conv : bool
         On CPU, switch the model's convolution and 2x2 pooling layers to their fast CPU form
-        (:func:`~lkstn.learned.fast_cpu.fast_cpu_layers`: same function and gradients,
+        (:func:`~lkstn.learned.accel.fast_cpu.fast_cpu_layers`: same function and gradients,
         in place).
     workers : int or None
         Split each batch into this many shards, whose forward and backward run in parallel
-        threads with one intra-op thread each (:mod:`lkstn.learned.shards`: the batch's
+        threads with one intra-op thread each (:mod:`lkstn.learned.accel.shards`: the batch's
         gradient, summed in a fixed order). ``None``: ``torch.get_num_threads()`` on a CPU (at
         most one shard per 25 samples), 1 on other devices. Results depend on it in the last
         bits, so resume with the same value.
     cuda_graph : bool
         On a CUDA device, capture each step's forward and backward into a CUDA graph at the
-        first step and replay it (:class:`~lkstn.learned.graphed.GraphedStep`: the same
+        first step and replay it (:class:`~lkstn.learned.accel.graphed.GraphedStep`: the same
         kernels, without the host's launch overhead: 5.6x the eager steps/s of MNIST
         IC-STN-4(a) on an H200). Graphed training follows eager training to float64 rounding
         (``tests/learned/test_graphed.py``, passed on an H200). Ignored on a CPU.
@@ -122,7 +122,7 @@ class TrainResult:
     """What :func:`train` returns: the final step, every evaluation record, the kernels used.
 
     ``kernels``: the CPU kernels chosen by measurement in this process
-    (:func:`lkstn.learned.kernels.kernel_choices`: layer key -> kernel name); empty where none
+    (:func:`lkstn.learned.accel.kernels.kernel_choices`: layer key -> kernel name); empty where none
     was chosen (a GPU, ``fast_conv=False``).
     """
 

@@ -13,7 +13,8 @@ homogeneous canonical grid ``G`` (the fastest of the layouts tried on CPU), divi
 for a homography, then ``grid_sample(..., align_corners=True)`` (the convention of
 :mod:`lkstn.warps`).
 
-The fast CPU kernels of the convolution and pooling layers are in :mod:`lkstn.learned.fast_cpu`.
+The fast CPU kernels of the convolution and pooling layers are in
+:mod:`lkstn.learned.accel.fast_cpu`.
 
 Glossary: ``p`` warp parameters ``(B, P)``, ``M`` warp matrices ``(B, 3, 3)``, ``G`` homogeneous
 canonical grid ``(3, h*w)``, ``B`` batch, ``P`` number of parameters.

@@ -15,13 +15,13 @@ Everything follows the model's device and dtype. Batch ``k`` is a function of ``
 checkpoint holds the model, the optimizer and the step, so ``resume=True`` continues a killed run
 bit for bit (on the same machine with the same ``torch.get_num_threads()`` and ``workers``: the
 kernels' floating-point reductions depend on them). Which CPU kernel computes each layer is chosen
-by timing at the first step (:mod:`lkstn.learned.kernels`) and returned in
+by timing at the first step (:mod:`lkstn.learned.accel.kernels`) and returned in
 :attr:`TrainResult.kernels`; the choice is timed once per machine and kept in a file
-(:func:`lkstn.learned.kernels.cache_path`), so identical runs compute alike. On a CPU each
+(:func:`lkstn.learned.accel.kernels.cache_path`), so identical runs compute alike. On a CPU each
 batch is cut into ``workers`` shards (default: one per thread, 25 samples or more each) whose
-forward and backward run in parallel threads (:mod:`lkstn.learned.shards`); on a GPU, with
+forward and backward run in parallel threads (:mod:`lkstn.learned.accel.shards`); on a GPU, with
 ``cuda_graph=True``, each step's forward and backward is replayed from a CUDA graph
-(:mod:`lkstn.learned.graphed`); the next batch is drawn while a GPU computes the current one.
+(:mod:`lkstn.learned.accel.graphed`); the next batch is drawn while a GPU computes the current one.
 Training runs in float32 without TensorFloat-32 unless ``tf32=True``. The test perturbations are
 drawn once (fixed seed), so test errors are repeatable. A non-finite loss stops the run with
 :class:`TrainingDiverged` before the update, leaving the last checkpoint intact; with
@@ -33,11 +33,11 @@ its parameter shapes, the data identity, the seed and the code version; a resume
 of them is refused, :func:`run_identity`), ``log.jsonl`` (one line per evaluation, appended with
 fsync; a resume cuts a torn line and the lines past the checkpoint), ``checkpoint.pt`` (latest,
 written atomically), ``kernels.json`` (the CPU kernels chosen by measurement,
-:mod:`lkstn.learned.kernels`, written with each checkpoint and imposed again on resume, so that a
-resumed run computes with the kernels it started with) and ``lock`` (one writer at a time). A fresh
-run (no checkpoint) seeds every global generator it may use (torch, NumPy, Python ``random``) from
-``config.seed``; a resumed run restores torch's from the checkpoint; so dropout draws the same masks
-in two identical runs.
+:mod:`lkstn.learned.accel.kernels`, written with each checkpoint and imposed again on resume, so
+that a resumed run computes with the kernels it started with) and ``lock`` (one writer at a time). A
+fresh run (no checkpoint) seeds every global generator it may use (torch, NumPy, Python ``random``)
+from ``config.seed``; a resumed run restores torch's from the checkpoint; so dropout draws the same
+masks in two identical runs.
 
 Glossary: ``step`` optimizer steps taken; ``lr_predictor``/``lr_classifier`` the learning rates of
 the geometric predictor(s) and of the classifier.
@@ -59,13 +59,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lkstn import runs
+from lkstn.learned.accel.fast_cpu import fast_cpu_layers
+from lkstn.learned.accel.graphed import GraphedStep
+from lkstn.learned.accel.kernels import kernel_choices, pin_kernels
+from lkstn.learned.accel.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.checkpoint import save_checkpoint
 from lkstn.learned.config import MAX_SKIPS_IN_A_ROW, TrainConfig, TrainingDiverged, TrainResult
-from lkstn.learned.fast_cpu import fast_cpu_layers
-from lkstn.learned.graphed import GraphedStep
-from lkstn.learned.kernels import kernel_choices, pin_kernels
 from lkstn.learned.resume import resume_run, run_identity, seed_everything
-from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator
 
 __all__ = [

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lkstn.learned import fast_cpu
-from lkstn.learned.fast_cpu import FastConv2d, FastMaxPool2d, fast_cpu_layers
+from lkstn.learned.accel import fast_cpu
+from lkstn.learned.accel.fast_cpu import FastConv2d, FastMaxPool2d, fast_cpu_layers
 
 
 def test_fast_layers_keep_values_gradients_and_state_dict() -> None:

@@ -1,4 +1,4 @@
-"""Tests for lkstn.learned.graphed: a CUDA-graph step computes what the eager step computes.
+"""Tests for lkstn.learned.accel.graphed: a CUDA-graph step computes what the eager step computes.
 
 The CUDA tests are skipped without a GPU (``pytest -m gpu`` on a machine with one). Training runs
 without TF32 (``TrainConfig.tf32=False``); cuDNN's weight-gradient kernels may still add in a
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from lkstn.experiments import classification as cl
 from lkstn.experiments.mnist import MNIST
-from lkstn.learned.graphed import GraphedStep
-from lkstn.learned.shards import ShardedStep
+from lkstn.learned.accel.graphed import GraphedStep
+from lkstn.learned.accel.shards import ShardedStep
 from lkstn.learned.streams import ClassificationData, step_generator
 from lkstn.learned.train import TrainConfig, train
 from lkstn.warps import Homography

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lkstn.learned import kernels
-from lkstn.learned.kernels import (
+from lkstn.learned.accel import kernels
+from lkstn.learned.accel.kernels import (
     choose,
     clear_kernel_choices,
     fastest,

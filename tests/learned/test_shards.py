@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from lkstn.learned.accel.shards import ShardedStep, default_workers, intra_op_threads, split_batch
 from lkstn.learned.checkpoint import load_checkpoint
 from lkstn.learned.predictors import LinearPredictor, mnist_classifier, mnist_predictor
-from lkstn.learned.shards import ShardedStep, default_workers, intra_op_threads, split_batch
 from lkstn.learned.stn import ICSTN, AlignThenClassify
 from lkstn.learned.streams import AlignmentData, Batch, ClassificationData, step_generator
 from lkstn.learned.train import TrainConfig, train

@@ -14,8 +14,8 @@ from skimage import data as skdata
 from skimage import transform
 from torch import nn
 
+from lkstn.learned.accel.kernels import clear_kernel_choices
 from lkstn.learned.checkpoint import load_checkpoint
-from lkstn.learned.kernels import clear_kernel_choices
 from lkstn.learned.predictors import LinearPredictor, mnist_classifier, mnist_predictor
 from lkstn.learned.stn import ICSTN, AlignThenClassify
 from lkstn.learned.streams import AlignmentData, ClassificationData, step_generator

@@ -19,9 +19,9 @@ Which kernel is fastest is a property of the CPU, not of the code: on a 2-core A
 NNPACK won every convolution and the maxima's forward pass was ~10x faster than ``max_pool2d``'s; on
 a 2-core Intel Xeon (Sapphire Rapids, AVX-512) oneDNN's forward kernels win some layers, NNPACK
 others, and the two pools are about even (``benchmarks/README.md``). So the kernels are chosen by
-:func:`lkstn.learned.kernels.choose` at each layer's first call: a few interleaved timings of each
-candidate on the real tensors, the median kept, the choice cached for the process and listed by
-:func:`lkstn.learned.kernels.kernel_choices`.
+:func:`lkstn.learned.accel.kernels.choose` at each layer's first call: a few interleaved timings
+of each candidate on the real tensors, the median kept, the choice cached (for the process and
+per machine) and listed by :func:`lkstn.learned.accel.kernels.kernel_choices`.
 
 Measured in ``benchmarks/train_step.py`` (``lkstn`` against ``lkstn-plainconv``); values and
 gradients of every candidate are checked against the plain layers in
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lkstn.learned.kernels import choose, thread_key
+from lkstn.learned.accel.kernels import choose, thread_key
 
 __all__ = ["FastConv2d", "FastMaxPool2d", "fast_cpu_layers"]
 
@@ -49,8 +49,8 @@ def _nnpack_ready() -> bool:
     threads, and never resizes it; concurrent callers of a pool of two or more threads wait for
     one another (measured: two batch shards in two threads ran at half speed). A pool of one
     thread runs each call on its caller's thread, so shards in parallel threads
-    (:mod:`lkstn.learned.shards`) each get a core; within one call NNPACK gained nothing from a
-    second thread on the 1-8 channel layers of [LL17] (``benchmarks/train_step.py``).
+    (:mod:`lkstn.learned.accel.shards`) each get a core; within one call NNPACK gained nothing
+    from a second thread on the 1-8 channel layers of [LL17] (``benchmarks/train_step.py``).
     """
     global _NNPACK_READY
     if not _NNPACK_READY and torch._nnpack_available():
@@ -73,7 +73,7 @@ def _conv(
     """Unit-stride ``conv2d`` with zero padding ``pad = (ph, pw)`` by the kernel measured fastest.
 
     Candidates: NNPACK (float32, kernels up to 16x16) and PyTorch's default (oneDNN), chosen per
-    ``role``, shapes, dtype and intra-op thread count by :func:`lkstn.learned.kernels.choose`.
+    ``role``, shapes, dtype and intra-op thread count by :func:`lkstn.learned.accel.kernels.choose`.
     """
     candidates = {"onednn": lambda: F.conv2d(x, weight, bias, padding=pad)}
     if x.dtype == torch.float32 and max(weight.shape[-2:]) <= 16 and _nnpack_ready():
@@ -229,7 +229,8 @@ class FastMaxPool2d(nn.MaxPool2d):
 
 
 def _timed_pool(pool, x: Tensor, training: bool):
-    """What :func:`~lkstn.learned.kernels.choose` times of ``pool``: its forward (and backward)."""
+    """What :func:`~lkstn.learned.accel.kernels.choose` times of ``pool``: its forward (and
+    backward)."""
     if not training:
         return lambda: pool(x)
     leaf = x.detach().requires_grad_()
@@ -263,8 +264,8 @@ def fast_cpu_layers(model: nn.Module) -> nn.Module:
     grouped convolutions and other pools are left alone. Returns ``model``.
 
     The kernels are chosen at each layer's first call with new shapes (a few ms of timing per
-    layer, :mod:`lkstn.learned.kernels`). NNPACK's thread pool is created with one thread at the
-    first forward pass (:func:`_nnpack_ready`); :func:`~lkstn.learned.train.train` uses the
+    layer, :mod:`lkstn.learned.accel.kernels`). NNPACK's thread pool is created with one thread at
+    the first forward pass (:func:`_nnpack_ready`); :func:`~lkstn.learned.train.train` uses the
     other cores by running batch shards in parallel threads.
     """
     for module in model.modules():

@@ -5,8 +5,8 @@ so on a GPU a training step in eager mode is bound by the host: each of the ~400
 IC-STN-4 forward and backward costs more to launch from Python than to run. A CUDA graph records
 the kernels of one step once and replays them with one call (``torch.cuda.CUDAGraph``).
 
-:class:`GraphedStep` has the interface of :class:`~lkstn.learned.shards.ShardedStep`: called with
-a :class:`~lkstn.learned.streams.Batch`, it leaves the batch's gradient in ``.grad`` of every
+:class:`GraphedStep` has the interface of :class:`~lkstn.learned.accel.shards.ShardedStep`: called
+with a :class:`~lkstn.learned.streams.Batch`, it leaves the batch's gradient in ``.grad`` of every
 trainable parameter and returns ``(loss, outputs)``. At the first call (and whenever the batch's
 shapes change) it copies the batch into static input tensors, runs a few warm-up passes on a side
 stream (cuDNN and cuBLAS choose and load their kernels) and captures the forward, the loss and the
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lkstn.learned.shards import ShardedStep, detached
+from lkstn.learned.accel.shards import ShardedStep, detached
 from lkstn.learned.streams import Batch
 
 __all__ = ["GraphedStep"]
