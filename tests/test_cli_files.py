@@ -108,7 +108,9 @@ def test_init_chains_from_a_previous_params_json(files, tmp_path):
                  str(out2), "--no-overlay"])  # fmt: skip
     second = json.loads((out2 / "params.json").read_text())
     np.testing.assert_allclose(second["pixel_matrix_init"], first["pixel_matrix"], atol=1e-9)
-    assert code == 0 and corner_rms(second["pixel_matrix"], H_TRUE) < min(0.1, err_first)
+    # ICLK.robust's last (polishing) stage may already put the 2-iteration run on the optimum
+    # of these 8-bit pixels: the chained run ends there too, no farther from the truth
+    assert code == 0 and corner_rms(second["pixel_matrix"], H_TRUE) < min(0.1, err_first + 1e-4)
 
 
 def test_init_from_a_2x3_text_file(files, tmp_path):

@@ -16,10 +16,10 @@ advance together: one sampling pass per iteration, batched solves, no Python loo
 
 Failure is data. An alignment stops updating (its ``p`` is frozen) when its update norm falls
 below ``tol`` (converged) or when its step is unusable: a singular system, a NaN from the image,
-a non-finite warp (not converged). Samples outside the image are zeros (the sampling convention
-of :mod:`lkstn.sampling`), so a start that leaves the image sees a dark border and usually fails.
-Floating-point warnings are silenced inside ``align`` and every non-finite value is handled
-explicitly instead.
+a warp that is not finite or folds the template (``region.proper``), all not converged. Samples
+outside the image are zeros (:mod:`lkstn.sampling`), so a start that leaves the image sees a dark
+border and usually fails. Floating-point warnings are silenced inside ``align`` and every
+non-finite value is handled explicitly instead.
 
 Coarse to fine: each level starts from the previous level's result, except that an alignment
 the coarser levels left worse (a higher cost at this level) than its own start, or that failed
@@ -49,13 +49,12 @@ from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler, Samples
 from lkstn.classical.checks import check_int, check_template
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
-from lkstn.classical.region import change_frame, check_mask, crop_around, root_weights
+from lkstn.classical.region import change_frame, check_mask, crop_around, proper, root_weights
+from lkstn.classical.systems import RCOND, singular, solve  # noqa: F401 (imported from here)
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
-
-RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
 
 MIN_SCORE = 0.5
 """Default ``min_score``: the final zero-normalised correlation below which an alignment that
@@ -72,25 +71,6 @@ class Level:
     # square roots of the mask's weights at this level, (h*w, 1), or None (no mask): every
     # residual and steepest-descent row is multiplied by them (weighted least squares)
     root_w: np.ndarray | None = field(default=None, kw_only=True)
-
-
-def singular(hessian: np.ndarray) -> np.ndarray:
-    """Whether each symmetric ``(..., P, P)`` Hessian is unusable (non-finite or ill-posed)."""
-    finite = np.isfinite(hessian).all((-2, -1))
-    safe = np.where(finite[..., None, None], hessian, np.eye(hessian.shape[-1]))
-    eig = np.linalg.eigvalsh(safe)  # (..., P) ascending
-    return ~finite | ~(eig[..., 0] > RCOND * eig[..., -1])
-
-
-def solve(hessian: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched ``hessian^-1 rhs`` for ``(n, P, P)`` and ``(n, P)``; returns ``(dp, ok)``.
-
-    A singular or non-finite system gives ``dp = 0`` and ``ok = False`` for that alignment alone.
-    """
-    bad = singular(hessian) | ~np.isfinite(rhs).all(-1)
-    safe = np.where(bad[:, None, None], np.eye(hessian.shape[-1]), hessian)
-    dp = np.linalg.solve(safe, np.where(bad[:, None], 0.0, rhs)[..., None])[..., 0]
-    return dp, ~bad
 
 
 @dataclass
@@ -202,6 +182,11 @@ class GaussNewton:
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _last_stage(self, images: np.ndarray, run: tuple, index, n_iter: int) -> tuple:
+        """After the second look, ``run = (history, cost, stopped, score)`` on the finest level
+        ``images``: a stage that only the result chosen gets (``ICLK(polish=True)``)."""
+        return run
+
     # -- alignment --------------------------------------------------------------------------------
     def align(self, image: npt.ArrayLike, p_init: npt.ArrayLike, n_iter: int | None = None,
               *, chunk_size: int | None = None) -> AlignmentResult:  # fmt: skip
@@ -225,8 +210,8 @@ class GaussNewton:
         AlignmentResult
             ``history`` ``(stages * n_iter + 1, ..., P)``, ``cost`` ``(stages * n_iter + 1,
             ...)``, ``converged`` ``(...)``, ``score`` ``(...)``; ``stages`` is ``pyramid`` (one
-            more for ``ICLK(refine=True)``). With a pyramid, cost row ``j`` is measured at the
-            resolution of the level that iterates from history row ``j``.
+            more for each of ``ICLK(refine=True)`` and ``ICLK(polish=True)``). With a pyramid,
+            cost row ``j`` is measured at the resolution of the level that iterates from it.
         """
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
@@ -249,6 +234,8 @@ class GaussNewton:
                 history[:, better] = again[0][:, keep]
                 for old, new in zip((cost, converged, score), again[1:], strict=True):
                     old[..., better] = new[..., keep]
+            run = (history, cost, converged, score)
+            history, cost, converged, score = self._last_stage(pyr[0], run, index, n_iter)
         rows, n, P = history.shape
         if crop is not None:  # back to the whole image's canonical frame
             history = change_frame(np.linalg.inv(to_crop), history)
@@ -349,7 +336,7 @@ class GaussNewton:
                     before[keep], c_before[keep] = p[keep], state.cost[keep]
                     dp_before[live] = dp
                 p_new = self._update(p_from, dp)  # (9) update the warp
-                ok &= np.isfinite(p_new).all(-1) & np.isfinite(state.cost[live])
+                ok &= proper(self.warp, p_new) & np.isfinite(state.cost[live])
                 small = ok & (np.linalg.norm(dp, axis=-1) <= self.tol)
                 p[live[ok]] = p_new[ok]
                 state.failed[live[~ok]] = True  # frozen at the last good p, cost known

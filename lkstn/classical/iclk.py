@@ -40,6 +40,7 @@ from scipy import ndimage
 from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
 from lkstn.classical._sampler import Samples
 from lkstn.classical.photometric import Photometric
+from lkstn.classical.polish import Polishing
 from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
 from lkstn.result import AlignmentResult
 from lkstn.sampling import image_gradients
@@ -73,7 +74,7 @@ def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
     return gx * jacobian[:, None, 0, :] + gy * jacobian[:, None, 1, :]  # [BM04] Fig. 4 step 5
 
 
-class ICLK(GaussNewton):
+class ICLK(Polishing, GaussNewton):
     """Inverse compositional Lucas-Kanade: a fixed regressor applied to ``I(p)``, repeatedly.
 
     Objective ``min_dp ||I(p) - T(dp)||^2`` ([LL17] eq. (3)); update
@@ -139,6 +140,10 @@ class ICLK(GaussNewton):
         Alignments whose final score is below this are run again from their start with the other
         step rule (``backtrack`` flipped), keeping the result with the higher score (its whole
         history). ``-1`` (default): never.
+    polish : bool
+        End with a forwards additive stage at the finest level (:mod:`lkstn.classical.polish`;
+        ``n_iter`` more rows of history): it stops only where the cost is stationary, not at
+        IC-LK's other fixed points (on photographs a pixel or more off, ``docs/registration.md``).
 
     Attributes
     ----------
@@ -191,6 +196,7 @@ class ICLK(GaussNewton):
         refine: bool = False,
         backtrack: bool = False,
         second_look: float = -1.0,
+        polish: bool = False,
     ) -> None:
         try:
             self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
@@ -210,7 +216,7 @@ class ICLK(GaussNewton):
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
             min_score=min_score, backtrack=backtrack, second_look=second_look,
         )  # fmt: skip
-        self.refine = bool(refine) and self.gradient_sigma > 0
+        self.refine, self.polish = bool(refine) and self.gradient_sigma > 0, bool(polish)
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
         if self.refine:
             finest = self._levels[0]
@@ -293,6 +299,7 @@ class ICLK(GaussNewton):
         extra += [f"photometric={self.photometric!r}"] if self.photometric else []
         extra += ["dtype='float32'"] if self.dtype == np.float32 else []
         extra += ["refine=True"] if self.refine else []
+        extra += ["polish=True"] if self.polish else []
         extra += ["mask=..."] if self.mask is not None else []
         return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
 

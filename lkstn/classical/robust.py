@@ -19,6 +19,12 @@ template size varies from 16 to 256 pixels, so that any setting in pixels suits 
   in proportion at every level: 3 points more converged on average than none.
 * ``refine=True``: a last plain Gauss-Newton stage at the finest level, since the smoothed step
   also stops at spurious zeros a few pixels off.
+* ``polish=True``: after the second look, a forwards additive stage at the finest level
+  (ECC's step, :mod:`lkstn.classical.polish`). IC-LK, smoothed or plain, also stops where
+  the template's steepest-descent images are orthogonal to the error without a minimum there:
+  on 16 px homographies every start of a photo ended 1.06 px off on a clean image where ECC
+  ended 0.01-0.04 px off; on a low-contrast 128 px patch the IC iterates walked uphill to 9 px off.
+  The forwards step stops only where the cost is stationary (tuning seed: 6 cells more).
 * ``second_look``: an alignment whose final score (ZNCC) is below ``SECOND_LOOK`` = 0.8 is run
   again from its start with the other step rule (backtracking: a step that raised the cost is
   taken back and halved), and the result with the higher score is kept. On a template of low
@@ -92,6 +98,7 @@ def robust_settings(
         "gradient_sigma": smoothing * max(side - 1, 1),
         "photometric": "gain-bias",
         "refine": True,
+        "polish": True,
         "second_look": SECOND_LOOK,
         "min_score": SECOND_LOOK,
         "n_iter": 50,

@@ -1,0 +1,35 @@
+"""The guarded batched solve of the Gauss-Newton aligners' normal equations ([BM04]).
+
+Every alignment of a batch solves its own ``P x P`` system; one that is singular or not finite
+gets ``dp = 0`` and ``ok = False`` (failure is data, :mod:`lkstn.classical._gauss_newton`)
+instead of raising for the whole batch. Glossary: ``hessian`` ``(n, P, P)``, ``rhs`` ``(n, P)``.
+
+References: [BM04] Baker & Matthews, IJCV 2004.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["RCOND", "singular", "solve"]
+
+RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
+
+
+def singular(hessian: np.ndarray) -> np.ndarray:
+    """Whether each symmetric ``(..., P, P)`` Hessian is unusable (non-finite or ill-posed)."""
+    finite = np.isfinite(hessian).all((-2, -1))
+    safe = np.where(finite[..., None, None], hessian, np.eye(hessian.shape[-1]))
+    eig = np.linalg.eigvalsh(safe)  # (..., P) ascending
+    return ~finite | ~(eig[..., 0] > RCOND * eig[..., -1])
+
+
+def solve(hessian: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched ``hessian^-1 rhs`` for ``(n, P, P)`` and ``(n, P)``; returns ``(dp, ok)``.
+
+    A singular or non-finite system gives ``dp = 0`` and ``ok = False`` for that alignment alone.
+    """
+    bad = singular(hessian) | ~np.isfinite(rhs).all(-1)
+    safe = np.where(bad[:, None, None], np.eye(hessian.shape[-1]), hessian)
+    dp = np.linalg.solve(safe, np.where(bad[:, None], 0.0, rhs)[..., None])[..., 0]
+    return dp, ~bad

@@ -1,0 +1,117 @@
+"""Steps to improper warps fail (``region.proper``), and ``ICLK(polish=True)``'s forwards
+additive last stage ends where the cost is stationary, not at IC-LK's other fixed points.
+
+Ground truth is synthetic: a template cut at native scale (a pixel translation) from a
+synthetic image, starts drawn by the paper's corner noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lkstn import ICLK, Affine, Homography, corner_error, warp_image
+from lkstn.classical.region import proper
+from lkstn.perturb import perturb
+from lkstn.pixels import params_from_pixel_matrix
+
+
+def cut(image: np.ndarray, warp, x0: int, y0: int, side: int):
+    """``(template, p_true)``: the ``side`` px square at pixel ``(x0, y0)`` of ``image``."""
+    box = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1]])
+    p = params_from_pixel_matrix(warp, box, (side, side), image.shape)
+    return warp_image(image, warp, p, (side, side)), p
+
+
+def half_flat(seed: int) -> np.ndarray:
+    """Flat and bright left of column 88, dark smooth texture right of it (a 32 px template at
+    x = 64 is flat on its left 24 columns: its perspective terms are barely seen)."""
+    rng = np.random.default_rng(seed)
+    texture = ndimage.gaussian_filter(rng.normal(size=(120, 160)), 4.0)
+    texture = 0.3 + 0.2 * texture / texture.std()
+    return ndimage.gaussian_filter(np.where(np.arange(160) < 88, 0.92, texture), 1.0)
+
+
+def disks(seed: int) -> np.ndarray:
+    """Three overlapping disks of random contrast, lightly blurred: sharp, sparse edges."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:80, 0:90]
+    image = np.zeros((80, 90))
+    for _ in range(3):
+        cx, cy, r = rng.uniform(30, 60), rng.uniform(25, 55), rng.uniform(3, 12)
+        image += rng.uniform(-1, 1) * ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)
+    image = ndimage.gaussian_filter(image, 0.7)
+    return (image - image.min()) / np.ptp(image)
+
+
+def test_proper_rejects_horizons_through_the_template_mirrors_and_nan():
+    h = np.zeros((6, 8))
+    h[1, 6:] = [0.3, -0.2]  # w = 1 + 0.3 x - 0.2 y > 0.5 on the square: proper
+    h[2, 6] = 1.2  # w = 0 at x = -1/1.2, inside the square
+    h[3, 7] = -1.0  # w = 0 on the bottom edge (y = 1): not proper either
+    h[4, 4] = -2.0  # y -> -y: a mirror
+    h[5, 0] = np.nan
+    assert proper(Homography(), h).tolist() == [True, True, False, False, False, False]
+    a = np.zeros((2, 6))
+    a[1, 0] = -1.5  # x -> -x / 2: a mirror
+    assert proper(Affine(), a).tolist() == [True, False]
+    starts = perturb(Homography(), np.zeros(8), 5.0, (50, 50), np.random.default_rng(0), n=50)
+    assert proper(Homography(), starts).all()  # the paper's noise at sigma 5: all proper
+
+
+def test_smoothed_homography_steps_no_longer_walk_off_a_half_flat_template(monkeypatch):
+    import lkstn.classical._gauss_newton as gn
+
+    image = half_flat(4)
+    template, p_true = cut(image, Homography(), 64, 44, 32)
+    starts = perturb(Homography(), p_true, 0.64, (32, 32), np.random.default_rng(4), n=12)
+    # the loop before the rule: smoothed steps walk from ~1 px to warps whose horizon cuts the
+    # template (64 px off here), which no later stage undoes
+    monkeypatch.setattr(gn, "proper", lambda warp, p: np.isfinite(p).all(-1))
+    before = ICLK.robust(template, warp="homography", second_look=-1, polish=False)
+    err = corner_error(Homography(), before.align(image, starts).p, p_true, (32, 32))
+    assert err.max() > 20, np.round(err, 2)
+    monkeypatch.undo()
+    # a step to an improper warp fails, the next stage restarts from the start: all on the truth
+    result = ICLK.robust(template, warp="homography").align(image, starts)
+    err = corner_error(Homography(), result.p, p_true, (32, 32))
+    assert err.max() < 0.05, np.round(err, 3)
+    assert proper(Homography(), result.p).all() and result.converged.all()
+
+
+def test_polish_ends_on_the_minimum_where_iclk_stops_pixels_off():
+    image = disks(21)
+    template, p_true = cut(image, Homography(), 37, 31, 16)
+    starts = perturb(Homography(), p_true, 0.32, (16, 16), np.random.default_rng(121), n=8)
+    ic = ICLK.robust(template, warp="homography", polish=False).align(image, starts)
+    err = corner_error(Homography(), ic.p, p_true, (16, 16))
+    assert (err > 2.0).sum() >= 3, np.round(err, 2)  # IC-LK's fixed points 2-4 px off
+    polished = ICLK.robust(template, warp="homography").align(image, starts)
+    err = corner_error(Homography(), polished.p, p_true, (16, 16))
+    assert err.max() < 0.05, np.round(err, 3)
+    rows = (ICLK.robust(template).pyramid + 2) * 50 + 1  # IC levels, refine, polish
+    assert polished.history.shape == (rows, 8, 8)
+
+
+@pytest.mark.parametrize("photometric", [None, "bias", "gain-bias"])
+@pytest.mark.parametrize("colour", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_polish_converges_on_exact_data_in_every_photometric_mode(photometric, colour, masked):
+    rng = np.random.default_rng(7)
+    full = ndimage.gaussian_filter(rng.standard_normal((90, 100, 3)), (2.0, 2.0, 0))
+    template, p_true = cut(full[..., 0], Homography(), 30, 25, 36)
+    image = full if colour else full[..., 0]
+    if colour:  # the same box of every channel
+        template = np.stack([cut(full[..., c], Homography(), 30, 25, 36)[0] for c in range(3)], -1)
+    seen = {None: image, "bias": image + 0.2, "gain-bias": 0.6 * image + 0.25}[photometric]
+    mask = (np.arange(36)[:, None] + np.arange(36) > 8).astype(float) if masked else None
+    aligner = ICLK(
+        template, Homography(), n_iter=30, tol=1e-8, photometric=photometric, mask=mask,
+        channel_axis=-1 if colour else None, polish=True,
+    )  # fmt: skip
+    p_init = perturb(Homography(), p_true, 1.0, (36, 36), rng, n=4)
+    result = aligner.align(seen, p_init)
+    assert result.history.shape == (2 * 30 + 1, 4, 8)  # the IC-LK stage, then the polish
+    err = corner_error(Homography(), result.p, p_true, (36, 36))
+    assert err.max() < 1e-4 and result.converged.all(), np.round(err, 6)
