@@ -12,7 +12,18 @@ NumPy: ``(..., H, W)`` grey or ``(..., H, W, C)`` with ``channel_axis=-1`` (scik
 leading dimensions are a batch that broadcasts against the leading dimensions of ``p``.
 torch: ``(B, C, H, W)``; ``p`` is ``(B, P)`` or ``(P,)``.
 
+Sampling grids
+--------------
+Every sampler of lkstn (:func:`warp_image`; the Gauss-Newton aligners' float64
+``lkstn.classical._sampler.Sampler`` and float32
+:class:`lkstn.classical.torch_sampler.SingleSampler`; the learned aligners'
+:class:`lkstn.learned.torch_warp.WarpSampler`) computes where to sample with
+:func:`warped_grid`: a matrix batch ``M (..., 3, 3)`` applied to the homogeneous
+canonical grid of the template, :func:`homogeneous_grid`. A sampler that works in pixels folds
+its change of frame into ``M`` (``pixel_from_canonical @ M(p)``).
+
 Glossary: ``xy`` canonical points, ``grid`` the template's pixel centres in canonical units,
+``grid_h`` the same with a row of ones, ``(3, h*w)``, ``M`` a warp matrix ``(..., 3, 3)``,
 ``gx, gy`` derivatives of intensity per canonical unit.
 """
 
@@ -23,15 +34,17 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from lkstn._backend import Array, ArrayLike, asarray, is_torch
+from lkstn._backend import Array, ArrayLike, asarray, is_torch, namespace
 from lkstn.warps import Warp
 
 __all__ = [
     "canonical_grid",
     "canonical_to_pixel",
+    "homogeneous_grid",
     "image_gradients",
     "pixel_to_canonical",
     "warp_image",
+    "warped_grid",
 ]
 
 Mode = Literal["zeros", "border"]
@@ -55,6 +68,127 @@ def canonical_grid(shape: tuple[int, int], like: Array | None = None) -> Array:
     ys, xs = np.meshgrid(np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w), indexing="ij")
     grid = np.stack([xs.ravel(), ys.ravel()], -1)  # (h*w, 2)
     return grid if like is None else asarray(grid, like=like)
+
+
+def homogeneous_grid(shape: tuple[int, int], like: Array | None = None) -> Array:
+    """:func:`canonical_grid` with a row of ones, transposed: ``(3, h * w)``, contiguous.
+
+    Examples
+    --------
+    >>> from lkstn.sampling import homogeneous_grid
+    >>> homogeneous_grid((2, 2))
+    array([[-1.,  1., -1.,  1.],
+           [-1., -1.,  1.,  1.],
+           [ 1.,  1.,  1.,  1.]])
+    """
+    grid = canonical_grid(shape)  # (h*w, 2)
+    grid_h = np.ascontiguousarray(np.concatenate([grid, np.ones((len(grid), 1))], 1).T)
+    return grid_h if like is None else asarray(grid_h, like=like)
+
+
+def warped_grid(
+    M: Array,
+    grid_h: Array,
+    *,
+    projective: bool,
+    shape: tuple[int, int] | None = None,
+    out: Array | None = None,
+) -> Array:
+    """``W(x; p)`` at the points ``grid_h``: the sampling coordinates of every lkstn sampler.
+
+    Coordinate ``r`` of point ``n`` is ``(M grid_h)[r, n]``, divided by ``(M grid_h)[2, n]``
+    when ``projective``: the frame of the result is the one ``M`` maps into (canonical for a
+    warp matrix ``M(p)``, pixels for ``pixel_from_canonical @ M(p)``). NumPy or torch, any
+    leading batch shape, differentiable in ``M`` (torch, without ``out``).
+
+    Parameters
+    ----------
+    M : array (..., 3, 3)
+    grid_h : array (3, N)
+        Homogeneous points ``(x, y, 1)``: :func:`homogeneous_grid` of the template, or a block
+        of its columns.
+    projective : bool
+        Divide by the third coordinate (a homography); the affine families skip that row.
+    shape : (h, w), optional
+        The separable form: ``grid_h`` is then the whole :func:`homogeneous_grid` of an
+        ``(h, w)`` frame, so coordinate ``r`` of pixel ``(i, j)`` is
+        ``M[r, 0] u_j + (M[r, 1] v_i + M[r, 2])`` (``u``, ``v`` the canonical column and row
+        positions): small products and one broadcast sum instead of a product with an inner
+        dimension of 3. The same values up to rounding.
+    out : array (2, ..., N), optional
+        Where to write the result, plane by plane (any strides, as long as each plane
+        reshapes to ``(-1, N)``, or ``(..., h, w)`` in the separable form, as a view; no
+        autograd). Its dtype may be lower than ``M``'s: in the separable form the column and
+        row terms are formed in ``M``'s precision and rounded to ``out``'s before the sum, the
+        one pass over every point (the float32 sampler's grid).
+
+    Returns
+    -------
+    array (2, ..., N)
+        The ``x`` and ``y`` planes of the coordinates, each contiguous without ``out``
+        (``out`` when given); ``xy.permute(1, 2, 0)`` (torch, one batch dimension) is the
+        points-last layout of ``grid_sample``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lkstn.sampling import homogeneous_grid, warped_grid
+    >>> M = np.array([[1.0, 0, 0.5], [0, 1, 0], [0, 0, 1]])  # half the frame to the right
+    >>> warped_grid(M, homogeneous_grid((2, 2)), projective=False)
+    array([[-0.5,  1.5, -0.5,  1.5],
+           [-1. , -1. ,  1. ,  1. ]])
+    """
+    xp = namespace(M, grid_h)
+    # (3, ..., 3): row r of every matrix (swapaxes for the samplers' one batch axis: cheaper)
+    rows = M.swapaxes(0, 1) if M.ndim == 3 else xp.moveaxis(M, -2, 0)
+    if out is None:
+        k = 3 if projective else 2  # rows of M used
+        xyz = _times_grid(xp, rows[:k], grid_h, shape)  # (k, ..., N)
+        if not projective:
+            return xyz
+        out = None if is_torch(xyz) else xyz[:2]  # a fresh array: divide in place
+        return xp.divide(xyz[:2], xyz[2:], out=out)  # (2, ..., N)
+    # into out plane by plane: each pass then runs along a row of points, whatever out's strides
+    if not projective:
+        for r in range(2):
+            _times_grid(xp, rows[r], grid_h, shape, out=out[r])  # (..., N)
+        return out
+    z = _times_grid(xp, rows[2], grid_h, shape, like=out)  # (..., N)
+    for r in range(2):
+        xp.divide(_times_grid(xp, rows[r], grid_h, shape, like=out), z, out=out[r])
+    return out
+
+
+def _times_grid(xp, rows, grid_h, shape, *, out=None, like=None):
+    """``rows @ grid_h``, ``(..., 3) @ (3, N) -> (..., N)``, into ``out`` or in
+    ``like``'s dtype when given: the product form, or the separable one when ``shape`` is."""
+    lead = tuple(rows.shape[:-1])
+    like = out if out is not None else like
+    if shape is None:  # one (prod(lead), 3) @ (3, N) matrix product
+        if like is not None and rows.dtype != like.dtype:
+            rows, grid_h = asarray(rows, like=like), asarray(grid_h, like=like)
+        target = None if out is None else _view(out, (-1, grid_h.shape[-1]))
+        xyz = xp.matmul(rows.reshape(-1, 3), grid_h, out=target)  # (prod(lead), N)
+        return xyz.reshape(*lead, grid_h.shape[-1])
+    h, w = shape
+    u, v = grid_h[0, :w], grid_h[1, ::w]  # canonical x of the columns, y of the rows
+    cols = rows[..., 0, None] * u  # (..., w)
+    lines = rows[..., 1, None] * v + rows[..., 2, None]  # (..., h)
+    if like is not None and cols.dtype != like.dtype:  # the sum (the one pass over every
+        cols, lines = asarray(cols, like=like), asarray(lines, like=like)  # point) in like's
+    target = None if out is None else _view(out, (*lead, h, w))
+    xyz = xp.add(cols[..., None, :], lines[..., :, None], out=target)  # (..., h, w)
+    return xyz.reshape(*lead, h * w)
+
+
+def _view(a: Array, shape: tuple[int, ...]) -> Array:
+    """``a`` reshaped without a copy (what is written into the result must reach ``a``)."""
+    if is_torch(a):
+        return a.view(shape)
+    view = a.reshape(shape)
+    if not np.may_share_memory(view, a):
+        raise ValueError(f"out must reshape to {shape} as a view, got strides {a.strides}")
+    return view
 
 
 def pixel_to_canonical(xy_pix: ArrayLike, shape: tuple[int, int]) -> Array:
@@ -155,10 +289,11 @@ def _warp_numpy(image, warp, p, out_shape, channel_axis, mode) -> np.ndarray:
         raise ValueError(
             f"image batch {img_batch} and p batch {p.shape[:-1]} do not broadcast"
         ) from None
-    xy = warp.apply(p, canonical_grid(out_shape), check=False)  # (...p, h*w, 2)
-    xy = np.broadcast_to(xy, (*batch, xy.shape[-2], 2)).reshape(-1, xy.shape[-2], 2)
-    col = (xy[..., 0] + 1.0) * ((W - 1) / 2.0)  # (Bn, h*w)
-    row = (xy[..., 1] + 1.0) * ((H - 1) / 2.0)
+    M = warp.matrix(p, check=False)  # (...p, 3, 3)
+    x, y = warped_grid(M, homogeneous_grid(out_shape), projective=warp.projective)  # (...p, h*w)
+    x, y = (np.broadcast_to(c, (*batch, c.shape[-1])).reshape(-1, c.shape[-1]) for c in (x, y))
+    col = (x + 1.0) * ((W - 1) / 2.0)  # (Bn, h*w)
+    row = (y + 1.0) * ((H - 1) / 2.0)
     if (H, W) == out_shape:  # the identity warp returns the image exactly
         ident = np.broadcast_to((p == 0).all(-1), batch).reshape(-1)  # (Bn,)
         if ident.any():
@@ -169,7 +304,7 @@ def _warp_numpy(image, warp, p, out_shape, channel_axis, mode) -> np.ndarray:
     src = np.broadcast_to(np.arange(chans.shape[0]).reshape(img_batch), batch).reshape(-1)  # (n,)
     scipy_mode = "grid-constant" if mode == "zeros" else "nearest"
     n, C = src.size, chans.shape[-1]
-    out = np.empty((n, xy.shape[-2], C), dtype=image.dtype)
+    out = np.empty((n, col.shape[-1], C), dtype=image.dtype)
     if _single_source(image, img_batch, batch):
         for c in range(C):  # a loop over channels, never over alignments
             out[..., c] = ndimage.map_coordinates(
@@ -206,8 +341,9 @@ def _warp_torch(image, warp, p, out_shape, mode):
     B = max(image.shape[0], p.shape[0])
     if image.shape[0] not in (1, B) or p.shape[0] not in (1, B):
         raise ValueError(f"image batch {image.shape[0]} and p batch {p.shape[0]} differ")
-    grid = warp.apply(p, canonical_grid(out_shape, like=p), check=False)  # (Bp, h*w, 2)
-    grid = grid.reshape(p.shape[0], *out_shape, 2).expand(B, *out_shape, 2)
+    M = warp.matrix(p, check=False)  # (Bp, 3, 3)
+    xy = warped_grid(M, homogeneous_grid(out_shape, like=p), projective=warp.projective)
+    grid = xy.permute(1, 2, 0).reshape(p.shape[0], *out_shape, 2).expand(B, *out_shape, 2)
     image = image.expand(B, *image.shape[1:])
     padding = "zeros" if mode == "zeros" else "border"
     return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=True)

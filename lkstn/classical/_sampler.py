@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lkstn.sampling import warped_grid
 from lkstn.warps import Warp
 
 __all__ = ["Sampler", "Samples"]
@@ -38,7 +39,8 @@ class Sampler:
 
     The arithmetic of :func:`lkstn.sampling.warp_image` (``map_coordinates(order=1,
     mode="grid-constant")``, agreeing to rounding), fused and without re-validation. The
-    canonical-to-pixel change of frame is folded into ``M(p)``; the image gets a one-pixel zero
+    coordinates are :func:`lkstn.sampling.warped_grid`'s, with the canonical-to-pixel change of
+    frame folded into ``M(p)``; the image gets a one-pixel zero
     border, and coordinates are clamped onto that border, which reproduces zero padding exactly.
     A sample is four gathers (through offset views, no index arithmetic) and three lerps. Blocks
     whose template corners all land inside the image skip the clamping (the image of the
@@ -110,11 +112,7 @@ class Sampler:
         self, A: np.ndarray, G: np.ndarray, base: np.ndarray | None, inside: bool
     ) -> np.ndarray:
         Hp, Wp = self._size
-        x, y = A[:, 0] @ G, A[:, 1] @ G  # (na, nq) padded pixel coordinates
-        if self._warp.projective:
-            w = A[:, 2] @ G
-            x /= w
-            y /= w
+        x, y = warped_grid(A, G, projective=self._warp.projective)  # (na, nq) padded pixels
         if not inside:  # clamp onto the zero border (fmax/fmin also send NaN there)
             np.fmin(np.fmax(x, 0.0, out=x), Wp - 1.0, out=x)
             np.fmin(np.fmax(y, 0.0, out=y), Hp - 1.0, out=y)

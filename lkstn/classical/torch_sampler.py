@@ -14,8 +14,10 @@ pixels' centres at +-1 are ``grid_sample``'s ``align_corners=True`` frame, and i
 borders included). Coordinates that are not finite, or far outside, are clamped to a point two
 pixels outside the image, which samples as zero, as the float64 sampler does.
 
-The template grid is regular, so the coordinates of a linear warp are sums of a per-column and a
-per-row term (``x_ij = m00 u_j + m01 v_i + m02``): two small products and one broadcast sum per
+The coordinates are :func:`lkstn.sampling.warped_grid`'s separable form: the template grid is
+regular, so the coordinates of a linear warp are sums of a per-column and a per-row term
+(``x_ij = m00 u_j + m01 v_i + m02``), formed in float64 and summed in float32 straight into the
+interleaved grid that ``grid_sample`` reads: two small products and one broadcast sum per
 coordinate instead of a ``(3, h*w)`` product.
 
 This is the one module of :mod:`lkstn.classical` that imports ``torch``
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from lkstn.classical._sampler import Block
+from lkstn.sampling import homogeneous_grid, warped_grid
 from lkstn.warps import Warp
 
 __all__ = ["SingleSampler", "one_thread"]
@@ -81,8 +84,7 @@ class SingleSampler:
         self._images = torch.from_numpy(chw)  # (B, K, H, W)
         self._warp, self._shape, self._K = warp, (int(shape[0]), int(shape[1])), K
         h, w = self._shape
-        self._u = torch.linspace(-1.0, 1.0, w, dtype=torch.float64)  # canonical x of columns
-        self._v = torch.linspace(-1.0, 1.0, h, dtype=torch.float64)  # canonical y of rows
+        self._grid_h = torch.from_numpy(homogeneous_grid(self._shape))  # (3, h*w) float64
         self._bound = 1.0 + 4.0 / max(min(H, W) - 1, 1)  # two pixels outside: samples zero
         self._na = max(1, _BLOCK // (h * w))  # alignments per grid_sample call
         self._nb = max(1, _YIELD // (h * w))  # alignments per block handed to the caller
@@ -102,13 +104,10 @@ class SingleSampler:
         h, w = self._shape
         every = slice(0, h * w)
         M = torch.from_numpy(np.ascontiguousarray(self._warp.matrix(p, check=False)))  # (n, 3, 3)
-        # coordinate r of pixel (i, j) is cols[r][:, j] + rows[r][:, i] (before the division)
-        cols = [(M[:, r, 0, None] * self._u).float() for r in range(3)]  # (n, w) each
-        rows = [(M[:, r, 1, None] * self._v + M[:, r, 2, None]).float() for r in range(3)]
         inside = self._inside(M)
         for a in range(0, len(p), self._na):
             s = slice(a, a + self._na)
-            grid = self._grid([c[s] for c in cols], [r[s] for r in rows], inside)
+            grid = self._grid(M[s], inside)
             # output "images" of one row per alignment: the kernel vectorises along rows
             if image_index is None:  # one image: all alignments in one call
                 images, grid = self._images[:1], grid.reshape(1, -1, h * w, 2)
@@ -130,22 +129,13 @@ class SingleSampler:
             return self._images[index[0] : index[-1] + 1]
         return self._images[torch.from_numpy(index)]
 
-    def _grid(
-        self, cols: list[torch.Tensor], rows: list[torch.Tensor], inside: bool
-    ) -> torch.Tensor:
+    def _grid(self, M: torch.Tensor, inside: bool) -> torch.Tensor:
         """``W(x; p)`` over the template grid in canonical units, ``(n, h, w, 2)`` float32."""
-        grid = torch.empty(len(cols[0]), *self._shape, 2, dtype=torch.float32)
-
-        def coordinate(r: int, out: torch.Tensor | None = None) -> torch.Tensor:
-            return torch.add(cols[r][:, None, :], rows[r][:, :, None], out=out)  # (n, h, w)
-
-        if self._warp.projective:
-            z = coordinate(2)
-            torch.div(coordinate(0), z, out=grid[..., 0])
-            torch.div(coordinate(1), z, out=grid[..., 1])
-        else:  # written straight into the interleaved grid
-            coordinate(0, grid[..., 0])
-            coordinate(1, grid[..., 1])
+        grid = torch.empty(len(M), *self._shape, 2, dtype=torch.float32)
+        planes = grid.permute(3, 0, 1, 2).flatten(2)  # (2, n, h*w): a view of the grid
+        warped_grid(  # float64 terms, float32 sums, written into the grid
+            M, self._grid_h, projective=self._warp.projective, shape=self._shape, out=planes
+        )
         if not inside:
             torch.nan_to_num_(grid, nan=self._bound, posinf=self._bound, neginf=-self._bound)
             grid.clamp_(-self._bound, self._bound)

@@ -8,10 +8,10 @@ module through ``.to(device, dtype)``; its methods are unchecked and differentia
 ``tests/learned/test_stn.py`` checks them against :mod:`lkstn.warps` and
 :func:`lkstn.sampling.warp_image`.
 
-The sampling grid of a batch is one batched matmul ``M (B, 3, 3) @ G (3, h*w)`` with the
-homogeneous canonical grid ``G`` (the fastest of the layouts tried on CPU), divided by its third row
-for a homography, then ``grid_sample(..., align_corners=True)`` (the convention of
-:mod:`lkstn.warps`).
+The sampling grid of a batch is :func:`lkstn.sampling.warped_grid` of ``M (B, 3, 3)`` on the
+homogeneous canonical grid ``G (3, h*w)``: the product ``M @ G`` on a GPU, the separable
+broadcast sum on the CPU (see :meth:`WarpSampler.grid_of`), divided by the third row for a
+homography; then ``grid_sample(..., align_corners=True)`` (the convention of :mod:`lkstn.warps`).
 
 The fast CPU kernels of the convolution and pooling layers are in
 :mod:`lkstn.learned.accel.fast_cpu`.
@@ -22,12 +22,11 @@ canonical grid ``(3, h*w)``, ``B`` batch, ``P`` number of parameters.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lkstn.sampling import canonical_grid
+from lkstn.sampling import homogeneous_grid, warped_grid
 from lkstn.warps import Warp
 
 __all__ = ["WarpSampler"]
@@ -56,9 +55,8 @@ class WarpSampler(nn.Module):
         self.warp = warp
         self.template_shape = (int(template_shape[0]), int(template_shape[1]))
         P = warp.n_params
-        grid = canonical_grid(self.template_shape)  # (h*w, 2)
         self._exact = {  # float64 masters: every dtype gets correctly rounded constants
-            "grid": torch.as_tensor(np.concatenate([grid, np.ones((len(grid), 1))], 1).T.copy()),
+            "grid": torch.as_tensor(homogeneous_grid(self.template_shape)),  # (3, h*w)
             "basis": torch.as_tensor(warp.basis.reshape(P, 9)),  # (P, 9)
             "pinv": torch.as_tensor(warp.basis_pinv()),  # (9, P)
             "eye": torch.eye(3, dtype=torch.float64),
@@ -95,26 +93,14 @@ class WarpSampler(nn.Module):
     def grid_of(self, M: Tensor) -> Tensor:
         """Sampling grid ``W(x; p)`` of the template frame, ``(B, h, w, 2)``."""
         h, w = self.template_shape
-        if M.device.type != "cpu":  # the product form, as verified on a GPU (see below)
-            if self.warp.projective:
-                xyz = M @ self.grid  # (B, 3, h*w)
-                xy = xyz[:, :2] / xyz[:, 2:]  # (B, 2, h*w)
-            else:
-                xy = M[:, :2] @ self.grid  # (B, 2, h*w)
-            return xy.transpose(1, 2).reshape(-1, h, w, 2)
-        # On the CPU: the grid is regular, so coordinate r of pixel (i, j) is
-        # M[r, 0] u_j + (M[r, 1] v_i + M[r, 2]) (u, v the canonical column and row positions): one
-        # broadcast sum instead of a (3, h*w) product with an inner dimension of 3, which cost
-        # ~10 % of an MNIST IC-STN-4 training step (benchmarks/README.md). Not used on a GPU:
-        # there two eager float64 trainings with it drifted apart by 5e-3 in 30 steps (2e-9 with
-        # the product form), cause not established, so the GPU keeps the form it was tested with.
-        rows = 3 if self.warp.projective else 2
-        u, v = self.grid[0, :w], self.grid[1, ::w]
-        cols = M[:, :rows, 0, None] * u  # (B, rows, w)
-        lines = M[:, :rows, 1, None] * v + M[:, :rows, 2, None]  # (B, rows, h)
-        xyz = cols[:, :, None, :] + lines[:, :, :, None]  # (B, rows, h, w)
-        xy = xyz[:, :2] / xyz[:, 2:] if self.warp.projective else xyz
-        return xy.permute(0, 2, 3, 1)  # (B, h, w, 2)
+        # On the CPU the separable form: one broadcast sum instead of a (3, h*w) product with
+        # an inner dimension of 3, which cost ~10 % of an MNIST IC-STN-4 training step
+        # (benchmarks/README.md). Not used on a GPU: there two eager float64 trainings with it
+        # drifted apart by 5e-3 in 30 steps (2e-9 with the product form), cause not established,
+        # so the GPU keeps the form it was tested with.
+        separable = self.template_shape if M.device.type == "cpu" else None
+        xy = warped_grid(M, self.grid, projective=self.warp.projective, shape=separable)
+        return xy.permute(1, 2, 0).reshape(-1, h, w, 2)  # (2, B, h*w) -> (B, h, w, 2), a view
 
     def sample(self, image: Tensor, M: Tensor) -> Tensor:
         """``I(p)``: ``image`` ``(B, C, H, W)`` sampled at ``W(x; p)``, ``(B, C, h, w)``."""

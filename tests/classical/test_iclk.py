@@ -258,30 +258,6 @@ def test_bad_gradient_sigma_is_refused(bad):
         ICLK(problem().template, Affine(), gradient_sigma=bad)
 
 
-@pytest.mark.parametrize("channels", [None, 3])
-@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=str)
-def test_fused_sampler_equals_warp_image_borders_included(warp, channels):
-    """The aligners' internal sampler is warp_image's arithmetic: inside, across the border
-    (zero padding), far outside, and across a homography's line at infinity."""
-    from lkstn.classical._sampler import Sampler
-    from lkstn.sampling import canonical_grid
-
-    rng = np.random.default_rng(7)
-    shape = (23, 31) if channels is None else (23, 31, channels)
-    images = rng.random((2, *shape))
-    p = 0.6 * rng.standard_normal((40, warp.n_params))
-    p[:20, 2] += np.linspace(-2.5, 2.5, 20)  # from far left to far right of the image
-    axis = None if channels is None else -1
-    ref = warp_image(images[0], warp, p, (9, 12), channel_axis=axis)
-    sampler = Sampler(images.reshape(2, 23, 31, -1), warp, canonical_grid((9, 12)))
-    ours = sampler(p, None).reshape(ref.shape)
-    np.testing.assert_allclose(ours, ref, atol=1e-12)
-    index = np.arange(40) % 2  # a batch: alignment i reads image i % 2
-    ref_b = warp_image(images[index], warp, p, (9, 12), channel_axis=axis)
-    np.testing.assert_allclose(sampler(p, index).reshape(ref_b.shape), ref_b, atol=1e-12)
-    assert (ref == 0).any() and (ref != 0).any()  # the cases cover outside and inside
-
-
 # -- photometric invariance: project out offset and gain ([BM04] Sec. 4.2) ----------------------
 
 

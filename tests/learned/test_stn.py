@@ -43,7 +43,7 @@ def camera(step: int = 4) -> np.ndarray:
     return skdata.camera()[::step, ::step].astype(np.float64) / 255.0
 
 
-# -- the fast warp path against lkstn.warps / warp_image ------------------------------------------
+# -- the fast warp path against lkstn.warps (its sampling: tests/test_samplers.py) -------------
 
 
 @pytest.mark.parametrize("warp", WARPS, ids=lambda w: w.name)
@@ -54,42 +54,6 @@ def test_sampler_matches_lkstn_warps(warp) -> None:
     torch.testing.assert_close(Mp, warp.matrix(p), rtol=0, atol=1e-15)
     torch.testing.assert_close(S.params(Mp), p, rtol=0, atol=1e-15)
     torch.testing.assert_close(S.params(S.compose(Mp, Mq)), warp.compose(p, q), rtol=0, atol=1e-14)
-
-
-@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=lambda w: w.name)
-def test_sampler_matches_warp_image_torch_and_scipy(warp) -> None:
-    image = camera(8)  # (64, 64)
-    p = random_p(warp, 3, 0.05, 2)
-    p[:, 0] -= 0.3  # zoom in a little, with some of the samples outside the image
-    S = WarpSampler(warp, (20, 30)).double()
-    fast = S.sample(torch.as_tensor(image)[None, None].expand(3, 1, -1, -1), S.matrix(p))
-    torch_ref = warp_image(
-        torch.as_tensor(image)[None, None].expand(3, 1, -1, -1), warp, p, (20, 30)
-    )
-    scipy_ref = warp_image(image, warp, p.numpy(), (20, 30))  # (3, 20, 30)
-    torch.testing.assert_close(fast, torch_ref, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(fast[:, 0].numpy(), scipy_ref, rtol=0, atol=1e-12)
-    assert (fast == 0).any()  # the border convention is exercised
-
-
-@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=lambda w: w.name)
-def test_separable_cpu_grid_is_the_product_form_with_its_gradient(warp) -> None:
-    # on the CPU the grid is a broadcast sum of column and row terms; other devices keep the
-    # product M @ grid: the same values and the same gradient
-    S = WarpSampler(warp, (7, 9)).double()
-    M = S.matrix(random_p(warp, 4, 0.2, 3)).requires_grad_(True)
-    fast = S.grid_of(M)
-    xyz = M @ S.grid
-    product = (xyz[:, :2] / xyz[:, 2:] if warp.projective else xyz[:, :2]).transpose(1, 2)
-    product = product.reshape(4, 7, 9, 2)
-    torch.testing.assert_close(fast, product, rtol=0, atol=1e-15)
-    weights = torch.rand(
-        fast.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
-    )
-    (g_fast,) = torch.autograd.grad((fast * weights).sum(), M)
-    (g_product,) = torch.autograd.grad((product * weights).sum(), M)
-    torch.testing.assert_close(g_fast, g_product, rtol=1e-12, atol=1e-14)
-    assert torch.autograd.gradcheck(S.grid_of, (M.detach().requires_grad_(True),))
 
 
 def test_sampler_follows_dtype_and_keeps_constants_out_of_state_dict() -> None:
