@@ -162,23 +162,23 @@ def warped_grid(
 def _times_grid(xp, rows, grid_h, shape, *, out=None, like=None):
     """``rows @ grid_h``, ``(..., 3) @ (3, N) -> (..., N)``, into ``out`` or in
     ``like``'s dtype when given: the product form, or the separable one when ``shape`` is."""
-    lead = tuple(rows.shape[:-1])
+    batch_shape = tuple(rows.shape[:-1])
     like = out if out is not None else like
-    if shape is None:  # one (prod(lead), 3) @ (3, N) matrix product
+    if shape is None:  # one (prod(batch_shape), 3) @ (3, N) matrix product
         if like is not None and rows.dtype != like.dtype:
             rows, grid_h = asarray(rows, like=like), asarray(grid_h, like=like)
         target = None if out is None else _view(out, (-1, grid_h.shape[-1]))
-        xyz = xp.matmul(rows.reshape(-1, 3), grid_h, out=target)  # (prod(lead), N)
-        return xyz.reshape(*lead, grid_h.shape[-1])
+        xyz = xp.matmul(rows.reshape(-1, 3), grid_h, out=target)  # (prod(batch_shape), N)
+        return xyz.reshape(*batch_shape, grid_h.shape[-1])
     h, w = shape
     u, v = grid_h[0, :w], grid_h[1, ::w]  # canonical x of the columns, y of the rows
     cols = rows[..., 0, None] * u  # (..., w)
     lines = rows[..., 1, None] * v + rows[..., 2, None]  # (..., h)
     if like is not None and cols.dtype != like.dtype:  # the sum (the one pass over every
         cols, lines = asarray(cols, like=like), asarray(lines, like=like)  # point) in like's
-    target = None if out is None else _view(out, (*lead, h, w))
+    target = None if out is None else _view(out, (*batch_shape, h, w))
     xyz = xp.add(cols[..., None, :], lines[..., :, None], out=target)  # (..., h, w)
-    return xyz.reshape(*lead, h * w)
+    return xyz.reshape(*batch_shape, h * w)
 
 
 def _view(a: Array, shape: tuple[int, ...]) -> Array:
