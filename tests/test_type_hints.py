@@ -6,9 +6,7 @@ class its ``__init__``, ``__new__``, ``__call__``, public methods and properties
 from lkstn classes included. Annotations are read as the strings ``from __future__ import
 annotations`` leaves (nothing is evaluated, so torch-only names need no import).
 
-``ALLOWED`` lists the uses that wait for their file's next change; only files under
-``lkstn/classical/`` and ``lkstn/warps.py`` may have entries. ``PASS_THROUGH`` lists the values
-that really can be anything, each with its reason.
+``PASS_THROUGH`` lists the values that really can be anything, each with its reason.
 """
 
 from __future__ import annotations
@@ -25,11 +23,6 @@ from pathlib import Path
 import lkstn
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Uses of ``Any`` that wait for their file's next change. Keys: "module.qualname"; values: the
-# parameters (and "return") annotated ``Any``. Only files under lkstn/classical/ and
-# lkstn/warps.py may appear here. Empty: every public annotation names its type.
-ALLOWED: dict[str, set[str]] = {}
 
 # Values that really can be anything: (name, parameter) -> why.
 PASS_THROUGH: dict[tuple[str, str], str] = {
@@ -112,18 +105,6 @@ def _any_annotations() -> dict[str, set[str]]:
     return found
 
 
-def _file(name: str) -> str:
-    """The file that defines the function or method ``name`` (``module.qualname``)."""
-    module = name
-    while module not in sys.modules:
-        module = module.rpartition(".")[0]
-    return str(Path(sys.modules[module].__file__).relative_to(ROOT))
-
-
-def _may_wait(path: str) -> bool:
-    return path.startswith("lkstn/classical/") or path == "lkstn/warps.py"
-
-
 def test_the_checker_sees_the_public_api():
     functions = _functions()
     for name in (
@@ -140,23 +121,10 @@ def test_the_checker_sees_the_public_api():
 
 def test_no_public_annotation_is_any():
     found = _any_annotations()
-    unexpected = {
-        name: params - ALLOWED.get(name, set())
-        for name, params in found.items()
-        if params - ALLOWED.get(name, set())
-    }
-    assert not unexpected, f"annotated Any (give the precise type): {unexpected}"
+    assert not found, f"annotated Any (give the precise type): {found}"
 
 
-def test_the_allowlists_are_only_for_the_files_that_wait_and_still_needed():
-    assert all(_may_wait(_file(name)) for name in ALLOWED), "ALLOWED is for classical/warps only"
-    found = _any_annotations()
-    stale = {
-        name: params - found.get(name, set())
-        for name, params in ALLOWED.items()
-        if params - found.get(name, set())
-    }
-    assert not stale, f"no longer Any: remove from ALLOWED {stale}"
+def test_the_pass_through_values_are_still_any():
     functions = _functions()
     for name, param in PASS_THROUGH:
         parameter = inspect.signature(functions[name]).parameters[param]
