@@ -212,3 +212,21 @@ def test_the_experiments_check_sees_each_form_of_import():
     ):
         assert _imports_experiments(source), source
     assert not _imports_experiments("from lkstn.problems import planar_problem")
+
+
+def _layout_names(design: str) -> set[str]:
+    """The file names DESIGN.md's layout block gives a line of their own (or lists)."""
+    start = design.index("\nlkstn/\n")
+    block = design[start : design.index("```", start)]
+    return {word.strip(",()") for word in block.split() if word.strip(",()").endswith(".py")}
+
+
+def test_design_md_gives_every_module_of_the_package_its_line():
+    named = _layout_names((ROOT / "DESIGN.md").read_text())
+    files = {p.name for p in (ROOT / "lkstn").rglob("*.py")}
+    assert files - named == set(), "add these to DESIGN.md's layout"
+
+
+def test_the_layout_check_reads_the_names_of_the_block():
+    design = "text\n```\nlkstn/\n  a.py   one\n  b/     c.py (two), d.py\n```\nmore e.py"
+    assert _layout_names(design) == {"a.py", "c.py", "d.py"}

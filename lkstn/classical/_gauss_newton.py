@@ -4,9 +4,17 @@ The three aligners minimise the same sum of squared differences
 ``sum_x || I(W(x; p)) - T(x) ||^2`` ([LL17] eq. (1)) by Gauss-Newton and differ only in where the
 linearisation happens and how the update is applied. This module holds what they share: input
 checking, the coarse-to-fine pyramid, the iteration loop with
-per-alignment freezing, and a guarded batched solve. Each aligner supplies ``_prepare_level``
-(what is precomputed from the template), ``_step`` (the update ``dp``) and ``_update`` (how ``dp``
-enters ``p``); ICLK also fuses sampling and its fixed linear map in ``_measure``.
+per-alignment freezing, and a guarded batched solve. Each aligner's own file holds its
+algorithm box in three methods, in the box's order:
+
+- ``_prepare_level``: what is computed once from the template (for IC-LK, [BM04] Fig. 4 steps
+  (3)-(6): gradients, Jacobian, steepest-descent images, Hessian);
+- ``_iteration``: one iteration for ``n`` alignments up to the update, steps (1)-(8): warp the
+  image, the error image, and ``dp``; it returns ``(cost, dp, ok)``;
+- ``_update``: step (9), how ``dp`` enters ``p`` (added, composed, or inverted and composed).
+
+Everything around the box (batching, which alignments are still moving, step rules, the
+pyramid, chunking, the final score) is here, written once.
 
 Batch semantics (DESIGN.md Sec. 3): an image with the template's ``ndim`` is one image and
 ``p_init`` ``(..., P)`` holds any number of starts in it; an image with one more leading dimension
@@ -71,6 +79,19 @@ class Level:
     # square roots of the mask's weights at this level, (h*w, 1), or None (no mask): every
     # residual and steepest-descent row is multiplied by them (weighted least squares)
     root_w: np.ndarray | None = field(default=None, kw_only=True)
+
+
+def error_image(level: Level, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[BM04] step (2) for ``samples`` ``(n, h*w, K)`` whose first ``C`` channels are ``I(p)``:
+    ``(cost (n,), e (n, h*w, C))``, ``e = I(p) - T`` (times ``sqrt(w)`` under a mask, so that its
+    sum of squares is the weighted cost) and ``cost`` its mean squared value (weighted mean)."""
+    T = level.template.reshape(1, -1, level.template.shape[-1])  # (1, h*w, C)
+    e = samples[..., : T.shape[-1]] - T  # (n, h*w, C)
+    if level.root_w is None:
+        return np.einsum("nqc,nqc->n", e, e) / T.size, e
+    e *= level.root_w  # weighted residuals: sum w e^2 is their sum of squares
+    total = (level.root_w**2).sum() * T.shape[-1]
+    return np.einsum("nqc,nqc->n", e, e) / total, e
 
 
 @dataclass
@@ -163,23 +184,15 @@ class GaussNewton:
         """What samples ``I(p)`` at this level (ICLK may sample in single precision)."""
         return Sampler(images, self.warp, level.grid)
 
-    def _measure(self, level: Level, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
-                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:  # fmt: skip
-        """Steps (1)-(2) for ``n`` alignments: ``(cost (n,), work)``, ``work`` a tuple of arrays
-        with ``n`` rows that ``_step`` consumes: here ``I(p)`` samples and the error ``e``."""
-        T = level.template.reshape(1, -1, level.template.shape[-1])  # (1, h*w, C)
-        samples = sampler(p, index)  # (1) I(W(x; p)), (n, h*w, K)
-        e = samples[..., : T.shape[-1]] - T  # (2) error image I(p) - T, (n, h*w, C)
-        if level.root_w is None:
-            return np.einsum("nqc,nqc->n", e, e) / T.size, (samples, e)
-        e *= level.root_w  # weighted residuals: sum w e^2 is their sum of squares
-        total = (level.root_w**2).sum() * T.shape[-1]
-        return np.einsum("nqc,nqc->n", e, e) / total, (samples, e)
-
-    def _step(self, level: Level, p: np.ndarray, *work: np.ndarray):
+    def _iteration(self, level: Level, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """One iteration up to the update for ``n`` alignments at ``p`` ``(n, P)``: ``(cost (n,),
+        dp (n, P), ok (n,))``, ``cost`` the mean squared residual at ``p``, ``ok`` False where the
+        step is unusable (a singular system)."""
         raise NotImplementedError
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        """How ``dp`` enters ``p``, for ``(n, P)`` arrays."""
         raise NotImplementedError
 
     def _last_stage(self, images: np.ndarray, run: tuple, index, n_iter: int) -> tuple:
@@ -285,7 +298,7 @@ class GaussNewton:
         worse than the same level started afresh."""
         both = None if index is None else np.concatenate([index, index])
         c_now, c_start = np.split(
-            self._measure(level, sampler, np.vstack([p, p_start]), both)[0], 2
+            self._iteration(level, sampler, np.vstack([p, p_start]), both)[0], 2
         )
         reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))
         p[reset] = p_start[reset]
@@ -317,16 +330,14 @@ class GaussNewton:
                 history[k + 1 :] = p
                 break
             at = None if index is None else index[live]
-            state.cost[live], work = self._measure(level, sampler, p[live], at)  # (1)-(2)
+            state.cost[live], dp, ok = self._iteration(level, sampler, p[live], at)  # (1)-(8)
             cost[k] = state.cost  # mean squared residual of history[k]
             if k + 1 == len(history):
                 break  # the last row only needs its cost
             retire = state.done[live]  # frozen last iteration: that cost was all they needed
             state.live[live[retire]] = False
-            if retire.any():
-                live, work = live[~retire], tuple(w[~retire] for w in work)
+            live, dp, ok = live[~retire], dp[~retire], ok[~retire]
             if live.size:
-                dp, ok = self._step(level, p[live], *work)  # (3)-(8) the update dp
                 p_from = p[live]
                 if backtrack:  # a step that raised the cost: back, half as far
                     back = state.cost[live] > c_before[live]  # False while c_before is NaN

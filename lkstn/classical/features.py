@@ -94,9 +94,9 @@ def hog(
     Notes
     -----
     ``skimage.feature.hog`` takes one image at a time, so this function loops over the flattened
-    batch: the only Python loop over samples in the SDM code path. Its cost is about 1.4 ms per
-    50x50 sample on one core (measured with skimage 0.25 on the development machine), i.e. ~6 s per
-    cascade stage for 4,000 training samples, against a few milliseconds for :func:`pixels`.
+    batch: the only Python loop over samples in the SDM code path, and so by far the slowest
+    feature per sample (a cascade stage on thousands of training samples takes seconds, against
+    milliseconds for :func:`pixels`; ``benchmarks/sdm_template.py`` times both).
     Non-finite samples give non-finite features (no warnings), so that SDM reports them as not
     converged.
 

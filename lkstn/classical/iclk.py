@@ -58,9 +58,11 @@ class _ICLevel(Level):
     hessian: np.ndarray  # (P, P) = sd_G^T sd (sd^T sd without gradient_sigma)
     R: np.ndarray  # (P, h*w*C) = hessian^-1 sd_G^T
     photometric: Photometric  # the offsets (and gains) it is blind to
-    products: np.ndarray  # rows that multiply the error image in _measure: R (per channel), Q
-    products32: np.ndarray  # the same in float32, for the single-precision sampler
-    template32: np.ndarray  # the template in float32, likewise
+    # what each iteration multiplies, in the sampler's precision (the aligner's dtype):
+    products: np.ndarray  # rows applied to the error image: R (per channel), Q (photometric)
+    flat: np.ndarray  # (1, h*w, C) the template
+    root_w_s: np.ndarray | None  # (h*w, 1) square roots of the mask's weights, or None
+    total: float  # the number of (weighted) residuals: cost = sum of squares / total
 
 
 def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
@@ -224,6 +226,65 @@ class ICLK(Polishing, GaussNewton):
                 Level(finest.template, finest.grid, root_w=finest.root_w), smoothing=False
             )
 
+    # -- [BM04] Fig. 4: precompute once, then iterate and update ---------------------------------
+    def _prepare_level(self, level: Level, smoothing: bool = True) -> _ICLevel:
+        """Precompute, [BM04] Fig. 4 steps (3)-(6): the steepest-descent images and Hessian
+        of the template at this level, and the fixed linear map ``R`` of [LL17] eq. (5)."""
+        J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
+        T = level.template
+        C = T.shape[-1]
+        # weighted least squares: rows scaled by sqrt(w), so that H = sd^T W sd, sd^T W e
+        r = 1.0 if level.root_w is None else np.repeat(level.root_w, C, axis=0)  # (h*w*C, 1)
+        sd = r * steepest_descent(T, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
+        photometric = Photometric.of(T, self.photometric, level.root_w)
+        sd = photometric.project(sd)  # blind to offsets (and gains); unchanged for None
+        sd_G = sd  # the images the error is projected on
+        if smoothing and self.gradient_sigma > 0:  # template pixels: narrower when coarser
+            s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
+            T_G = ndimage.gaussian_filter(T, (s, s, 0))
+            sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
+        hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
+        if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / RCOND:
+            raise ValueError(
+                f"template of shape {self.template.shape} has a singular Gauss-Newton Hessian at "
+                f"{level.template.shape[:2]} pixels (flat or one-dimensional texture): it cannot "
+                f"be aligned with {self.warp!r}"
+            )
+        R = np.linalg.solve(hessian, sd_G.T)  # (P, h*w*C), [LL17] eq. (5)
+        h, w, C = T.shape
+        r = None if level.root_w is None else level.root_w.astype(self.dtype)
+        total = h * w * C if r is None else float((r.astype(np.float64) ** 2).sum()) * C
+        return _ICLevel(
+            level.template, level.grid, sd, hessian, R, photometric,
+            photometric.products(R).astype(self.dtype), T.reshape(1, h * w, C).astype(self.dtype),
+            r, total, root_w=level.root_w,
+        )  # fmt: skip
+
+    def _iteration(self, level: _ICLevel, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """Iterate, [BM04] Fig. 4 steps (1), (2), (7) and (8), block by block of pixels (``I(p)``
+        is never stored whole): ``(cost, dp, ok)`` for ``n`` alignments."""
+        T, r, fixed = level.flat, level.root_w_s, level.products
+        C = T.shape[-1]
+        sq, proj = np.zeros((len(p), C)), np.zeros((len(p), len(fixed)))
+        for s, t, Ip in sampler.blocks(p, index):  # (1) I(W(x; p)), (n, pixels of block t, C)
+            Ip -= T[:, t]  # (2) the error image I(p) - T
+            if r is not None:
+                Ip *= r[t]  # weighted: sqrt(w) (I(p) - T)
+            if C == 1:  # the 2-D form is a fast dot product per row
+                sq[s, 0] += np.einsum("nq,nq->n", Ip[..., 0], Ip[..., 0])
+            else:
+                sq[s] += np.einsum("nqc,nqc->nc", Ip, Ip)
+            rows = fixed[:, t.start * C : t.stop * C]  # columns of these pixels
+            proj[s] += (rows @ Ip.reshape(len(Ip), -1).T).T  # (7)-(8) H^-1 sd^T (I(p) - T)
+        ssd, dp = level.photometric.finish(proj, sq)  # offsets (and gains) taken out
+        return ssd / level.total, dp, np.isfinite(dp).all(-1)
+
+    def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        """Update, [BM04] Fig. 4 step (9): ``p <- p o dp^-1``."""
+        return compose_inverse(self.warp, p, dp)  # p <- p o dp^-1, [BM04] Fig. 4 step 9
+
+    # -- around the box ---------------------------------------------------------------------------
     def _stages(self) -> list[tuple[Level, int]]:
         stages = super()._stages()
         return stages + [(self._refined, 0)] if self.refine else stages
@@ -264,35 +325,6 @@ class ICLK(Polishing, GaussNewton):
             _BUILT.pop(next(iter(_BUILT))) if len(_BUILT) >= BUILT_SIZE else None
             _BUILT[cls, key] = aligner
         return copy.copy(aligner)
-
-    def _prepare_level(self, level: Level, smoothing: bool = True) -> _ICLevel:
-        J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
-        T = level.template
-        C = T.shape[-1]
-        # weighted least squares: rows scaled by sqrt(w), so that H = sd^T W sd, sd^T W e
-        r = 1.0 if level.root_w is None else np.repeat(level.root_w, C, axis=0)  # (h*w*C, 1)
-        sd = r * steepest_descent(T, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
-        photometric = Photometric.of(T, self.photometric, level.root_w)
-        sd = photometric.project(sd)  # blind to offsets (and gains); unchanged for None
-        sd_G = sd  # the images the error is projected on
-        if smoothing and self.gradient_sigma > 0:  # template pixels: narrower when coarser
-            s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
-            T_G = ndimage.gaussian_filter(T, (s, s, 0))
-            sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
-        hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
-        if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / RCOND:
-            raise ValueError(
-                f"template of shape {self.template.shape} has a singular Gauss-Newton Hessian at "
-                f"{level.template.shape[:2]} pixels (flat or one-dimensional texture): it cannot "
-                f"be aligned with {self.warp!r}"
-            )
-        R = np.linalg.solve(hessian, sd_G.T)  # (P, h*w*C), [LL17] eq. (5)
-        products = photometric.products(R)
-        return _ICLevel(
-            level.template, level.grid, sd, hessian, R, photometric, products,
-            products.astype(np.float32), level.template.astype(np.float32),
-            root_w=level.root_w,
-        )  # fmt: skip
 
     def __repr__(self) -> str:
         extra = [f"gradient_sigma={self.gradient_sigma}"] if self.gradient_sigma else []
@@ -350,38 +382,6 @@ class ICLK(Polishing, GaussNewton):
 
             return SingleSampler(images, self.warp, level.template.shape[:2])
         return super()._sampler(images, level)
-
-    def _measure(self, level: _ICLevel, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
-                 ) -> tuple[np.ndarray, tuple[np.ndarray]]:  # fmt: skip
-        """Steps (1), (2), (7) and (8) fused block by block: I(p) is never stored whole."""
-        h, w, C = level.template.shape
-        single = self.dtype == np.float32  # the sampler's precision, and so the products'
-        T = (level.template32 if single else level.template).reshape(1, h * w, C)
-        fixed = level.products32 if single else level.products
-        sq, proj = np.zeros((len(p), C)), np.zeros((len(p), len(fixed)))
-        r = level.root_w
-        if r is not None and single:
-            r = r.astype(np.float32)
-        for s, t, Ip in sampler.blocks(p, index):  # (1) I(W(x; p)), (na, nq, C)
-            Ip -= T[:, t]  # (2) error image I(p) - T
-            if r is not None:
-                Ip *= r[t]  # weighted: sqrt(w) (I(p) - T)
-            if C == 1:  # the 2-D form is a fast dot product per row
-                sq[s, 0] += np.einsum("nq,nq->n", Ip[..., 0], Ip[..., 0])
-            else:
-                sq[s] += np.einsum("nqc,nqc->nc", Ip, Ip)
-            rows = fixed[:, t.start * C : t.stop * C]  # columns of these pixels
-            proj[s] += (rows @ Ip.reshape(len(Ip), -1).T).T  # (7)-(8) H^-1 sd^T (I(p) - T)
-        ssd, dp = level.photometric.finish(proj, sq)
-        total = h * w * C if r is None else float((r.astype(np.float64) ** 2).sum()) * C
-        return ssd / total, (dp,)
-
-    def _step(self, level: _ICLevel, p: np.ndarray, dp: np.ndarray,
-              ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        return dp, np.isfinite(dp).all(-1)  # computed in _measure, [BM04] Fig. 4 steps 7-8
-
-    def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
-        return compose_inverse(self.warp, p, dp)  # p <- p o dp^-1, [BM04] Fig. 4 step 9
 
 
 def clear_built() -> None:

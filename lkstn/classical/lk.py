@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lkstn.classical._gauss_newton import GaussNewton, Level, solve
+from lkstn.classical._gauss_newton import GaussNewton, Level, error_image, solve
+from lkstn.classical._sampler import Samples
 from lkstn.sampling import image_gradients
 
 __all__ = ["CompositionalLK", "LK"]
@@ -120,15 +121,17 @@ class LK(GaussNewton):
         gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
         return np.concatenate([images, gx, gy], -1)  # (B, H, W, 3C): I, dI/dx, dI/dy
 
-    def _step(
-        self, level: _JLevel, p: np.ndarray, samples: np.ndarray, e: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _iteration(self, level: _JLevel, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        samples = sampler(p, index)  # (1) I(W(x; p)) and (3) grad I at W(x; p), (n, h*w, 3C)
+        cost, e = error_image(level, samples)  # (2) the error image I(p) - T
         C = e.shape[-1]
-        gx, gy = samples[..., C : 2 * C], samples[..., 2 * C :]  # grad I at W(x; p), step 3
-        # dW/dp(x; p), step 4: constant for linear warps, depends on p for a homography
+        gx, gy = samples[..., C : 2 * C], samples[..., 2 * C :]
+        # (4) dW/dp(x; p): constant for linear warps, depends on p for a homography
         J = self.warp.jacobian(level.grid, p, check=False) if self.warp.projective else level.J
-        sd = _chain(gx, gy, J)  # steepest-descent images, [BM04] Fig. 1 step 5
-        return gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))
+        sd = _chain(gx, gy, J)  # (5) steepest-descent images
+        dp, ok = gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))  # (6)-(8)
+        return cost, dp, ok
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         return p + dp  # [BM04] Fig. 1 step 9
@@ -164,14 +167,17 @@ class CompositionalLK(GaussNewton):
             level.template, level.grid, self.warp.jacobian(level.grid), root_w=level.root_w
         )
 
-    def _step(
-        self, level: _JLevel, p: np.ndarray, samples: np.ndarray, e: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _iteration(self, level: _JLevel, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
         h, w, C = level.template.shape
-        warped = samples.reshape(len(samples), h, w, C)  # I(p), step 1
-        gx, gy = image_gradients(warped, channel_axis=-1)  # grad I(p) per template unit, step 3
-        sd = _chain(gx.reshape(len(e), -1, C), gy.reshape(len(e), -1, C), level.J)  # step 5
-        return gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))
+        samples = sampler(p, index)  # (1) I(W(x; p)), (n, h*w, C)
+        cost, e = error_image(level, samples)  # (2) the error image I(p) - T
+        warped = samples.reshape(len(samples), h, w, C)
+        gx, gy = image_gradients(warped, channel_axis=-1)  # (3) grad I(p), per template unit
+        # (4) dW/dp(x; 0) precomputed; (5) steepest-descent images
+        sd = _chain(gx.reshape(len(e), -1, C), gy.reshape(len(e), -1, C), level.J)
+        dp, ok = gauss_newton_step(_weighted(sd, level), e.reshape(len(e), -1))  # (6)-(8)
+        return cost, dp, ok
 
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         return self.warp.compose(p, dp, check=False)  # p <- p o dp, [BM04] Fig. 3 step 9

@@ -38,13 +38,9 @@ import numpy.typing as npt
 from lkstn.chunks import align_in_chunks
 from lkstn.classical.features import FeatureFn, block_mean, get_features, normalised
 from lkstn.classical.ridge import ridge_regression
-from lkstn.classical.sdm_cascade import (
-    Sampler,
-    corner_motion_px,
-    coverage,
-    learn_cascade,
-)
+from lkstn.classical.sdm_cascade import Sampler, corner_motion_px, coverage, learn_cascade
 from lkstn.classical.sdm_checks import (
+    check_align_input,
     check_fit_input,
     check_image,
     check_mask,
@@ -321,23 +317,10 @@ class SDM:
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         regressors = self.regressors
-        n_iter = self.n_stages if n_iter is None else n_iter
-        if isinstance(n_iter, bool) or not isinstance(n_iter, int | np.integer) or n_iter < 0:
-            raise ValueError(f"n_iter must be an int >= 0, got {n_iter!r}")
-        image = check_image(image, "image", self.channel_axis)
-        if self.channel_axis is not None and image.shape[-1] != self.template.shape[-1]:
-            raise ValueError(
-                f"image must have {self.template.shape[-1]} channels, got shape {image.shape}"
-            )
-        p = check_params(p_init, "p_init", self.warp)
-        n_core = 2 if self.channel_axis is None else 3
-        img_batch = image.shape[: image.ndim - n_core]
-        try:
-            p = np.broadcast_to(p, (*np.broadcast_shapes(img_batch, p.shape[:-1]), p.shape[-1]))
-        except ValueError:
-            raise ValueError(
-                f"image batch {img_batch} and p_init {p.shape} do not broadcast"
-            ) from None
+        image, p, n_iter = check_align_input(
+            image, p_init, self.n_stages if n_iter is None else n_iter, self.warp,
+            channel_axis=self.channel_axis, channels=self.template.shape[-1],
+        )  # fmt: skip
         history, costs = [p], []
         update_px = np.full(p.shape[:-1], np.inf)  # no stage run: no evidence of convergence
         with np.errstate(all="ignore"):  # NaN/inf pixels, points at infinity: flagged below
@@ -352,18 +335,23 @@ class SDM:
                 history.append(p)
             samples, cost = self._sample(image, p)
             costs.append(cost)
-        cost = np.stack(costs)  # (n_iter + 1, ...)
+            converged, score = self._verdict(image, p, cost, samples, update_px)
+        return AlignmentResult(np.stack(history), np.stack(costs), converged, score)
+
+    def _verdict(self, image, p, cost, samples, update_px) -> tuple[np.ndarray, np.ndarray]:
+        """``(converged, score)`` at the final ``p``: finite, the last stage moved the corners
+        less than ``tol`` px, at least half the template on the image, ``score >= min_score``,
+        and the first (widest) regressor sees less than ``residual_px`` of misalignment left."""
         score = zncc(self.template, samples, self.mask, channel_axis=self.channel_axis)
-        converged = np.isfinite(p).all(-1) & np.isfinite(cost[-1])
-        with np.errstate(all="ignore"):
-            converged &= update_px < self.tol  # NaN compares False
-            inside = coverage(image, self.warp, p, self.template_shape, self.channel_axis)
-            converged &= inside >= 0.5  # a template off the image: failed
-            converged &= score >= self.min_score  # stopped in a wrong place: failed
-            R, b = regressors[0]  # the widest basin: its estimate of the misalignment left
-            left = self.features_of(samples) @ R.T + b
-            converged &= corner_motion_px(self.warp, self.template_shape, left) < self.residual_px
-        return AlignmentResult(np.stack(history), cost, converged, score)
+        converged = np.isfinite(p).all(-1) & np.isfinite(cost)
+        converged &= update_px < self.tol  # NaN compares False
+        inside = coverage(image, self.warp, p, self.template_shape, self.channel_axis)
+        converged &= inside >= 0.5  # a template off the image: failed
+        converged &= score >= self.min_score  # stopped in a wrong place: failed
+        R, b = self.regressors[0]  # the widest basin: its estimate of the misalignment left
+        left = self.features_of(samples) @ R.T + b
+        converged &= corner_motion_px(self.warp, self.template_shape, left) < self.residual_px
+        return converged, score
 
     # -- helpers ----------------------------------------------------------------------------------
     def features_of(self, samples: np.ndarray, *, pooled: bool = False) -> np.ndarray:

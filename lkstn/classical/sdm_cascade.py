@@ -6,9 +6,8 @@ eq. (7)), then moves every estimate as IC-LK does, ``p <- p o dp^-1`` ([BM04] Se
 are drawn :data:`CHUNK_BYTES` at a time into one feature matrix ``(N M, D)``, the fit's memory,
 which :func:`~lkstn.classical.sdm_checks.check_fit_memory` bounds before anything is allocated.
 BLAS runs on one thread during the fit: the ridge systems (``D`` ~ 1000) gain little from a second
-core and lose several times over when the cores are shared (``python benchmarks/sdm_template.py
---ridge-threads``: 0.10-0.25 s on one thread against 0.58-1.93 s on two, 2-core Xeon at load 9.1,
-2026-12-05).
+core and lose several times over when the cores are shared with other work (measured by
+``python benchmarks/sdm_template.py --ridge-threads``; figures in ``benchmarks/README.md``).
 
 Glossary: ``N`` images, ``M`` starts per image, ``P`` warp parameters, ``D`` feature length,
 ``sample(n, p)`` image ``n`` warped at the starts ``p (m, P)``.

@@ -17,6 +17,7 @@ from lkstn.warps import Warp
 
 __all__ = [
     "FIT_BYTES",
+    "check_align_input",
     "check_fit_input",
     "check_fit_memory",
     "check_image",
@@ -75,6 +76,30 @@ def check_mask(mask: npt.ArrayLike | None, template_shape: tuple[int, int]) -> n
         raise ValueError("mask must be finite weights >= 0 with at least one pixel > 0")
     mask.setflags(write=False)
     return mask
+
+
+def check_align_input(
+    image: npt.ArrayLike,
+    p_init: npt.ArrayLike,
+    n_iter: object,
+    warp: Warp,
+    *,
+    channel_axis: int | None,
+    channels: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``SDM.align``'s inputs: the image, the starts broadcast against its batch, ``n_iter``."""
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int | np.integer) or n_iter < 0:
+        raise ValueError(f"n_iter must be an int >= 0, got {n_iter!r}")
+    image = check_image(image, "image", channel_axis)
+    if channel_axis is not None and image.shape[-1] != channels:
+        raise ValueError(f"image must have {channels} channels, got shape {image.shape}")
+    p = check_params(p_init, "p_init", warp)
+    img_batch = image.shape[: image.ndim - (2 if channel_axis is None else 3)]
+    try:
+        p = np.broadcast_to(p, (*np.broadcast_shapes(img_batch, p.shape[:-1]), p.shape[-1]))
+    except ValueError:
+        raise ValueError(f"image batch {img_batch} and p_init {p.shape} do not broadcast") from None
+    return image, p, int(n_iter)
 
 
 def check_fit_memory(n: int, D: int, P: int, sample_bytes: int, limit: int = FIT_BYTES) -> None:

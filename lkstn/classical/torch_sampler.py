@@ -50,11 +50,11 @@ def one_thread() -> Iterator[None]:
     with ``dtype="float32"`` runs in it, switching once per call).
 
     A ``grid_sample`` call here samples at most ``_BLOCK`` points (a few milliseconds), too
-    little to share between threads: with torch's default of one thread per core, on a 2-core
-    Xeon with other busy processes (load 2.2-5.2) 100 starts of a 50 px template took a median
-    349 ms on 2 threads against 44 ms on one, and 50 ms through ``ICLK.align`` with the caller
-    at 2 (``python benchmarks/float32_threads.py``, 2026-12-05). Switching threads around every
-    ``grid_sample`` call instead cost more than it saved.
+    little to share between threads; with torch's default of one thread per core, a machine
+    whose cores are busy with other work makes every call wait for the slowest core
+    (``docs/registration.md``, "Threads of the float32 path", and
+    ``benchmarks/float32_threads.py``). Switching threads around every ``grid_sample`` call
+    instead cost more than it saved.
     """
     n = torch.get_num_threads()
     if n == 1:

@@ -18,8 +18,9 @@ Our recipe (the paper states only "SGD, batch 100"; these are our choices, see d
       ``phases`` (x1, x0.3, x0.1, x0.03 of the rate, equal numbers of steps), one
       :func:`lkstn.learned.train.train` call per phase with a fresh Adam, so each phase has its own
       run directory and a killed run resumes where it stopped; a finished phase is skipped.
-    * ``torch.set_num_threads(1)`` in :func:`run`: on a loaded 2-core machine the per-op thread
-      overhead of these tiny tensors made two threads ~10x slower than one.
+    * ``torch.set_num_threads(1)`` in :func:`run` (``--threads``): the tensors are so small that
+      the per-op cost of sharing them between threads outweighs the parallelism, the more so on
+      a machine whose cores are busy with other work (``docs/planar.md``).
 
 Evaluation: a fixed test set per sigma (``fixed_starts``, 1000 starts, seed ``seed + 1``), shared
 by every model; Table 1 reports the mean parameter L2 error (canonical units) and the mean corner

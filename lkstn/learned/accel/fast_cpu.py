@@ -15,10 +15,9 @@ inside ``torch.compile``, both are their plain parents.
   PyTorch's ``max_pool2d``, whichever was measured fastest (forward and backward together). The
   gradient goes, as ``max_pool2d``'s, to the first maximum of each window in row-major order.
 
-Which kernel is fastest is a property of the CPU, not of the code: on a 2-core AMD EPYC (AVX2)
-NNPACK won every convolution and the maxima's forward pass was ~10x faster than ``max_pool2d``'s; on
-a 2-core Intel Xeon (Sapphire Rapids, AVX-512) oneDNN's forward kernels win some layers, NNPACK
-others, and the two pools are about even (``benchmarks/README.md``). So the kernels are chosen by
+Which kernel is fastest is a property of the CPU, not of the code (AVX2 and AVX-512 machines
+rank them differently; ``benchmarks/README.md`` lists what was measured where). So the kernels
+are chosen by
 :func:`lkstn.learned.accel.kernels.choose` at each layer's first call: a few interleaved timings
 of each candidate on the real tensors, the median kept, the choice cached (for the process and
 per machine) and listed by :func:`lkstn.learned.accel.kernels.kernel_choices`.
