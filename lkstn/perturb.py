@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lkstn._backend import Array, ArrayLike, asarray, is_torch
-from lkstn.warps import Warp
+from lkstn.warps import Warp, warp_from_name
 
 if TYPE_CHECKING:  # torch is imported only when a torch generator is passed in
     import torch
@@ -35,7 +35,7 @@ __all__ = ["perturb", "perturbation"]
 
 
 def perturbation(
-    warp: Warp,
+    warp: Warp | str,
     n: int | tuple[int, ...],
     sigma: float,
     template_shape: tuple[int, int],
@@ -49,7 +49,8 @@ def perturbation(
 
     Parameters
     ----------
-    warp : Warp
+    warp : Warp or str
+        A warp family, or its name (``"affine"``, ...).
     n : int or tuple
         Batch shape.
     sigma : float
@@ -71,6 +72,7 @@ def perturbation(
     >>> d.shape
     (5, 6)
     """
+    warp = warp_from_name(warp)
     shape = (n,) if isinstance(n, int | np.integer) else tuple(n)
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
@@ -100,7 +102,7 @@ def perturbation(
 
 
 def perturb(
-    warp: Warp,
+    warp: Warp | str,
     p_true: ArrayLike,
     sigma: float,
     template_shape: tuple[int, int],
@@ -124,6 +126,7 @@ def perturb(
     >>> 8 < float(np.sqrt(np.mean(corner_error(Affine(), starts, p_true, (50, 50)) ** 2))) < 12
     True
     """
+    warp = warp_from_name(warp)
     p_true = warp.check_params(p_true, "p_true")
     shape = tuple(p_true.shape[:-1]) if n is None else (n, *p_true.shape[:-1])
     kwargs = {"dtype": p_true.dtype, "device": p_true.device} if is_torch(p_true) else {}

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from lkstn._backend import Array, ArrayLike, asarray, namespace
-from lkstn.warps import Warp
+from lkstn.warps import Warp, warp_from_name
 
 __all__ = [
     "AlignmentResult",
@@ -130,13 +130,14 @@ def _canonical_to_pixel_scale(template_shape: tuple[int, int], like: Array) -> A
 
 
 def corner_error(
-    warp: Warp, p: ArrayLike, p_true: ArrayLike, template_shape: tuple[int, int]
+    warp: Warp | str, p: ArrayLike, p_true: ArrayLike, template_shape: tuple[int, int]
 ) -> Array:
     """RMS corner distance in template pixels between the warps ``p`` and ``p_true``.
 
     Parameters
     ----------
-    warp : Warp
+    warp : Warp or str
+        A warp family, or its name (``"affine"``, ...).
     p, p_true : array, shape (..., P)
         Estimate and truth; leading dimensions broadcast.
     template_shape : (h, w)
@@ -161,6 +162,7 @@ def corner_error(
     1.0
     """
     check_template_shape(template_shape)
+    warp = warp_from_name(warp)
     p, p_true = asarray(p), warp.check_params(p_true, "p_true")
     if p.ndim < 1 or p.shape[-1] != warp.n_params:
         raise ValueError(f"p must have shape (..., {warp.n_params}), got {tuple(p.shape)}")

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from lkstn._backend import Array, ArrayLike, asarray, is_torch, namespace
-from lkstn.warps import Warp
+from lkstn.warps import Warp, warp_from_name
 
 __all__ = [
     "canonical_grid",
@@ -227,7 +227,7 @@ def canonical_to_pixel(xy: ArrayLike, shape: tuple[int, int]) -> Array:
 
 def warp_image(
     image: ArrayLike,
-    warp: Warp,
+    warp: Warp | str,
     p: ArrayLike,
     out_shape: tuple[int, int],
     *,
@@ -239,7 +239,8 @@ def warp_image(
     Parameters
     ----------
     image : ndarray (..., H, W[, C]) or Tensor (B, C, H, W)
-    warp : Warp
+    warp : Warp or str
+        A warp family, or its name (``"affine"``, ...).
     p : array (..., P)
         NumPy: leading dims broadcast with the image's batch dims (one image with many ``p``,
         or a batch of images with one ``p`` each). torch: ``(B, P)`` or ``(P,)``.
@@ -266,6 +267,7 @@ def warp_image(
     if not (len(out_shape) == 2 and all(int(s) >= 1 for s in out_shape)):
         raise ValueError(f"out_shape must be (h, w) with h, w >= 1, got {out_shape!r}")
     out_shape = (int(out_shape[0]), int(out_shape[1]))
+    warp = warp_from_name(warp)
     if is_torch(image):
         return _warp_torch(image, warp, p, out_shape, mode)
     return _warp_numpy(image, warp, p, out_shape, channel_axis, mode)

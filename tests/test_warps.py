@@ -254,3 +254,19 @@ class TestBadInput:
     def test_mismatched_fit(self):
         with pytest.raises(ValueError, match="differ in N"):
             Affine().fit(np.zeros((4, 2)), np.zeros((5, 2)))
+
+
+def test_every_public_function_taking_a_warp_takes_its_name_too():
+    import lkstn
+
+    rng = np.random.default_rng(0)
+    img = rng.random((20, 24))
+    p = np.array([0.1, 0.0, 0.05, 0.0, -0.1, 0.02])
+    by_name = lkstn.warp_image(img, "affine", p, (8, 9))
+    assert np.array_equal(by_name, lkstn.warp_image(img, lkstn.Affine(), p, (8, 9)))
+    assert lkstn.corner_error("affine", p, p, (8, 9)) == 0
+    starts = lkstn.perturb("homography", np.zeros(8), 2.0, (8, 9), np.random.default_rng(1))
+    again = lkstn.perturb(lkstn.Homography(), np.zeros(8), 2.0, (8, 9), np.random.default_rng(1))
+    assert np.array_equal(starts, again)
+    with pytest.raises(ValueError, match="warp must be one of"):
+        lkstn.warp_image(img, "afine", p, (8, 9))
