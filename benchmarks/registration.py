@@ -8,7 +8,8 @@ template (``sigma * side / 50`` template pixels); three variants of the image: `
 clean photograph. Methods, on the same starts: ``ICLK.robust``, plain ``ICLK`` (the paper's
 IC-LK, 50 iterations), ``cv2.findTransformECC`` with OpenCV's defaults (50 iterations, eps 1e-3,
 ``gaussFiltSize=5``) and with ``gaussFiltSize=1``. An alignment has *converged* when its corner
-error is under 2 % of the template side + 0.5 px.
+error is under 2 % of the template side + 0.5 px. Each cell also gives the percentage of
+starts already within that tolerance (``start``): what a method that does not move scores.
 
 It also measures the success signal: the ICLK aligners' own ``converged`` (small last step,
 finite, and ``score >= min_score``) against that ground truth, for a range of ``min_score``:
@@ -53,6 +54,7 @@ from lkstn.classical.robust import robust_settings
 from lkstn.experiments.convergence import fixed_starts, safe_corner_error
 from lkstn.machine import fingerprint
 from lkstn.pixels import params_from_pixel_matrix, pixel_matrix
+from lkstn.score import zncc
 from lkstn.warps import warp_from_name
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins", "text")
@@ -178,6 +180,7 @@ def convergence(args, overrides: dict) -> list[dict]:
                 for var in args.variants:
                     t0 = time.perf_counter()
                     hits = dict.fromkeys(METHODS, 0)
+                    within = 0  # starts already within the tolerance: what not moving scores
                     signal = {"ICLK.robust": {}, "ICLK": {}}
                     n = 0
                     for k, (image, box) in enumerate(boxes.values()):
@@ -189,6 +192,8 @@ def convergence(args, overrides: dict) -> list[dict]:
                             warp, p_true, s_px, (side, side), args.n_trials, args.seed * 97 + k
                         )
                         n += len(starts)
+                        start_err = safe_corner_error(warp, starts, p_true, (side, side))
+                        within += int((start_err < tolerance(side)).sum())
                         for method in METHODS:
                             if method.startswith("ECC"):
                                 g = 1 if method == "ECC-g1" else 5
@@ -206,13 +211,18 @@ def convergence(args, overrides: dict) -> list[dict]:
                                 )
                                 off = f"; off (px/score): {wrong}" if wrong else ""
                                 name = list(boxes)[k]
-                                print(f"    {name}: {int(right.sum())} of {len(right)}{off}")
+                                at_truth = zncc(T, warp_image(I, warp, p_true, (side, side)))
+                                print(
+                                    f"    {name}: {int(right.sum())} of {len(right)} (score at "
+                                    f"the truth {at_truth:.3f}){off}"
+                                )
                             if method in signal:
                                 add(signal[method], confusion(right, stopped, score))
                     pct = {m: round(100.0 * hits[m] / max(n, 1), 1) for m in METHODS}
                     cells.append(
                         {"size": side, "warp": warp_name, "sigma": sigma, "variant": var,
                          "n": n, "photos": list(boxes), "percent_converged": pct,
+                         "percent_starts_within": round(100.0 * within / max(n, 1), 1),
                          "signal": signal}
                     )  # fmt: skip
                     print(
@@ -295,13 +305,16 @@ def markdown(report: dict) -> str:
     """The tables of ``docs/registration.md`` from a report."""
     lines = []
     if "cells" in report:
-        lines += ["| size | warp | sigma | variant | " + " | ".join(METHODS) + " |",
-                  "|---|---|---|---|" + "---|" * len(METHODS)]  # fmt: skip
+        starts = all("percent_starts_within" in c for c in report["cells"])
+        extra = " start |" if starts else ""  # a method that does not move scores this
+        lines += ["| size | warp | sigma | variant | " + " | ".join(METHODS) + " |" + extra,
+                  "|---|---|---|---|" + "---|" * (len(METHODS) + starts)]  # fmt: skip
         for c in report["cells"]:
             pct = c["percent_converged"]
             lines.append(
                 f"| {c['size']} | {c['warp']} | {c['sigma']:g} | {c['variant']} | "
                 + " | ".join(f"{pct[m]:.1f}" for m in METHODS) + " |"
+                + (f" {c['percent_starts_within']:.1f} |" if starts else "")
             )  # fmt: skip
         v = report["verdict"]
         lines += ["", f"Cells meeting the target: {v['cells_meeting_target']} of {v['cells']}."]
