@@ -1,10 +1,14 @@
-"""Where the rows of an experiment train: in this process, or as Ray tasks on a cluster.
+"""Where the rows of an experiment train: in this process, in processes, or as Ray tasks.
 
 An experiment cuts its work into *jobs* (a row, a group of cells), each a call ``fn(*args)`` of
 a module-level function that trains into its own run directories and returns plain data (state
 dicts, seconds). :func:`run_jobs` runs them:
 
 - ``"local"`` (default): one after the other in this process; Ray is not imported.
+- ``"processes"``: on this machine's cores, as many jobs at once as it has CPUs (each job's
+  torch on ``cpus_per_job`` threads), in fresh Python processes (``spawn``); no Ray. A job
+  whose process dies is not retried: the command fails, and ``--resume`` continues every job
+  from its checkpoints.
 - ``"ray"``: one Ray task per job (``pip install 'lkstn[distributed]'``), on the cluster at
   ``address`` or on a local instance started with this machine's CPUs. A job whose worker dies
   (killed, out of memory, node lost) is run again by Ray, up to ``max_retries`` times; since
@@ -28,7 +32,7 @@ from lkstn.errors import UsageError
 
 __all__ = ["EXECUTORS", "add_executor_arguments", "run_jobs"]
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "processes", "ray")
 
 T = TypeVar("T")
 
@@ -39,7 +43,8 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
         "--executor",
         choices=EXECUTORS,
         default="local",
-        help="run the rows in this process, or as Ray tasks (needs lkstn[distributed])",
+        help="run the rows one after the other in this process, at once in one process per CPU "
+        "of this machine, or as Ray tasks (needs lkstn[distributed])",
     )
     parser.add_argument(
         "--address",
@@ -68,6 +73,8 @@ def run_jobs(
         raise UsageError(f"--executor must be one of {EXECUTORS}, got {executor!r}")
     if executor == "local":
         return [fn(*args) for args in jobs]
+    if executor == "processes":
+        return _in_processes(fn, jobs, int(max(1, cpus_per_job)))
     try:
         import ray
     except ImportError:
@@ -87,3 +94,24 @@ def run_jobs(
     finally:
         if started:
             ray.shutdown()
+
+
+def _in_processes(fn: Callable[..., T], jobs: Sequence[tuple], threads: int) -> list[T]:
+    """``[fn(*args) for args in jobs]``, at most one job per ``threads`` CPUs at a time."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = max(1, min(len(jobs), (os.cpu_count() or 1) // threads))
+    context = multiprocessing.get_context("spawn")  # no forked torch or BLAS thread state
+    with ProcessPoolExecutor(
+        workers, context, initializer=_torch_threads, initargs=(threads,)
+    ) as pool:
+        futures = [pool.submit(fn, *args) for args in jobs]
+        return [f.result() for f in futures]
+
+
+def _torch_threads(n: int) -> None:
+    """Each worker's torch on ``n`` threads (what Ray's ``num_cpus`` gives a task)."""
+    import torch
+
+    torch.set_num_threads(n)

@@ -1,4 +1,4 @@
-"""[LL17] Table 1's 20 trainings as batched sweeps, here or as Ray tasks.
+"""[LL17] Table 1's 20 trainings as batched sweeps: here, in processes, or as Ray tasks.
 
 :func:`train_table1` trains every ``(sigma, depth)`` cell of :mod:`lkstn.experiments.planar`
 with the recipe of :func:`~lkstn.experiments.planar.train_model` (same models, phases, learning
@@ -6,9 +6,9 @@ rates, data streams and run directories ``runs/sigma{s}/{name}/phase{i}``), but 
 time with :func:`lkstn.learned.sweep.train_sweep`:
 
 - ``executor="local"``: one job, all cells in one sweep per phase;
-- ``executor="ray"``: one job per sigma (a row of Fig. 7, five depths in one sweep), each a Ray
-  task that resumes from its cells' checkpoints if its worker dies
-  (:mod:`lkstn.experiments.executors`).
+- ``executor="processes"`` or ``"ray"``: one job per sigma (a row of Fig. 7, five depths in one
+  sweep), each in its own process on this machine's cores, or a Ray task that resumes from its
+  cells' checkpoints if its worker dies (:mod:`lkstn.experiments.executors`).
 
 A job returns each cell's state dict and the job's training seconds; the caller loads the state
 into a fresh :func:`~lkstn.experiments.planar.build_model` and evaluates as before.

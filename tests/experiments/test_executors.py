@@ -1,4 +1,5 @@
-"""Tests for lkstn.experiments.executors: local jobs, Ray tasks, a Ray worker killed mid-row."""
+"""Tests for lkstn.experiments.executors: local jobs, processes, Ray tasks, a Ray worker killed
+mid-row."""
 
 from __future__ import annotations
 
@@ -105,3 +106,39 @@ def test_ray_executor_with_separate_training_is_a_usage_error(tmp_path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--sweep batched" in proc.stderr
+
+
+def pid_of(a: int) -> tuple[int, int, int]:
+    import torch as t
+
+    return a, os.getpid(), t.get_num_threads()
+
+
+def test_processes_run_each_job_in_a_fresh_process_on_one_thread() -> None:
+    out = run_jobs(pid_of, [(1,), (2,), (3,)], executor="processes")
+    assert [a for a, _, _ in out] == [1, 2, 3]  # the order of the jobs, whatever finished first
+    assert all(pid != os.getpid() and threads == 1 for _, pid, threads in out)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_row_in_a_process_equals_the_row_here(tmp_path) -> None:
+    (there,) = run_jobs(train_cells, [(ROW, RECIPE, str(tmp_path / "p"))], executor="processes")
+    here = train_cells(ROW, RECIPE, tmp_path / "here")
+    for cell in ROW:
+        (a, _), (b, _) = there[cell], here[cell]
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (cell, key)
+
+
+def test_reproduce_planar_quick_in_processes(tmp_path) -> None:
+    out = tmp_path / "planar"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lkstn", "reproduce", "planar", "--quick", "--executor",
+         "processes", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (out / "table1.md").read_text()
+    for name in ("c-STN-1", "IC-STN-2", "IC-STN-4"):
+        assert f"| {name} |" in table
