@@ -83,11 +83,13 @@ def test_a_row_whose_ray_worker_is_killed_finishes_with_the_same_result(local_ra
             assert torch.equal(a[key], b[key]), (cell, key)
 
 
-def test_reproduce_planar_quick_on_ray(tmp_path) -> None:
-    pytest.importorskip("ray")
+@pytest.mark.parametrize("executor", ["processes", "ray"])
+def test_reproduce_planar_quick_on_an_executor(executor, tmp_path) -> None:
+    if executor == "ray":
+        pytest.importorskip("ray")
     out = tmp_path / "planar"
     proc = subprocess.run(
-        [sys.executable, "-m", "lkstn", "reproduce", "planar", "--quick", "--executor", "ray",
+        [sys.executable, "-m", "lkstn", "reproduce", "planar", "--quick", "--executor", executor,
          "--out", str(out)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -129,16 +131,3 @@ def test_a_row_in_a_process_equals_the_row_here(tmp_path) -> None:
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (cell, key)
-
-
-def test_reproduce_planar_quick_in_processes(tmp_path) -> None:
-    out = tmp_path / "planar"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lkstn", "reproduce", "planar", "--quick", "--executor",
-         "processes", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = (out / "table1.md").read_text()
-    for name in ("c-STN-1", "IC-STN-2", "IC-STN-4"):
-        assert f"| {name} |" in table
