@@ -55,6 +55,15 @@ def dies_once(cells, recipe, out, marker):
     return train_cells(cells, recipe, out), os.getpid()
 
 
+def assert_same_rows(a_row: dict, b_row: dict) -> None:
+    """Every cell of ``ROW`` has the same state dict, bit for bit, in both results."""
+    for cell in ROW:
+        (a, _), (b, _) = a_row[cell], b_row[cell]
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (cell, key)
+
+
 @pytest.fixture
 def local_ray():
     ray = pytest.importorskip("ray")
@@ -76,11 +85,7 @@ def test_a_row_whose_ray_worker_is_killed_finishes_with_the_same_result(local_ra
     assert len(logs) == 2 * len(RECIPE.phases)  # every phase of both cells
     # the retry resumed from the dead worker's checkpoint: same result as an uninterrupted row
     straight = train_cells(ROW, RECIPE, tmp_path / "local")
-    for cell in ROW:
-        (a, _), (b, _) = result[cell], straight[cell]
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), (cell, key)
+    assert_same_rows(result, straight)
 
 
 @pytest.mark.parametrize("executor", ["processes", "ray"])
@@ -126,8 +131,4 @@ def test_processes_run_each_job_in_a_fresh_process_on_one_thread() -> None:
 def test_a_row_in_a_process_equals_the_row_here(tmp_path) -> None:
     (there,) = run_jobs(train_cells, [(ROW, RECIPE, str(tmp_path / "p"))], executor="processes")
     here = train_cells(ROW, RECIPE, tmp_path / "here")
-    for cell in ROW:
-        (a, _), (b, _) = there[cell], here[cell]
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), (cell, key)
+    assert_same_rows(there, here)
