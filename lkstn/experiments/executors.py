@@ -4,7 +4,11 @@ An experiment cuts its work into *jobs* (a row, a group of cells), each a call `
 a module-level function that trains into its own run directories and returns plain data (state
 dicts, seconds). :func:`run_jobs` runs them:
 
-- ``"local"`` (default): one after the other in this process; Ray is not imported.
+- ``"auto"`` (default): ``"processes"`` when this machine can run two jobs or more at once
+  (``os.cpu_count() // cpus_per_job >= 2``) and there are two jobs or more, else ``"local"``.
+  Either gives the same results (a job trained in a process equals the job trained here, bit for
+  bit: ``tests/experiments/test_executors.py``); only the wall time differs.
+- ``"local"``: one after the other in this process; Ray is not imported.
 - ``"processes"``: on this machine's cores, as many jobs at once as it has CPUs (each job's
   torch on ``cpus_per_job`` threads), in fresh Python processes (``spawn``); no Ray. A job
   whose process dies is not retried: the command fails, and ``--resume`` continues every job
@@ -30,21 +34,22 @@ from typing import TypeVar
 
 from lkstn.errors import UsageError
 
-__all__ = ["EXECUTORS", "add_executor_arguments", "run_jobs"]
+__all__ = ["EXECUTORS", "add_executor_arguments", "resolve_auto", "run_jobs"]
 
-EXECUTORS = ("local", "processes", "ray")
+EXECUTORS = ("auto", "local", "processes", "ray")
 
 T = TypeVar("T")
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--executor local|ray`` and ``--address``, for any ``lkstn reproduce`` experiment."""
+    """``--executor auto|local|processes|ray`` and ``--address``, for ``lkstn reproduce``."""
     parser.add_argument(
         "--executor",
         choices=EXECUTORS,
-        default="local",
-        help="run the rows one after the other in this process, at once in one process per CPU "
-        "of this machine, or as Ray tasks (needs lkstn[distributed])",
+        default="auto",
+        help="run the rows one after the other in this process (local), at once in one process "
+        "per CPU of this machine (processes), or as Ray tasks (ray, needs lkstn[distributed]); "
+        "auto (default): processes when this machine has two CPUs or more, else local",
     )
     parser.add_argument(
         "--address",
@@ -57,7 +62,7 @@ def run_jobs(
     fn: Callable[..., T],
     jobs: Sequence[tuple],
     *,
-    executor: str = "local",
+    executor: str = "auto",
     address: str | None = None,
     max_retries: int = 3,
     cpus_per_job: float = 1,
@@ -71,6 +76,8 @@ def run_jobs(
     """
     if executor not in EXECUTORS:
         raise UsageError(f"--executor must be one of {EXECUTORS}, got {executor!r}")
+    if executor == "auto":
+        executor = resolve_auto(len(jobs), cpus_per_job)
     if executor == "local":
         return [fn(*args) for args in jobs]
     if executor == "processes":
@@ -94,6 +101,16 @@ def run_jobs(
     finally:
         if started:
             ray.shutdown()
+
+
+def resolve_auto(n_jobs: int, cpus_per_job: float = 1) -> str:
+    """What ``"auto"`` runs: ``"processes"`` if two jobs or more can run at once here.
+
+    >>> resolve_auto(1)
+    'local'
+    """
+    at_once = (os.cpu_count() or 1) // int(max(1, cpus_per_job))
+    return "processes" if n_jobs >= 2 and at_once >= 2 else "local"
 
 
 def _in_processes(fn: Callable[..., T], jobs: Sequence[tuple], threads: int) -> list[T]:

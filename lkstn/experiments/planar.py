@@ -165,7 +165,7 @@ def _aligners(prob: PlanarProblem, sigma: float, recipe: Recipe) -> dict[str, Al
 
 def run_experiment(out: str | Path, recipe: Recipe | None = None, *, progress: bool = False,
                    log=print, resume: bool = False, fresh: bool = False, sweep: str = "batched",
-                   executor: str = "local",
+                   executor: str = "auto",
                    address: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train every (sigma, depth), evaluate on fixed test sets, write figures and JSON to ``out``.
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lkstn.errors import UsageError
-from lkstn.experiments.executors import add_executor_arguments, run_jobs
+from lkstn.experiments.executors import add_executor_arguments, resolve_auto, run_jobs
 
 if TYPE_CHECKING:  # torch is imported on first use
     from lkstn.experiments.planar_setup import Recipe
@@ -56,7 +56,7 @@ def phase_config(
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--sweep batched|separate``, ``--executor local|ray``, ``--address``."""
+    """``--sweep batched|separate``, ``--executor auto|local|processes|ray``, ``--address``."""
     parser.add_argument(
         "--sweep",
         choices=("batched", "separate"),
@@ -68,8 +68,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sweep_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keywords of ``run_experiment`` from those options (``UsageError`` if they clash)."""
-    if args.executor != "local" and args.sweep != "batched":
+    if args.executor not in ("auto", "local") and args.sweep != "batched":
         raise UsageError(f"--executor {args.executor} needs --sweep batched")
+    if args.sweep != "batched":  # separate training runs here, one model after the other
+        return {"sweep": args.sweep, "executor": "local", "address": args.address}
     return {"sweep": args.sweep, "executor": args.executor, "address": args.address}
 
 
@@ -104,12 +106,14 @@ def train_table1(
     recipe: Recipe,
     out: str | Path,
     *,
-    executor: str = "local",
+    executor: str = "auto",
     address: str | None = None,
     progress: bool = False,
 ) -> dict[Cell, tuple[dict, float]]:
     """Every cell of ``recipe`` (sigmas x depths); ``{(sigma, depth): (state_dict, seconds)}``."""
     cells = [(float(s), int(d)) for s in recipe.sigmas for d in recipe.depths]
+    if executor == "auto":
+        executor = resolve_auto(len(recipe.sigmas))
     if executor == "local":
         jobs = [(cells, recipe, str(out), progress)]
     else:  # one row (sigma) per task

@@ -3,6 +3,7 @@ mid-row."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -16,9 +17,9 @@ import pytest
 import torch
 
 from lkstn.errors import UsageError
-from lkstn.experiments.executors import run_jobs
+from lkstn.experiments.executors import resolve_auto, run_jobs
 from lkstn.experiments.planar import QUICK
-from lkstn.experiments.planar_sweep import train_cells
+from lkstn.experiments.planar_sweep import add_sweep_arguments, sweep_options, train_cells
 
 # one row (sigma = 5 px, depths 1 and 2), 4 phases of 60 steps, a checkpoint at each phase's end
 ROW = [(5.0, 1), (5.0, 2)]
@@ -113,6 +114,34 @@ def test_ray_executor_with_separate_training_is_a_usage_error(tmp_path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--sweep batched" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("cpus", "n_jobs", "expected"),
+    [
+        (2, 4, "processes"),
+        (16, 2, "processes"),
+        (1, 4, "local"),
+        (2, 1, "local"),
+        (None, 4, "local"),
+    ],
+)
+def test_auto_runs_jobs_in_processes_only_where_two_can_run_at_once(
+    monkeypatch, cpus, n_jobs, expected
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert resolve_auto(n_jobs) == expected
+    assert resolve_auto(n_jobs, cpus_per_job=8) == ("processes" if cpus == 16 else "local")
+
+
+def test_auto_is_the_default_and_separate_training_stays_in_this_process() -> None:
+    parser = argparse.ArgumentParser()
+    add_sweep_arguments(parser)
+    args = parser.parse_args([])
+    assert args.executor == "auto"
+    assert sweep_options(args)["executor"] == "auto"
+    args = parser.parse_args(["--sweep", "separate"])
+    assert sweep_options(args)["executor"] == "local"
 
 
 def pid_of(a: int) -> tuple[int, int, int]:

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lkstn.learned.accel import fast_cpu
-from lkstn.learned.accel.fast_cpu import FastConv2d, FastMaxPool2d, fast_cpu_layers
+from lkstn.learned.accel.fast_cpu import (
+    FastConv2d,
+    FastMaxPool2d,
+    _MaxPool2x2Function,
+    fast_cpu_layers,
+)
 
 
 def test_fast_layers_keep_values_gradients_and_state_dict() -> None:
@@ -56,6 +61,23 @@ def test_fast_pool_equals_max_pool2d_exactly_ties_included(dtype) -> None:
     assert gx[0, 0, :2, :2].tolist() == [[g[0, 0, 0, 0].item(), 0.0], [0.0, 0.0]]
 
 
+@pytest.mark.parametrize("nan", [False, True])
+def test_maxima_pool_gives_max_pool2d_values_and_gradients_ties_and_nan_included(nan) -> None:
+    # the maxima kernel itself, whichever kernel the measurement would pick on this machine
+    gen = torch.Generator().manual_seed(2)
+    x = torch.relu(torch.randint(0, 4, (5, 2, 6, 8), generator=gen).double() - 1)
+    if nan:  # NaN in several corners of one window and alone in another
+        x[0, 0, 0, 1] = x[0, 0, 1, 0] = x[1, 1, 3, 3] = float("nan")
+    x.requires_grad_()
+    g = torch.randn(5, 2, 3, 4, generator=gen, dtype=torch.float64)
+    y = _MaxPool2x2Function.apply(x)
+    (gx,) = torch.autograd.grad(y, x, g)
+    y_ref = nn.functional.max_pool2d(x, 2, 2)
+    (gx_ref,) = torch.autograd.grad(y_ref, x, g)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(gx, gx_ref)  # each window's gradient to its first maximum (or NaN)
+
+
 def test_fast_pool_propagates_nan_and_falls_back_on_odd_sizes() -> None:
     x = torch.ones(1, 1, 4, 4)
     x[0, 0, 1, 1] = float("nan")
@@ -80,7 +102,8 @@ def _pick(forward: str, input_grad: str, weight_grad: str, pool: str):
 
 
 CONV = ("nnpack", "onednn")
-CHOICES = [(f, g, w, p) for f in CONV for g in CONV for w in ("backward", "batch-correlation")
+WEIGHT_GRAD = ("backward", "batch-correlation", "backward-channels-last")
+CHOICES = [(f, g, w, p) for f in CONV for g in CONV for w in WEIGHT_GRAD
            for p in ("maxima", "max_pool2d")]  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from lkstn.learned.stn import CSTN, ICSTN, STN, AlignThenClassify, Transformed
 from lkstn.learned.torch_warp import WarpSampler
 from lkstn.perturb import perturb
 from lkstn.result import Aligner
+from lkstn.sampling import warped_grid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,6 +55,25 @@ def test_sampler_matches_lkstn_warps(warp) -> None:
     torch.testing.assert_close(Mp, warp.matrix(p), rtol=0, atol=1e-15)
     torch.testing.assert_close(S.params(Mp), p, rtol=0, atol=1e-15)
     torch.testing.assert_close(S.params(S.compose(Mp, Mq)), warp.compose(p, q), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=lambda w: w.name)
+def test_sampling_grid_gradient_in_closed_form_equals_autograd(warp) -> None:
+    # the CPU grid's hand-written gradient in M against autograd through the same formula:
+    # both are exact up to float64 rounding of sums over the 28 x 31 points
+    sampler = WarpSampler(warp, (28, 31)).double()
+    gen = torch.Generator().manual_seed(3)
+    p = 0.1 * torch.randn(6, warp.n_params, generator=gen, dtype=torch.float64)
+    M = sampler.matrix(p).requires_grad_()
+    image = torch.rand(6, 2, 40, 35, generator=gen, dtype=torch.float64)
+    g = torch.randn(6, 2, 28, 31, generator=gen, dtype=torch.float64)
+    (dM,) = torch.autograd.grad(sampler.sample(image, M), M, g)
+    M2 = M.detach().requires_grad_()
+    grid = warped_grid(M2, sampler.grid, projective=warp.projective).permute(1, 2, 0)
+    out = nn.functional.grid_sample(image, grid.reshape(6, 28, 31, 2), align_corners=True)
+    (dM2,) = torch.autograd.grad(out, M2, g)
+    torch.testing.assert_close(dM, dM2, rtol=1e-10, atol=1e-10 * dM2.abs().max().item())
+    assert torch.autograd.gradcheck(sampler.grid_of, (M[:2].detach().requires_grad_(),))
 
 
 def test_sampler_follows_dtype_and_keeps_constants_out_of_state_dict() -> None:

@@ -124,7 +124,8 @@ class _Conv2dFunction(torch.autograd.Function):
 def _weight_grad(x: Tensor, grad: Tensor, weight: Tensor) -> Tensor:
     """``dL/dw`` of a unit-stride, unpadded ``conv2d``, by the oneDNN kernel measured fastest.
 
-    Candidates: ``convolution_backward``, and the forward correlation of the inputs with the
+    Candidates: ``convolution_backward`` on the tensors as they are or copied to channels-last
+    (oneDNN's kernels differ by layout), and the forward correlation of the inputs with the
     output gradients over the batch, ``dL/dw[o, i] = sum_b x[b, i] * g[b, o]`` (the batch as
     the channels: ``conv2d(x^T (I, B, H, W), g^T (O, B, h, w)) -> (I, O, kh, kw)``).
     """
@@ -138,7 +139,18 @@ def _weight_grad(x: Tensor, grad: Tensor, weight: Tensor) -> Tensor:
     def batch_correlation() -> Tensor:
         return F.conv2d(x.transpose(0, 1), grad.transpose(0, 1)).transpose(0, 1)  # (O, I, kh, kw)
 
-    candidates = {"backward": backward, "batch-correlation": batch_correlation}
+    def backward_channels_last() -> Tensor:
+        last = torch.channels_last
+        return torch.ops.aten.convolution_backward(
+            grad.contiguous(memory_format=last), x.contiguous(memory_format=last), weight,
+            None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask,
+        )[1].contiguous()  # fmt: skip
+
+    candidates = {
+        "backward": backward,
+        "batch-correlation": batch_correlation,
+        "backward-channels-last": backward_channels_last,
+    }
     shapes = f"x={tuple(x.shape)} g={tuple(grad.shape)}"
     return candidates[choose(thread_key("conv2d weight-grad", shapes, _dtype(x)), candidates)]()
 
@@ -173,32 +185,64 @@ def _plain_conv(m: nn.Module) -> bool:
 
 
 class _MaxPool2x2Function(torch.autograd.Function):
-    """2x2 max-pooling with stride 2 of ``(B, C, 2h, 2w)``, as ``F.max_pool2d(x, 2, 2)``."""
+    """2x2 max-pooling with stride 2 of ``(B, C, 2h, 2w)``, as ``F.max_pool2d(x, 2, 2)``.
+
+    Forward: the maximum of each window's top pair, of its bottom pair, then of the two (three
+    elementwise maxima of strided views), remembering as three boolean planes which of each pair
+    won (the right one only when strictly greater, the bottom one likewise: the first maximum in
+    row-major order, where ``max_pool2d`` sends the gradient). Backward: the gradient split by
+    those planes, written straight into the four strided corners of the input's gradient. A
+    window holding a NaN sends its gradient to its last NaN, as ``max_pool2d`` does (a slower
+    pass, taken only when the output holds a NaN).
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        rows = x.view(B, C, H // 2, 2, W)
-        top = torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).view(B, C, H // 2, W // 2, 2)
-        y = torch.maximum(top[..., 0], top[..., 1])  # NaN propagates, as in max_pool2d
-        ctx.save_for_backward(x, y)
+        win = x.view(B, C, H // 2, 2, W // 2, 2)
+        tl, tr, bl, br = (win[:, :, :, i, :, j] for i in (0, 1) for j in (0, 1))
+        top, bottom = torch.maximum(tl, tr), torch.maximum(bl, br)  # NaN propagates
+        y = torch.maximum(top, bottom)
+        ctx.nan = bool(y.isnan().any())
+        ctx.save_for_backward(*((x, y) if ctx.nan else (tr > tl, br > bl, bottom > top)))
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        x, y = ctx.saved_tensors
-        B, C, H, W = x.shape
-        win = x.view(B, C, H // 2, 2, W // 2, 2)
-        corners = [win[:, :, :, i, :, j] for i in (0, 1) for j in (0, 1)]  # row-major order
-        grad_x = torch.zeros_like(x)
-        out = grad_x.view(B, C, H // 2, 2, W // 2, 2)
-        taken = torch.zeros_like(y, dtype=torch.bool)
-        for k, value in enumerate(corners):  # the first maximum of each window gets the gradient
-            hit = (value == y) | (value != value)  # a NaN window: the gradient goes to a NaN
-            first = hit & ~taken
-            out[:, :, :, k // 2, :, k % 2] = grad * first
-            taken |= first
+        if ctx.nan:
+            return _pool_grad_with_nan(*ctx.saved_tensors, grad)
+        right_top, right_bottom, low = ctx.saved_tensors
+        B, C, h, w = grad.shape
+        grad_x = grad.new_empty(B, C, 2 * h, 2 * w)
+        out = grad_x.view(B, C, h, 2, w, 2)
+        grad = grad.contiguous()
+        lower = grad * low
+        for i, rows, right in ((0, grad - lower, right_top), (1, lower, right_bottom)):
+            torch.mul(rows, right, out=out[:, :, :, i, :, 1])
+            torch.sub(rows, out[:, :, :, i, :, 1], out=out[:, :, :, i, :, 0])
         return grad_x
+
+
+def _pool_grad_with_nan(x: Tensor, y: Tensor, grad: Tensor) -> Tensor:
+    """The gradient of 2x2 max-pooling as ``max_pool2d`` sends it: in each window to the first
+    maximum in row-major order, or to the last NaN when the window holds one."""
+    B, C, H, W = x.shape
+    win = x.view(B, C, H // 2, 2, W // 2, 2)
+    corners = [win[:, :, :, i, :, j] for i in (0, 1) for j in (0, 1)]  # row-major order
+    grad_x = torch.zeros_like(x)
+    out = grad_x.view(B, C, H // 2, 2, W // 2, 2)
+    taken = torch.zeros_like(y, dtype=torch.bool)
+    hits = {}
+    for k, value in enumerate(corners):
+        hits[k] = (value == y) & ~taken  # never true in a NaN window
+        taken |= hits[k]
+    for k in reversed(range(4)):
+        nan = corners[k].isnan() & ~taken
+        hits[k] |= nan
+        taken |= nan
+    for k, hit in hits.items():
+        out[:, :, :, k // 2, :, k % 2] = grad * hit
+    return grad_x
 
 
 class FastMaxPool2d(nn.MaxPool2d):
