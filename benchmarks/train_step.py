@@ -18,17 +18,20 @@ lkstn-eager
     functions) in a plain loop, default ``nn.Conv2d``.
 lkstn
     What :func:`lkstn.learned.train.train` runs: :class:`lkstn.learned.stn.ICSTN` (cached grid,
-    one matmul per grid, composition on matrices) inside
+    its gradient in closed form, composition on matrices) inside
     :class:`~lkstn.learned.stn.AlignThenClassify`, with the fast CPU layers of
     :func:`lkstn.learned.accel.fast_cpu.fast_cpu_layers` (forward and input-gradient convolutions by
-    NNPACK or oneDNN, 2x2 max-pool by elementwise maxima or ``max_pool2d``, each chosen by
-    measurement at its first call, :mod:`lkstn.learned.accel.kernels`; the choices are printed and
-    written to the JSON as ``kernel_choices``) and, with ``T > 1`` threads, the batch cut into
-    ``T`` shards whose forward and backward run in ``T`` threads of one intra-op thread each
-    (:class:`lkstn.learned.accel.shards.ShardedStep`, ``TrainConfig.workers``).
+    NNPACK or oneDNN, weight gradients by one of three oneDNN routes, 2x2 max-pool by elementwise
+    maxima or ``max_pool2d``, each chosen by measurement at its first call,
+    :mod:`lkstn.learned.accel.kernels`; the choices are printed and written to the JSON as
+    ``kernel_choices``) and, with ``T > 1`` threads, whichever of ``lkstn-shards`` and
+    ``lkstn-1worker`` :func:`lkstn.learned.accel.shards.measured_workers` chose (``workers`` in
+    the JSON; the same step function as that variant, timed again).
+lkstn-shards (``T > 1`` only)
+    The batch cut into ``T`` shards whose forward and backward run in ``T`` threads of one
+    intra-op thread each (:class:`lkstn.learned.accel.shards.ShardedStep`).
 lkstn-1worker (``T > 1`` only)
-    ``lkstn`` without shards: one forward and backward of the whole batch on ``T`` intra-op
-    threads.
+    One forward and backward of the whole batch on ``T`` intra-op threads.
 lkstn-fixed
     ``lkstn`` with the kernels fixed as they were before the choice by measurement (NNPACK for
     forward and input-gradient convolutions, oneDNN's backward for the weight gradient,
@@ -80,7 +83,11 @@ import reference_icstn  # noqa: E402
 
 from lkstn.learned.accel.fast_cpu import fast_cpu_layers  # noqa: E402
 from lkstn.learned.accel.kernels import kernel_choices, pin_kernels  # noqa: E402
-from lkstn.learned.accel.shards import ShardedStep, intra_op_threads  # noqa: E402
+from lkstn.learned.accel.shards import (  # noqa: E402
+    ShardedStep,
+    intra_op_threads,
+    measured_workers,
+)
 from lkstn.learned.predictors import mnist_classifier, mnist_predictor  # noqa: E402
 from lkstn.learned.stn import ICSTN, AlignThenClassify  # noqa: E402
 from lkstn.learned.streams import Batch  # noqa: E402
@@ -243,13 +250,20 @@ def build(seed: int, with_compile: bool, threads: int):
     variants = {"reference": (lambda: ref.step(images, labels), threads)}
     for name, (model, pred, clf) in lkstn_models(ref).items():
         variants[name] = (lkstn_step(model, pred, clf, images, labels, gen), threads)
-    if threads > 1:  # what train() does with threads > 1: a shard per thread, 1 intra-op thread
+    workers = 1
+    if threads > 1:  # what train() does with threads > 1: shards or not, as measured here
         model, pred, clf = lkstn_models(ref)["lkstn"]
         variants["lkstn-1worker"] = variants["lkstn"]
-        variants["lkstn"] = (lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1)
+        variants["lkstn-shards"] = (
+            lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1
+        )  # fmt: skip
+        p_init = perturbation(Homography(), images.shape[0], SIGMA_PX, SHAPE, gen)
+        loss = lambda out, b: F.cross_entropy(out, b.target)  # noqa: E731
+        workers = measured_workers(model, loss, Batch(images, p_init, labels))
+        variants["lkstn"] = variants["lkstn-shards" if workers > 1 else "lkstn-1worker"]
     model, pred, clf = lkstn_models(ref)["lkstn"]
     fixed = lkstn_step(model, pred, clf, images, labels, gen, workers=threads)
-    variants["lkstn-fixed"] = (with_fixed_kernels(fixed), variants["lkstn"][1])
+    variants["lkstn-fixed"] = (with_fixed_kernels(fixed), 1 if threads > 1 else threads)
     compile_s = None
     if with_compile:
         pred, clf = copy_reference_weights(ref)
@@ -260,7 +274,7 @@ def build(seed: int, with_compile: bool, threads: int):
         step()
         compile_s = time.perf_counter() - start
         variants["lkstn-compiled"] = (step, threads)
-    return images, labels, variants, compile_s
+    return images, labels, variants, compile_s, workers
 
 
 def measure(variants, rounds: int, steps: int, warmup: int) -> dict:
@@ -292,11 +306,11 @@ def measure(variants, rounds: int, steps: int, warmup: int) -> dict:
 def worker(args) -> dict:
     """One thread count, in a fresh process (NNPACK sizes its thread pool once, at first use)."""
     torch.set_num_threads(args.threads[0])
-    images, labels, variants, compile_s = build(args.seed, args.compile, args.threads[0])
+    images, labels, variants, compile_s, workers = build(args.seed, args.compile, args.threads[0])
     check = check_same_function(args.seed, images, labels, args.threads[0])
     res = measure(variants, args.rounds, args.steps, args.warmup)
     return {"same_function_check": check, "compile_seconds": compile_s, "results": res,
-            "kernel_choices": kernel_choices()}  # fmt: skip
+            "kernel_choices": kernel_choices(), "workers": workers}  # fmt: skip
 
 
 def main() -> None:

@@ -58,8 +58,10 @@ class TrainConfig:
     workers : int or None
         Split each batch into this many shards, whose forward and backward run in parallel
         threads with one intra-op thread each (:mod:`lkstn.learned.accel.shards`: the batch's
-        gradient, summed in a fixed order). ``None``: ``torch.get_num_threads()`` on a CPU (at
-        most one shard per 25 samples), 1 on other devices. Results depend on it in the last
+        gradient, summed in a fixed order). ``None``: on a CPU with several intra-op threads,
+        ``torch.get_num_threads()`` shards (at most one per 25 samples) or 1, whichever steps
+        faster on this machine (:func:`~lkstn.learned.accel.shards.measured_workers`); 1 on
+        other devices. Results depend on it in the last
         bits, so resume with the same value.
     cuda_graph : bool
         On a CUDA device, capture each step's forward and backward into a CUDA graph at the

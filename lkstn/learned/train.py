@@ -17,9 +17,11 @@ bit for bit (on the same machine with the same ``torch.get_num_threads()`` and `
 kernels' floating-point reductions depend on them). Which CPU kernel computes each layer is chosen
 by timing at the first step (:mod:`lkstn.learned.accel.kernels`) and returned in
 :attr:`TrainResult.kernels`; the choice is timed once per machine and kept in a file
-(:func:`lkstn.learned.accel.kernels.cache_path`), so identical runs compute alike. On a CPU each
-batch is cut into ``workers`` shards (default: one per thread, 25 samples or more each) whose
-forward and backward run in parallel threads (:mod:`lkstn.learned.accel.shards`); on a GPU, with
+(:func:`lkstn.learned.accel.kernels.cache_path`), so identical runs compute alike. On a CPU with
+several intra-op threads each batch may be cut into ``workers`` shards (25 samples or more each)
+whose forward and backward run in parallel threads (:mod:`lkstn.learned.accel.shards`); by
+default, whether to shard is measured at the start like the kernels, kept with them, and
+pinned on resume; on a GPU, with
 ``cuda_graph=True``, each step's forward and backward is replayed from a CUDA graph
 (:mod:`lkstn.learned.accel.graphed`); the next batch is drawn while a GPU computes the current one.
 Training runs in float32 without TensorFloat-32 unless ``tf32=True``. The test perturbations are
@@ -62,7 +64,7 @@ from lkstn import runs
 from lkstn.learned.accel.fast_cpu import fast_cpu_layers
 from lkstn.learned.accel.graphed import GraphedStep
 from lkstn.learned.accel.kernels import kernel_choices, pin_kernels
-from lkstn.learned.accel.shards import ShardedStep, default_workers, intra_op_threads
+from lkstn.learned.accel.shards import ShardedStep, intra_op_threads, measured_workers
 from lkstn.learned.checkpoint import save_checkpoint
 from lkstn.learned.config import MAX_SKIPS_IN_A_ROW, TrainConfig, TrainingDiverged, TrainResult
 from lkstn.learned.resume import resume_run, run_identity, seed_everything
@@ -79,6 +81,7 @@ __all__ = [
 ]
 
 KERNELS = "kernels.json"  # in the run directory: the CPU kernels chosen, pinned on resume
+_WORKERS = 2  # step_generator purpose of the batch timed by measured_workers (0, 1: train, test)
 
 
 def train(
@@ -138,18 +141,21 @@ def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResul
     """:func:`train` with the run directory (if any) locked: the training loop."""
     first = next(model.parameters())
     device, dtype = first.device, first.dtype
-    config = replace(config, workers=config.workers or default_workers(model, config.batch_size))
     optimizer = _optimizer(model, config)
     start = _open_run(run, model, optimizer, config, data, resume, fresh, data_identity)
     if start == 0:
         seed_everything(config.seed)
+    if start > 0 and (run / KERNELS).exists():  # the kernels and shards the run chose
+        pin_kernels(json.loads((run / KERNELS).read_text()))
     if config.fast_conv and device.type == "cpu":
         fast_cpu_layers(model)
-        if start > 0 and (run / KERNELS).exists():  # the kernels the run chose: bit for bit
-            pin_kernels(json.loads((run / KERNELS).read_text()))
     data = data.to(device, dtype)
     aligner = getattr(model, "aligner", model)
     warp, shape = aligner.warp, aligner.template_shape
+    if config.workers is None:  # shards or not, as measured here (pinned again on resume)
+        sample = data.batch(warp, shape, config.sigma, config.batch_size,
+                            step_generator(config.seed, 0, _WORKERS))  # fmt: skip
+        config = replace(config, workers=measured_workers(model, data.loss, sample))
     test = data.test_set(warp, shape, config.sigma, config.batch_size, config.seed, config.n_test)
     step_fn = _step_function(model, data, config, device)
     guard = _NonFiniteGuard(config, run, last_saved=start or None)

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from lkstn.learned.accel.shards import ShardedStep, default_workers, intra_op_threads, split_batch
+from lkstn.learned.accel.kernels import clear_kernel_choices, kernel_choices, pin_kernels
+from lkstn.learned.accel.shards import (
+    ShardedStep,
+    default_workers,
+    intra_op_threads,
+    measured_workers,
+    split_batch,
+)
 from lkstn.learned.checkpoint import load_checkpoint
 from lkstn.learned.predictors import LinearPredictor, mnist_classifier, mnist_predictor
 from lkstn.learned.stn import ICSTN, AlignThenClassify
@@ -122,6 +129,28 @@ def test_train_restores_the_thread_count_and_workers_are_validated() -> None:
             TrainConfig(n_steps=1, sigma=1.0, workers=bad)
         with pytest.raises(ValueError, match="workers"):
             ShardedStep(classifier_model(), digits().loss, bad)
+
+
+def test_measured_workers_times_shards_against_one_batch_and_keeps_the_choice() -> None:
+    model, data = classifier_model(), digits(n=100)
+    batch = data.batch(Homography(), (28, 28), 1.0, 100, step_generator(0, 0))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)  # what the caller had: left as it was
+    clear_kernel_choices()
+    with intra_op_threads(2):
+        chosen = measured_workers(model, data.loss, batch)
+        (key,) = [k for k in kernel_choices() if k.startswith("train step workers")]
+        assert chosen in (1, 2) and kernel_choices()[key] == f"{chosen} workers"
+        assert "threads=2" in key and "batch=100" in key
+        for pinned in (1, 2):  # a pin (a resumed run's kernels.json) is obeyed
+            pin_kernels({key: f"{pinned} workers"})
+            assert measured_workers(model, data.loss, batch) == pinned
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+    with intra_op_threads(1):  # one thread, or too few samples for two shards: nothing to time
+        assert measured_workers(model, data.loss, batch) == 1
+    with intra_op_threads(2):
+        assert measured_workers(model, data.loss, split_batch(batch, 4)[0]) == 1
+    clear_kernel_choices()
 
 
 @pytest.mark.parametrize("layer", [nn.BatchNorm2d(1), nn.Dropout(0.5)])

@@ -179,6 +179,35 @@ def choose(
     return name
 
 
+def choose_composite(
+    key: str,
+    candidates: Mapping[str, Callable[[], Any]],
+    *,
+    repeats: int = 5,
+    timer: Callable[[], float] = time.perf_counter,
+) -> str:
+    """:func:`choose` for candidates that make choices of their own in other threads.
+
+    A training step in shards is one: its threads choose their layers' kernels, and would wait
+    forever on the lock that :func:`choose` holds while it measures. Here the measurement runs
+    without the lock (and with autograd as the candidates leave it); two concurrent first calls
+    with one key may both measure, and the first to finish is kept. Pins and stored choices are
+    obeyed as by :func:`choose`.
+    """
+    with _LOCK:
+        name = _CHOICES.get(key)
+        if name is None or name not in candidates:
+            name = _stored().get(key)
+        if name is not None and name in candidates:
+            _CHOICES[key] = name
+            return name
+    name = fastest(candidates, repeats=repeats, timer=timer)
+    with _LOCK:
+        name = _CHOICES.setdefault(key, name)
+        _store(key, name)
+    return name
+
+
 def kernel_choices() -> dict[str, str]:
     """Every choice made (or pinned) in this process: key -> candidate name."""
     with _LOCK:

@@ -1,8 +1,8 @@
 """Forward and backward of one training batch, split into shards computed by parallel threads.
 
 The networks of [LL17] are small: 1-8 channel convolutions on 28x28 or 36x36 images. On a CPU
-such layers do not spread over cores inside one operator (NNPACK's thread pool serialises its
-callers, oneDNN's threads have too little work each), so :func:`~lkstn.learned.train.train` uses
+such layers spread badly over cores inside one operator (NNPACK's thread pool serialises its
+callers, oneDNN's threads have little work each), so :func:`~lkstn.learned.train.train` can use
 the cores the other way round: the batch of ``n`` samples is cut into ``workers`` shards, each
 shard's forward and backward runs in its own Python thread with one intra-op thread (PyTorch
 releases the GIL inside its operators), and the shard gradients are summed.
@@ -14,6 +14,9 @@ are added in shard order, whatever thread finishes first, so a run is determinis
 bit for bit with the same ``workers``. This holds for models that treat samples independently:
 batch normalisation (batch statistics) and dropout (the global random stream, drawn in thread
 order) are refused.
+
+Which way is faster depends on the CPU, the model and the load, so by default ``train``
+measures both on a batch (:func:`measured_workers`).
 
 Glossary: ``n`` batch size, ``workers`` number of shards and threads.
 """
@@ -28,9 +31,17 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from lkstn.learned.accel.kernels import choose_composite, thread_key
 from lkstn.learned.streams import Batch
 
-__all__ = ["ShardedStep", "default_workers", "detached", "intra_op_threads", "split_batch"]
+__all__ = [
+    "ShardedStep",
+    "default_workers",
+    "detached",
+    "intra_op_threads",
+    "measured_workers",
+    "split_batch",
+]
 
 T = TypeVar("T")
 
@@ -45,6 +56,52 @@ def default_workers(model: nn.Module, batch_size: int) -> int:
     if first is not None and first.device.type != "cpu":
         return 1
     return max(1, min(torch.get_num_threads(), batch_size // 25))
+
+
+def measured_workers(model: nn.Module, loss: Callable[[Any, Batch], Tensor], batch: Batch) -> int:
+    """Shards or not: :func:`default_workers`'s count, or 1, whichever steps ``batch`` faster here.
+
+    The two ways to use ``T`` intra-op threads, ``T`` shards of one thread each or the whole
+    batch on ``T`` threads, rank differently by CPU, model and load (both measured ahead on 2
+    cores, ``benchmarks/train_step.py``). So each is timed on ``batch`` (forward and backward,
+    a few interleaved rounds, :func:`lkstn.learned.accel.kernels.choose_composite`) and the
+    choice is kept per machine like the layers' kernels, listed by
+    :func:`~lkstn.learned.accel.kernels.kernel_choices` (a run directory's ``kernels.json``,
+    pinned again on resume). The parameters' ``.grad`` are left as they were.
+    """
+    n = batch.p_init.shape[0]
+    shards = default_workers(model, n)
+    if shards == 1:
+        return 1
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    steps: dict[int, ShardedStep] = {}
+
+    def timed(workers: int) -> Callable[[], None]:
+        step = steps[workers] = ShardedStep(model, loss, workers)
+
+        def run() -> None:
+            with torch.enable_grad(), intra_op_threads(1 if workers > 1 else None):
+                step(batch)
+            for p in params:
+                p.grad = None
+
+        return run
+
+    try:
+        candidates = {f"{w} workers": timed(w) for w in (shards, 1)}
+        for run in candidates.values():  # the layers choose their kernels first
+            run()
+        size = sum(p.numel() for p in params)
+        workload = f"{type(model).__name__} params={size} images={tuple(batch.images.shape)}"
+        key = thread_key("train step workers", workload, f"batch={n}")
+        name = choose_composite(key, candidates)
+    finally:
+        for step in steps.values():
+            step.close()
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+    return int(name.split()[0])
 
 
 def split_batch(batch: Batch, workers: int) -> list[Batch]:
