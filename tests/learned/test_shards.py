@@ -150,6 +150,8 @@ def test_measured_workers_times_shards_against_one_batch_and_keeps_the_choice() 
         assert measured_workers(model, data.loss, batch) == 1
     with intra_op_threads(2):
         assert measured_workers(model, data.loss, split_batch(batch, 4)[0]) == 1
+        dropout = nn.Sequential(nn.Dropout(0.5), nn.Flatten(), nn.Linear(784, 10))
+        assert measured_workers(dropout, lambda out, b: out.sum(), batch) == 1  # not sharded
     clear_kernel_choices()
 
 

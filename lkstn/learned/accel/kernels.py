@@ -168,10 +168,8 @@ def choose(
     recording unless the candidates enable it themselves.
     """
     with _LOCK:
-        name = _CHOICES.get(key)
-        if name is None or name not in candidates:
-            name = _stored().get(key)
-        if name is None or name not in candidates:
+        name = _known(key, candidates)
+        if name is None:
             with torch.no_grad():
                 name = fastest(candidates, repeats=repeats, timer=timer)
             _store(key, name)
@@ -195,10 +193,8 @@ def choose_composite(
     obeyed as by :func:`choose`.
     """
     with _LOCK:
-        name = _CHOICES.get(key)
-        if name is None or name not in candidates:
-            name = _stored().get(key)
-        if name is not None and name in candidates:
+        name = _known(key, candidates)
+        if name is not None:
             _CHOICES[key] = name
             return name
     name = fastest(candidates, repeats=repeats, timer=timer)
@@ -206,6 +202,15 @@ def choose_composite(
         name = _CHOICES.setdefault(key, name)
         _store(key, name)
     return name
+
+
+def _known(key: str, candidates: Mapping[str, Callable[[], Any]]) -> str | None:
+    """The choice for ``key`` pinned or made in this process, else the one stored for this
+    machine, if it names one of ``candidates``; ``None`` if it must be measured. Hold _LOCK."""
+    name = _CHOICES.get(key)
+    if name is None or name not in candidates:
+        name = _stored().get(key)
+    return name if name in candidates else None
 
 
 def kernel_choices() -> dict[str, str]:

@@ -67,11 +67,12 @@ def measured_workers(model: nn.Module, loss: Callable[[Any, Batch], Tensor], bat
     a few interleaved rounds, :func:`lkstn.learned.accel.kernels.choose_composite`) and the
     choice is kept per machine like the layers' kernels, listed by
     :func:`~lkstn.learned.accel.kernels.kernel_choices` (a run directory's ``kernels.json``,
-    pinned again on resume). The parameters' ``.grad`` are left as they were.
+    pinned again on resume). The parameters' ``.grad`` are left as they were. A model with batch
+    normalisation or dropout gets 1 (see :class:`ShardedStep`).
     """
     n = batch.p_init.shape[0]
     shards = default_workers(model, n)
-    if shards == 1:
+    if shards == 1 or _sample_mixer(model) is not None:
         return 1
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.grad for p in params]
@@ -102,6 +103,13 @@ def measured_workers(model: nn.Module, loss: Callable[[Any, Batch], Tensor], bat
         for p, g in zip(params, saved, strict=True):
             p.grad = g
     return int(name.split()[0])
+
+
+def _sample_mixer(model: nn.Module) -> nn.Module | None:
+    """A layer of ``model`` whose output for a sample depends on the others (batch statistics)
+    or on the order of the random draws (dropout): shards would change the result."""
+    kinds = nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd
+    return next((m for m in model.modules() if isinstance(m, kinds)), None)
 
 
 def split_batch(batch: Batch, workers: int) -> list[Batch]:
@@ -150,13 +158,12 @@ class ShardedStep:
     def __init__(self, model: nn.Module, loss: Callable[[Any, Batch], Tensor], workers: int):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        if workers > 1:
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd):
-                    raise ValueError(
-                        f"workers={workers} needs a model that treats samples independently; "
-                        f"{type(m).__name__} does not (use workers=1)"
-                    )
+        mixer = _sample_mixer(model)
+        if workers > 1 and mixer is not None:
+            raise ValueError(
+                f"workers={workers} needs a model that treats samples independently; "
+                f"{type(mixer).__name__} does not (use workers=1)"
+            )
         self.model, self.loss, self.workers = model, loss, workers
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._pool = (
