@@ -92,6 +92,31 @@ def test_choose_measures_once_per_key_records_and_obeys_pins() -> None:
     assert kernel_choices() == {}
 
 
+def test_a_composite_choice_lets_its_candidates_choose_in_other_threads() -> None:
+    # a candidate that waits for a choice made in another thread (a sharded training step):
+    # measured without the lock, so it finishes instead of waiting forever
+    from concurrent.futures import ThreadPoolExecutor
+
+    clock = FakeClock()
+    inner = {"x": clock.candidate("x", [1.0] * 6)}
+    pool = ThreadPoolExecutor(1)
+
+    def step(cost: float):
+        def run():
+            pool.submit(choose, "inner", inner, timer=clock).result(timeout=10)
+            clock.now += cost
+
+        return run
+
+    outer = {"shards": step(1.0), "whole": step(2.0)}
+    assert choose("train step", outer, timer=clock, composite=True) == "shards"
+    assert kernel_choices() == {"inner": "x", "train step": "shards"}
+    pin_kernels({"train step": "whole"})
+    assert choose("train step", outer, timer=clock, composite=True) == "whole"
+    pool.shutdown()
+    clear_kernel_choices()
+
+
 def test_thread_key_names_the_thread_count() -> None:
     import torch
 

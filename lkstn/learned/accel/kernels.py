@@ -158,6 +158,7 @@ def choose(
     *,
     repeats: int = 5,
     timer: Callable[[], float] = time.perf_counter,
+    composite: bool = False,
 ) -> str:
     """The candidate chosen for ``key``: :func:`fastest` at its first call, then the same name.
 
@@ -166,34 +167,19 @@ def choose(
     stored.
     Thread-safe: concurrent first calls with one key measure once. Timing runs without autograd
     recording unless the candidates enable it themselves.
+
+    ``composite=True`` is for candidates that make choices of their own in other threads (a
+    training step in shards: its threads choose their layers' kernels, and would wait forever
+    on the lock held here while measuring). The measurement then runs without the lock and with
+    autograd as the candidates leave it; two concurrent first calls with one key may both
+    measure, and the first to finish is kept.
     """
     with _LOCK:
         name = _known(key, candidates)
-        if name is None:
+        if name is None and not composite:
             with torch.no_grad():
                 name = fastest(candidates, repeats=repeats, timer=timer)
             _store(key, name)
-        _CHOICES[key] = name
-    return name
-
-
-def choose_composite(
-    key: str,
-    candidates: Mapping[str, Callable[[], Any]],
-    *,
-    repeats: int = 5,
-    timer: Callable[[], float] = time.perf_counter,
-) -> str:
-    """:func:`choose` for candidates that make choices of their own in other threads.
-
-    A training step in shards is one: its threads choose their layers' kernels, and would wait
-    forever on the lock that :func:`choose` holds while it measures. Here the measurement runs
-    without the lock (and with autograd as the candidates leave it); two concurrent first calls
-    with one key may both measure, and the first to finish is kept. Pins and stored choices are
-    obeyed as by :func:`choose`.
-    """
-    with _LOCK:
-        name = _known(key, candidates)
         if name is not None:
             _CHOICES[key] = name
             return name

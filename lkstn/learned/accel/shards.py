@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lkstn.learned.accel.kernels import choose_composite, thread_key
+from lkstn.learned.accel.kernels import choose, thread_key
 from lkstn.learned.streams import Batch
 
 __all__ = [
@@ -64,8 +64,8 @@ def measured_workers(model: nn.Module, loss: Callable[[Any, Batch], Tensor], bat
     The two ways to use ``T`` intra-op threads, ``T`` shards of one thread each or the whole
     batch on ``T`` threads, rank differently by CPU, model and load (both measured ahead on 2
     cores, ``benchmarks/train_step.py``). So each is timed on ``batch`` (forward and backward,
-    a few interleaved rounds, :func:`lkstn.learned.accel.kernels.choose_composite`) and the
-    choice is kept per machine like the layers' kernels, listed by
+    a few interleaved rounds: :func:`lkstn.learned.accel.kernels.choose`, ``composite=True``)
+    and the choice is kept per machine like the layers' kernels, listed by
     :func:`~lkstn.learned.accel.kernels.kernel_choices` (a run directory's ``kernels.json``,
     pinned again on resume). The parameters' ``.grad`` are left as they were. A model with batch
     normalisation or dropout gets 1 (see :class:`ShardedStep`).
@@ -96,7 +96,7 @@ def measured_workers(model: nn.Module, loss: Callable[[Any, Batch], Tensor], bat
         size = sum(p.numel() for p in params)
         workload = f"{type(model).__name__} params={size} images={tuple(batch.images.shape)}"
         key = thread_key("train step workers", workload, f"batch={n}")
-        name = choose_composite(key, candidates)
+        name = choose(key, candidates, composite=True)
     finally:
         for step in steps.values():
             step.close()
