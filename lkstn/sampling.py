@@ -2,7 +2,8 @@
 
 Sampling is bilinear with zero padding: a sample between an edge pixel and the outside is
 interpolated with zeros, exactly as ``grid_sample(mode="bilinear", padding_mode="zeros",
-align_corners=True)`` and SciPy's ``map_coordinates(order=1, mode="grid-constant")`` do (SciPy's
+align_corners=True)`` and SciPy's ``map_coordinates(order=1, mode="grid-constant")`` do (NumPy
+runs :func:`lkstn.filters.bilinear`, SciPy's arithmetic; SciPy's
 plain ``"constant"`` differs in that one-pixel fringe). ``mode="border"`` repeats edge pixels
 (``padding_mode="border"`` / ``mode="nearest"``).
 
@@ -32,9 +33,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from lkstn._backend import Array, ArrayLike, asarray, is_torch, namespace
+from lkstn.filters import bilinear
 from lkstn.warps import Warp, warp_from_name
 
 __all__ = [
@@ -304,24 +305,17 @@ def _warp_numpy(image, warp, p, out_shape, channel_axis, mode) -> np.ndarray:
     chans = image.reshape(-1, H, W, 1 if channel_axis is None else image.shape[-1])  # (n_img, ...)
     # source image of each output, without materialising one image copy per output
     src = np.broadcast_to(np.arange(chans.shape[0]).reshape(img_batch), batch).reshape(-1)  # (n,)
-    scipy_mode = "grid-constant" if mode == "zeros" else "nearest"
     n, C = src.size, chans.shape[-1]
     out = np.empty((n, col.shape[-1], C), dtype=image.dtype)
-    if _single_source(image, img_batch, batch):
-        for c in range(C):  # a loop over channels, never over alignments
-            out[..., c] = ndimage.map_coordinates(
-                chans[0, ..., c], (row, col), order=1, mode=scipy_mode, cval=0.0
-            )
-    else:
-        # a zero image after each one: the zero-weight neighbour along the batch axis of the
-        # 3-D interpolation is then finite, so a NaN/inf image cannot leak into the one before
-        spaced = np.zeros((2 * chans.shape[0], *chans.shape[1:]), dtype=chans.dtype)
-        spaced[::2] = chans
-        idx = np.broadcast_to(2 * src[:, None], row.shape)
-        for c in range(C):
-            out[..., c] = ndimage.map_coordinates(
-                spaced[..., c], (idx, row, col), order=1, mode=scipy_mode, cval=0.0
-            )
+    single = _single_source(image, img_batch, batch)
+    for c in range(C):  # a loop over channels, never over alignments
+        out[..., c] = bilinear(
+            chans[0, ..., c] if single else chans[..., c],
+            row,
+            col,
+            source=None if single else src,
+            mode="zeros" if mode == "zeros" else "nearest",
+        )
     out = out.reshape(*batch, *out_shape, C)
     return out if channel_axis is not None else out[..., 0]
 

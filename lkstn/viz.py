@@ -9,7 +9,6 @@ mapping from a name to per-iteration mean errors.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from lkstn.overlay import checkerboard, outline, panels, save_overlay
 from lkstn.sampling import canonical_to_pixel
 from lkstn.warps import Warp
 
@@ -190,32 +190,6 @@ def plot_mean_variance(
     return fig
 
 
-def _outline(H: npt.ArrayLike, template_shape: tuple[int, int]) -> np.ndarray:
-    """The template's corner pixels moved by the pixel matrix ``H``, ``(4, 2)``."""
-    h, w = template_shape
-    c = np.array(
-        [[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [w - 1.0, h - 1.0, 1.0], [0.0, h - 1.0, 1.0]]
-    )
-    m = c @ np.asarray(H, dtype=float).T  # (4, 3)
-    return m[:, :2] / m[:, 2:]
-
-
-def _display(image: np.ndarray) -> np.ndarray:
-    """Grey or RGB in ``[0, 1]`` for imshow, standardised to the 1st-99th percentiles."""
-    image = np.asarray(image, dtype=float)
-    lo, hi = np.nanpercentile(image, [1, 99])
-    return np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
-
-
-def checkerboard(a: np.ndarray, b: np.ndarray, n_tiles: int = 6) -> np.ndarray:
-    """Tiles taken alternately from two equal-shaped grey images (``a`` in the top-left)."""
-    h, w = a.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w]
-    size = max(1, int(np.ceil(max(h, w) / n_tiles)))
-    pick_a = ((yy // size + xx // size) % 2 == 0).reshape(h, w, *([1] * (a.ndim - 2)))
-    return np.where(pick_a, a, b)
-
-
 def plot_overlay(
     image: np.ndarray,
     template: np.ndarray,
@@ -232,39 +206,31 @@ def plot_overlay(
     alignment is right). ``H`` and ``H_init`` are pixel matrices (:mod:`lkstn.pixels`).
     The figure is at most :data:`MAX_FIGSIZE` inches whatever the image size. Made without
     pyplot (a bare :class:`matplotlib.figure.Figure`), so no backend or window is involved.
+    :func:`lkstn.overlay.save_overlay` (re-exported here) writes the same panels with Pillow.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Polygon
 
-    from lkstn.pixels import warp_image_pixels
-
-    image, template = np.asarray(image, dtype=float), np.asarray(template, dtype=float)
-    grey = template if template.ndim == 2 else template.mean(-1)
-    registered = warp_image_pixels(image, H, grey.shape)
-    reg_grey = registered if registered.ndim == 2 else registered.mean(-1)
+    shown = panels(image, template, H)
+    image = np.asarray(image, dtype=float)
     ih, iw = image.shape[:2]
-    th, tw = grey.shape
+    th, tw = np.asarray(template).shape[:2]
     ratios = [iw / ih, tw / th, tw / th, tw / th]
     height = MAX_FIGSIZE[0] / (sum(ratios) + 0.3)
     height = min(MAX_FIGSIZE[1], height)
     fig = Figure(figsize=(min(MAX_FIGSIZE[0], height * (sum(ratios) + 0.3)), height + 0.6))
     axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": ratios})
-    axes[0].imshow(_display(image), cmap="gray" if image.ndim == 2 else None)
+    axes[0].imshow(shown[0][0], cmap="gray" if image.ndim == 2 else None)
     if H_init is not None:
-        axes[0].add_patch(Polygon(_outline(H_init, (th, tw)), fill=False, ls="--", lw=1.5,
+        axes[0].add_patch(Polygon(outline(H_init, (th, tw)), fill=False, ls="--", lw=1.5,
                                   color="orange", label="start"))  # fmt: skip
-    axes[0].add_patch(Polygon(_outline(H, (th, tw)), fill=False, lw=2, color="cyan",
+    axes[0].add_patch(Polygon(outline(H, (th, tw)), fill=False, lw=2, color="cyan",
                               label="result"))  # fmt: skip
     axes[0].legend(loc="upper right", fontsize=8, framealpha=0.8)
     axes[0].set_xlim(-0.5, iw - 0.5)
     axes[0].set_ylim(ih - 0.5, -0.5)
     axes[0].set_title("image", fontsize=9)
-    panels = [
-        (_display(template), "template"),
-        (_display(registered), "image registered"),
-        (checkerboard(_display(grey), _display(reg_grey)), "checkerboard"),
-    ]
-    for ax, (img, name) in zip(axes[1:], panels, strict=True):
+    for ax, (img, name) in zip(axes[1:], shown[1:], strict=True):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         ax.set_title(name, fontsize=9)
     for ax in axes:
@@ -274,10 +240,3 @@ def plot_overlay(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def save_overlay(path: str | os.PathLike[str], image: np.ndarray, template: np.ndarray,
-                 H: npt.ArrayLike, H_init: npt.ArrayLike | None = None,
-                 *, title: str | None = None, dpi: int = 100) -> None:  # fmt: skip
-    """Write :func:`plot_overlay` to a PNG (or any format matplotlib writes)."""
-    plot_overlay(image, template, H, H_init, title=title).savefig(path, dpi=dpi)

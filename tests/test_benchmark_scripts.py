@@ -70,3 +70,21 @@ def test_paired_counts_add_up(capsys):
         i, e, both = int(n["ICLK"]), int(n["ECC"]), int(n["both"])
         assert i == both + int(n["ICLK only"]) and e == both + int(n["ECC only"])
     assert "sigma 1: ICLK 8, ECC 8, both 8" in rows[0]  # 1 px starts: everyone converges
+
+
+def test_align_command_times_every_command_and_the_alignments_converge(tmp_path):
+    bench = _load(ROOT / "benchmarks" / "align_command.py")
+    out = tmp_path / "align.json"
+    assert bench.main(["--repeats", "1", "--photos", "coins", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {row["command"]: row for row in report["rows"]}
+    assert list(rows) == [
+        "python -c pass",
+        "python -c 'import numpy'",
+        "lkstn align --no-overlay",
+        "lkstn align",
+    ]
+    assert report["converged"] == [2, 2]  # both lkstn runs exit 0: the start 3 px off is found
+    floor, run = rows["python -c 'import numpy'"], rows["lkstn align --no-overlay"]
+    assert 0 < floor["wall_best_s"] <= floor["wall_median_s"] and run["cpu_median_s"] > 0
+    assert report["machine"]["cpu"]["model_name"]

@@ -30,3 +30,31 @@ def test_checkerboard_alternates_tiles():
     a, b = np.zeros((12, 12)), np.ones((12, 12))
     c = checkerboard(a, b, n_tiles=2)
     assert c[0, 0] == 0 and c[0, 11] == 1 and c[11, 0] == 1 and c[11, 11] == 0
+
+
+def test_pillow_overlay_draws_the_boxes_where_the_matrices_put_them(tmp_path):
+    """The Pillow overlay (what ``lkstn align`` writes): four panels side by side, the result
+    box in its colour along the template's outline in the image panel, the start box too."""
+    from PIL import Image
+
+    from lkstn.overlay import RESULT_COLOUR, START_COLOUR, overlay_image
+
+    image = np.full((200, 300), 0.5)
+    image[::7] = 0.2  # some texture for the percentiles
+    template = image[40:120, 100:180]
+    H = np.array([[1.0, 0.0, 100.0], [0.0, 1.0, 40.0], [0.0, 0.0, 1.0]])
+    H_init = H + [[0, 0, -30], [0, 0, 25], [0, 0, 0]]
+    out = overlay_image(image, template, H, H_init, title="a title", height=200)
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[0] > 200
+    scale = 200 / image.shape[0]  # the image panel is 200 px high, 8 px in from the left
+
+    def pixel(x, y):  # an image pixel's colour in the overlay
+        head = out.shape[0] - 200 - 8
+        return tuple(out[round(head + (y + 0.5) * scale - 0.5), round(8 + (x + 0.5) * scale - 0.5)])
+
+    assert pixel(140, 40) == RESULT_COLOUR  # middle of the result box's top edge
+    assert pixel(140, 60) != RESULT_COLOUR  # inside the box: the image
+    left_edge = [pixel(70, y) for y in range(70, 140)]  # the start box's dashed left edge
+    assert START_COLOUR in left_edge and any(c != START_COLOUR for c in left_edge)
+    save_overlay(tmp_path / "o.png", image, template, H, H_init)
+    assert Image.open(tmp_path / "o.png").size[0] > 600  # four panels

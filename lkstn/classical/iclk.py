@@ -35,13 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
 from lkstn.classical._sampler import Samples
 from lkstn.classical.photometric import Photometric
 from lkstn.classical.polish import Polishing
 from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
+from lkstn.filters import gaussian_filter
 from lkstn.result import AlignmentResult
 from lkstn.sampling import image_gradients
 from lkstn.warps import Warp
@@ -241,7 +241,7 @@ class ICLK(Polishing, GaussNewton):
         sd_G = sd  # the images the error is projected on
         if smoothing and self.gradient_sigma > 0:  # template pixels: narrower when coarser
             s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
-            T_G = ndimage.gaussian_filter(T, (s, s, 0))
+            T_G = gaussian_filter(T, (s, s, 0), mode="reflect")
             sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
         hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
         if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / RCOND:

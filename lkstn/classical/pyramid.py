@@ -18,8 +18,8 @@ levels including the original, ``batch_ndim`` leading batch dimensions of an ima
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from lkstn.filters import gaussian_filter
 from lkstn.sampling import warp_image
 from lkstn.warps import Translation
 
@@ -58,7 +58,7 @@ def downsample(
     image = np.asarray(image, dtype=np.float64)
     n_chan = 0 if channel_axis is None else 1
     sigma = [0.0] * batch_ndim + [_SIGMA, _SIGMA] + [0.0] * n_chan
-    blurred = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    blurred = gaussian_filter(image, sigma, mode="nearest")
     H, W = image.shape[batch_ndim : batch_ndim + 2]
     identity = np.zeros(2)  # translation by 0: sample the canonical grid of the smaller frame
     return warp_image(

@@ -8,7 +8,8 @@ overlay PNG. Exit code 0 when the alignment converged, 1 when it ran but did not
 (results are still written), 2 for bad input.
 
 Only what the method uses is imported: no torch, no scikit-learn for the Lucas-Kanade methods,
-and matplotlib only to write the overlay (``--no-overlay`` skips it).
+no SciPy (:mod:`lkstn.filters`) and no matplotlib (the overlay is drawn with Pillow,
+:mod:`lkstn.overlay`).
 """
 
 from __future__ import annotations
@@ -122,11 +123,9 @@ def read_inputs(template_path: str | None, image_paths: list[str], names: list[s
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return image
-    from skimage.color import rgb2gray
+    from lkstn.io import grey
 
-    return rgb2gray(image)
+    return grey(image)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -299,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     write_record(folder / "params.json", record)
     if not args.no_overlay:
-        from lkstn.viz import save_overlay
+        from lkstn.overlay import save_overlay
 
         title = f"{args.method}, {warp.name}: score {out.score:.3f}, converged={out.converged}"
         save_overlay(folder / "overlay.png", colour, template, out.H, out.H_init, title=title)

@@ -44,14 +44,6 @@ def _frames(paths: list[str], store: dict):
         yield grey
 
 
-def _render(fig) -> np.ndarray:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``lkstn track``; returns the exit code."""
     from lkstn.track import track
@@ -73,15 +65,17 @@ def run(args: argparse.Namespace) -> int:
     def on_frame(i: int, a) -> None:
         if args.no_overlay:
             return
-        from lkstn.viz import plot_overlay
+        from PIL import Image
+
+        from lkstn.overlay import overlay_image
 
         title = f"frame {i}: score {a.score:.3f}"
-        fig = plot_overlay(store["colour"], template, a.H, a.H_init, title=title)
+        picture = overlay_image(store["colour"], template, a.H, a.H_init, title=title,
+                                height=160 if args.gif else 300)  # fmt: skip
         if args.gif:
-            fig.set_dpi(60)
-            gif.append(_render(fig))
+            gif.append(picture)
         else:
-            fig.savefig(folder / f"frame_{i:04d}.png", dpi=80)
+            Image.fromarray(picture).save(folder / f"frame_{i:04d}.png")
 
     try:
         result = track(aligner, _frames(args.frames, store), H0, min_score=args.min_score,
