@@ -74,14 +74,20 @@ def gaussian_filter(
 
 
 def _filter_axis(image: np.ndarray, w: np.ndarray, axis: int, pad_mode: str) -> np.ndarray:
-    r = len(w) // 2
-    a = np.moveaxis(image, axis, -1)
-    n = a.shape[-1]
-    padded = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(r, r)], mode=pad_mode)  # (..., n + 2r)
-    out = padded[..., r : r + n] * w[r]  # the centre tap, then the pairs from the outside in
+    r, n = len(w) // 2, image.shape[axis]
+    widths = [(0, 0)] * image.ndim
+    widths[axis] = (r, r)
+    padded = np.pad(image, widths, mode=pad_mode)  # (..., n + 2r, ...) along axis
+
+    def taps(start: int) -> np.ndarray:  # padded[..., start : start + n, ...] along axis
+        index = [slice(None)] * image.ndim
+        index[axis] = slice(start, start + n)
+        return padded[tuple(index)]
+
+    out = taps(r) * w[r]  # the centre tap, then the pairs from the outside in
     for j in range(r, 0, -1):
-        out += (padded[..., r - j : r - j + n] + padded[..., r + j : r + j + n]) * w[r + j]
-    return np.moveaxis(out, -1, axis)
+        out += (taps(r - j) + taps(r + j)) * w[r + j]
+    return out
 
 
 def bilinear(

@@ -83,6 +83,9 @@ def polish_stage(
     history, cost, _, _ = run
     h, w, C = T.shape
     grid = canonical_grid((h, w))
+    xh = np.concatenate([grid, np.ones((len(grid), 1))], 1)  # (m, 3) homogeneous template points
+    B = aligner.warp.basis  # (P, 3, 3)
+    X = (xh @ B.reshape(-1, 3).T).reshape(len(xh), len(B), 3).transpose(2, 0, 1).copy()  # (3, m, P)
     gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
     sampler = Sampler(np.concatenate([images, gx, gy], -1), aligner.warp, grid)  # K = 3C
     p = history[-1].copy()
@@ -96,7 +99,7 @@ def polish_stage(
         idx = np.flatnonzero(live)
         if idx.size:
             at = None if index is None else index[idx]
-            c, dp, ok = _step(aligner, T, sampler, grid, p[idx], at)
+            c, dp, ok = _step(aligner, T, sampler, xh, X, p[idx], at)
             c_now[idx] = c  # the cost of rows[k]
             back = c > c_from[idx]  # uphill: back to the last accepted p, half its step
             dp[back], ok[back], p[idx[back]] = 0.5 * dp_from[idx[back]], True, p_from[idx[back]]
@@ -121,51 +124,75 @@ def polish_stage(
     return history, cost, stopped & np.isfinite(c_now), final
 
 
-def _step(aligner, T: np.ndarray, sampler: Sampler, grid: np.ndarray, p: np.ndarray, index):
-    """``(cost (n,), dp (n, P), ok (n,))`` at ``p`` ``(n, P)``, in chunks of alignments."""
+def _step(aligner, T: np.ndarray, sampler: Sampler, xh: np.ndarray, X: np.ndarray,
+          p: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """``(cost (n,), dp (n, P), ok (n,))`` at ``p`` ``(n, P)``, in chunks of alignments;
+    ``xh`` ``(m, 3)`` the homogeneous template points, ``X`` ``(3, m, P)`` their products with
+    the basis, ``X_i[:, k] = xh B_k[i]^T``."""
     h, w, C = T.shape
     P = p.shape[-1]
     size = max(1, _CHUNK // (h * w * C * P))
     chunks = [slice(a, a + size) for a in range(0, len(p), size)]
     out = [
-        _chunk(aligner, T, sampler, grid, p[c], None if index is None else index[c]) for c in chunks
+        _chunk(aligner, T, sampler, xh, X, p[c], None if index is None else index[c])
+        for c in chunks
     ]
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
-def _chunk(aligner, T: np.ndarray, sampler: Sampler, grid: np.ndarray, p: np.ndarray, index):
+def _chunk(aligner, T, sampler, xh, X, p, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One forwards additive step for ``n`` alignments ``p`` ``(n, P)``.
+
+    The normal equations come from Gram matrices, so the centred and projected steepest-descent
+    images are never formed: with weights ``wt = r^2`` (1 without a mask) summing to ``W``,
+    the zero-mean images have ``G_c^T wt G_c = G^T wt G - W g g^T`` (``g`` the weighted mean of
+    ``G``); the image, the residual and ``u`` are zero-mean, so ``G_c^T wt e = G^T wt e``; and
+    ECC's projection out of the image's unit direction ``u`` subtracts ``a a^T`` and ``a (u^T
+    wt e)`` with ``a = G^T wt u``."""
     h, w, C = T.shape
-    m, warp = h * w, aligner.warp
+    n, m, warp = len(p), h * w, aligner.warp
     samples = sampler(p, index)  # (n, m, 3C): I, dI/dx, dI/dy at W(x; p), [BM04] Fig. 1 (1), (3)
     Ip, gx, gy = samples[..., :C], samples[..., C : 2 * C], samples[..., 2 * C :]
-    # grad I . dW/dp_k = v^T B_k xh with v = (gx, gy, -grad I . W) / w ([BM04] Sec. 2.1, the
-    # Jacobian of lkstn.warps written for its basis B): one product with the basis, any warp
-    xh = np.concatenate([grid, np.ones((m, 1))], 1)  # (m, 3) homogeneous template points
-    uvw = xh @ warp.matrix(p, check=False).swapaxes(-1, -2)  # (n, m, 3)
-    W = uvw[..., :2] / uvw[..., 2:]  # (n, m, 2) the warped points
-    v = np.stack([gx, gy, -(gx * W[..., :1] + gy * W[..., 1:])], -1) / uvw[..., 2:, None]
-    outer = (v[..., :, None] * xh[:, None, None, :]).reshape(len(p), m, C, 9)  # v_i xh_j
-    G = outer @ warp.basis.reshape(-1, 9).T  # (n, m, C, P) steepest-descent images, step 4-5
+    # grad I . dW/dp_k = v^T B_k xh with v = (gx, gy, -(gx x' + gy y')) / w' at the warped point
+    # (x', y') ([BM04] Sec. 2.1 for the basis B of lkstn.warps): G_k = sum_i v_i X_i[k]
+    if warp.projective:
+        uvw = xh @ warp.matrix(p, check=False).swapaxes(-1, -2)  # (n, m, 3)
+        inv_w = 1.0 / uvw[..., 2]  # (n, m)
+        A0 = X[0] - (uvw[..., 0] * inv_w)[..., None] * X[2]  # (n, m, P)
+        A1 = X[1] - (uvw[..., 1] * inv_w)[..., None] * X[2]
+        G = gx[..., None] * A0[:, :, None] + gy[..., None] * A1[:, :, None]  # (n, m, C, P)
+        G *= inv_w[:, :, None, None]
+    else:  # w' = 1 and X_2 = 0
+        G = gx[..., None] * X[0][:, None] + gy[..., None] * X[1][:, None]  # (n, m, C, P)
     r = root_weights(aligner.mask)
-    r = np.ones((m, 1)) if r is None else r  # (m, 1)
-    t = T.reshape(m, C)
-    if aligner.photometric in ("bias", "gain-bias"):  # zero-mean (weighted) channels
-        r2 = r * r / (r * r).sum()
-        Ip = Ip - np.einsum("mk,nmc->nc", r2, Ip)[:, None]
-        G = G - np.einsum("mk,nmcp->ncp", r2, G)[:, None]
-        t = t - (r2 * t).sum(0)
-    i, t, G = r * Ip, r * t, r[..., None] * G  # weighted rows, (n, m, C), (m, C), (n, m, C, P)
-    s = np.ones((len(p), C))
+    wt = None if r is None else (r * r)[:, 0]  # (m,) weights, None: all 1
+
+    def wsum(a: np.ndarray) -> np.ndarray:  # weighted sum over the pixels, axis 1 of (n, m, ...)
+        return a.sum(1) if wt is None else np.einsum("m,nm...->n...", wt, a)
+
+    W = float(m) if wt is None else float(wt.sum())
+    t = T.reshape(1, m, C)
+    centred = aligner.photometric in ("bias", "gain-bias")
+    if centred:  # zero-mean (weighted) channels
+        Ip, t = Ip - wsum(Ip)[:, None] / W, t - wsum(t)[:, None] / W
+    s = np.ones((n, C))
     if aligner.photometric == "gain-bias":  # ECC: the gain is fitted, not a motion
-        t_norm = np.sqrt((t * t).sum(0))  # (C,)
-        i_norm = np.sqrt(np.einsum("nmc,nmc->nc", i, i))  # (n, C)
-        i_hat = i / i_norm[:, None]
-        G = G - i_hat[..., None] * np.einsum("nmc,nmcp->ncp", i_hat, G)[:, None]
+        t_norm = np.sqrt(wsum(t * t))  # (1, C)
+        i_norm = np.sqrt(wsum(Ip * Ip))  # (n, C)
+        u = Ip / i_norm[:, None]  # (n, m, C) unit image direction
         s = np.where(t_norm > 0, t_norm / i_norm, 0.0)  # a flat template channel: no say
-    e = s[:, None] * i - t  # (n, m, C) residual at equal contrast
-    sG = (s[:, None, :, None] * G).reshape(len(p), m * C, -1)  # (n, m*C, P)
-    hessian = sG.swapaxes(1, 2) @ sG  # [BM04] Fig. 1 step 6
-    rhs = -(sG.swapaxes(1, 2) @ e.reshape(len(p), m * C, 1))[..., 0]  # step 7
+    e = s[:, None] * Ip - t  # (n, m, C) residual at equal contrast
+    Gt = (G if wt is None else G * wt[:, None, None]).transpose(0, 2, 3, 1)  # (n, C, P, m)
+    gram = Gt @ G.transpose(0, 2, 1, 3)  # (n, C, P, P): G^T wt G
+    b = (Gt @ e.transpose(0, 2, 1)[..., None])[..., 0]  # (n, C, P): G^T wt e
+    if centred:
+        g = wsum(G) / W  # (n, C, P)
+        gram -= W * g[..., :, None] * g[..., None, :]
+    if aligner.photometric == "gain-bias":
+        a = (Gt @ u.transpose(0, 2, 1)[..., None])[..., 0]  # (n, C, P)
+        gram -= a[..., :, None] * a[..., None, :]
+        b -= a * wsum(u * e)[..., None]
+    hessian = np.einsum("nc,ncpq->npq", s * s, gram)  # [BM04] Fig. 1 step 6
+    rhs = -np.einsum("nc,ncp->np", s, b)  # step 7
     dp, ok = solve(hessian, rhs)  # step 8
-    total = m * C if aligner.mask is None else float((r * r).sum()) * C
-    return np.einsum("nmc,nmc->n", e, e) / total, dp, ok
+    return wsum(e * e).sum(-1) / (W * C), dp, ok
