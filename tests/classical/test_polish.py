@@ -115,3 +115,69 @@ def test_polish_converges_on_exact_data_in_every_photometric_mode(photometric, c
     assert result.history.shape == (2 * 30 + 1, 4, 8)  # the IC-LK stage, then the polish
     err = corner_error(Homography(), result.p, p_true, (36, 36))
     assert err.max() < 1e-4 and result.converged.all(), np.round(err, 6)
+
+
+def _direct_step(warp, photometric, mask, T, image, p):
+    """The forwards additive step written out (the oracle): the steepest-descent images
+    ``G_k = grad I(W(x; p)) . dW/dp_k`` (the image's gradients sampled at ``W(x; p)``, the warp's
+    Jacobian at ``p`` by central differences of ``Warp.apply``), centred, projected off the
+    unit image direction (gain-bias) and weighted, row by row, then the normal equations."""
+    from lkstn.sampling import canonical_grid, image_gradients
+
+    h, w, C = T.shape
+    m = h * w
+    gx, gy = image_gradients(image, channel_axis=-1)
+    i, sx, sy = (
+        warp_image(a, warp, p, (h, w), channel_axis=-1).reshape(m, C) for a in (image, gx, gy)
+    )
+    grid, eps = canonical_grid((h, w)), 1e-6
+    dW = np.stack([(warp.apply(p + eps * d, grid) - warp.apply(p - eps * d, grid)) / (2 * eps)
+                   for d in np.eye(len(p))], -1)  # (m, 2, P)  # fmt: skip
+    G = sx[..., None] * dW[:, None, 0] + sy[..., None] * dW[:, None, 1]  # (m, C, P)
+    r = np.ones((m, 1)) if mask is None else np.sqrt(mask).reshape(m, 1)
+    t = T.reshape(m, C)
+    if photometric in ("bias", "gain-bias"):
+        wt = r * r / (r * r).sum()
+        i, t, G = i - (wt * i).sum(0), t - (wt * t).sum(0), G - (wt[..., None] * G).sum(0)
+    i, t, G = r * i, r * t, r[..., None] * G
+    s = np.ones(C)
+    if photometric == "gain-bias":
+        u = i / np.linalg.norm(i, axis=0)
+        G = G - u[..., None] * np.einsum("mc,mcp->cp", u, G)
+        s = np.linalg.norm(t, axis=0) / np.linalg.norm(i, axis=0)
+    e, sG = s * i - t, (s[:, None] * G).reshape(m * C, -1)
+    return np.linalg.solve(sG.T @ sG, -sG.T @ e.reshape(-1))
+
+
+@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=["affine", "homography"])
+@pytest.mark.parametrize("photometric", [None, "bias", "gain-bias"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_gram_form_of_the_forwards_step_is_the_direct_one(warp, photometric, channels):
+    """``polish._step`` forms its normal equations from Gram matrices with rank-one corrections;
+    the step equals the one from the centred, projected, weighted steepest-descent images
+    themselves, to 1e-7 relative (the oracle's central differences of the warp: truncation
+    O(eps^2) and rounding O(1e-16 / eps), about 1e-10, amplified by the system's condition)."""
+    from lkstn.classical import polish
+    from lkstn.classical._sampler import Sampler
+    from lkstn.sampling import canonical_grid, image_gradients
+
+    rng = np.random.default_rng(channels)
+    image = ndimage.gaussian_filter(rng.random((90, 100, channels)), (4, 4, 0))
+    T = 1.3 * image[30:54, 35:65] + 0.1
+    h, w = T.shape[:2]
+    mask = rng.uniform(0.2, 1.0, (h, w)) if channels == 3 else None
+    box = np.array([[1.0, 0, 35], [0, 1.0, 30], [0, 0, 1]])  # the template's pixels, inside
+    p = params_from_pixel_matrix(warp, box, (h, w), image.shape) + rng.normal(
+        0, 0.01, warp.n_params
+    )
+    aligner = ICLK(T, warp, channel_axis=-1, photometric=photometric, mask=mask)
+    grid = canonical_grid((h, w))
+    gx, gy = image_gradients(image[None], channel_axis=-1)
+    sampler = Sampler(np.concatenate([image[None], gx, gy], -1), warp, grid)
+    xh = np.concatenate([grid, np.ones((h * w, 1))], 1)
+    B = warp.basis
+    X = (xh @ B.reshape(-1, 3).T).reshape(h * w, len(B), 3).transpose(2, 0, 1)
+    _, dp, ok = polish._step(aligner, T, sampler, xh, X, p[None], None)
+    direct = _direct_step(warp, photometric, mask, T, image, p)
+    assert ok.all()
+    np.testing.assert_allclose(dp[0], direct, rtol=1e-7, atol=1e-7 * np.abs(direct).max())
