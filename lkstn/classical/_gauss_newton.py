@@ -387,7 +387,7 @@ class GaussNewton:
         p = np.asarray(p_init, dtype=np.float64)
         if p.ndim < 1 or p.shape[-1] != P or not np.isfinite(p).all():
             raise ValueError(f"p_init must be finite with shape (..., {P}), got {p.shape}")
-        images = image.reshape(-1, H, W, C).astype(np.float64)
+        images = image.reshape(-1, H, W, C)  # float64 where the pyramid copies it: the crop only
         if not batched:
             return images, p.reshape(-1, P).copy(), None, p.shape[:-1]
         B = image.shape[0]

@@ -71,10 +71,10 @@ def gaussian_pyramid(
 ) -> list[np.ndarray]:
     """``[image, downsample(image), ...]``, ``n_levels`` arrays, finest first.
 
-    Level 0 is ``image`` itself (as float64, not blurred): alignment at the finest level uses
-    raw pixels.
+    Level 0 is a float64 copy of ``image`` (not blurred): alignment at the finest level uses
+    raw pixels, and nothing the aligners do reaches the caller's array.
     """
-    levels = [np.asarray(image, dtype=np.float64)]
+    levels = [np.array(image, dtype=np.float64)]
     for _ in range(n_levels - 1):
         levels.append(downsample(levels[-1], channel_axis=channel_axis, batch_ndim=batch_ndim))
     return levels

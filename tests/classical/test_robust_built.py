@@ -47,3 +47,23 @@ def test_another_template_warp_mask_or_setting_is_another_build():
     ):
         assert aligner._levels is not base._levels
     assert ICLK.robust(template, n_iter=7).n_iter == 7
+
+
+def test_aligning_leaves_the_callers_image_alone_with_and_without_a_crop():
+    """The aligners convert only the region they use (the crop around the starts) to float64;
+    whatever their stages do to their levels never reaches the image passed in, whether it is
+    float64 already (no copy at the input) or another dtype."""
+    rng = np.random.default_rng(1)
+    image = ndimage.gaussian_filter(rng.standard_normal((240, 280)), 2.0)
+    p_true = np.array([-0.75, 0.0, 0.1, 0.0, -0.75, 0.0])  # a quarter of the image's side
+    template = warp_image(image, Affine(), p_true, (40, 40))
+    p0 = p_true + np.array([0.0, 0.0, 0.02, 0.0, 0.0, -0.01])
+    for picture in (image.copy(), (255 * (image - image.min()) / np.ptp(image)).astype(np.uint8)):
+        before = picture.copy()
+        t = template if picture.dtype == float else 255 * template
+        cropping = ICLK(t, Affine(), pyramid=2, photometric="gain-bias", polish=True)
+        for aligner in (cropping, ICLK(t, Affine())):  # a crop around the start, and none
+            aligner.align(picture, p0)
+            np.testing.assert_array_equal(picture, before)
+            aligner.align(picture[None], p0[None])  # a batch: no crop
+            np.testing.assert_array_equal(picture, before)
