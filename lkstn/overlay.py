@@ -58,19 +58,24 @@ def outline(H: npt.ArrayLike, template_shape: tuple[int, int]) -> np.ndarray:
         [[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [w - 1.0, h - 1.0, 1.0], [0.0, h - 1.0, 1.0]]
     )
     m = c @ np.asarray(H, dtype=float).T  # (4, 3)
-    return m[:, :2] / m[:, 2:]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a singular H: non-finite corners
+        return m[:, :2] / m[:, 2:]
 
 
 def panels(
     image: np.ndarray, template: np.ndarray, H: npt.ArrayLike
 ) -> list[tuple[np.ndarray, str]]:
     """The four panels, each in ``[0, 1]`` with its name: image, template, image registered
-    onto the template at ``H``, checkerboard of the two (grey)."""
+    onto the template at ``H`` (black where ``H`` is not a usable matrix), checkerboard of the
+    two (grey)."""
     from lkstn.pixels import warp_image_pixels
 
     image, template = np.asarray(image, dtype=float), np.asarray(template, dtype=float)
     grey = template if template.ndim == 2 else template.mean(-1)
-    registered = warp_image_pixels(image, H, grey.shape)
+    try:
+        registered = warp_image_pixels(image, H, grey.shape)
+    except ValueError:  # a failed alignment's matrix (not finite, or singular): a black panel
+        registered = np.zeros((*grey.shape, *image.shape[2:]))
     reg_grey = registered if registered.ndim == 2 else registered.mean(-1)
     return [
         (display(image), "image"),
@@ -129,15 +134,18 @@ def overlay_image(
         x += width + gap
     scale = np.array([widths[0] / image.shape[1], height / image.shape[0]])
 
-    def to_panel(corners: np.ndarray) -> list[tuple[float, float]]:
+    def to_panel(corners: np.ndarray) -> list[tuple[float, float]] | None:
         xy = (corners + 0.5) * scale - 0.5 + [gap, head]  # pixel centres, resized
+        if not (np.all(np.isfinite(xy)) and np.all(np.abs(xy) < 1e5)):  # nothing to draw
+            return None
         return [(float(u), float(v)) for u, v in xy]
 
     th, tw = np.asarray(template).shape[:2]
-    if H_init is not None and np.all(np.isfinite(H_init)):
-        _dashed(draw, to_panel(outline(H_init, (th, tw))), START_COLOUR, width=2)
-    if np.all(np.isfinite(H)):
-        corners = to_panel(outline(H, (th, tw)))
+    start = None if H_init is None else to_panel(outline(H_init, (th, tw)))
+    if start is not None:
+        _dashed(draw, start, START_COLOUR, width=2)
+    corners = to_panel(outline(H, (th, tw)))
+    if corners is not None:
         draw.line([*corners, corners[0]], fill=RESULT_COLOUR, width=2, joint="curve")
     _legend(draw, font, (gap + widths[0] - 4, head + 4), with_start=H_init is not None)
     return np.asarray(canvas)

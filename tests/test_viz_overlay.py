@@ -58,3 +58,21 @@ def test_pillow_overlay_draws_the_boxes_where_the_matrices_put_them(tmp_path):
     assert START_COLOUR in left_edge and any(c != START_COLOUR for c in left_edge)
     save_overlay(tmp_path / "o.png", image, template, H, H_init)
     assert Image.open(tmp_path / "o.png").size[0] > 600  # four panels
+
+
+def test_pillow_overlay_of_a_failed_alignment_draws_what_it_can():
+    """A matrix that is not finite, singular or far away (a failed alignment) gives a black
+    registered panel and no result box, never an error: the overlay is written whatever the
+    alignment did."""
+    from lkstn.overlay import RESULT_COLOUR, overlay_image
+
+    image = np.random.default_rng(0).random((60, 80))
+    far = np.array([[1.0, 0.0, 1e9], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+    def result_pixels(H):  # in the left half of the image panel (the legend is top right)
+        out = overlay_image(image, image[10:30, 20:40], H, np.eye(3), height=100)
+        return (out[:, 8:68] == RESULT_COLOUR).all(-1).sum()
+
+    assert result_pixels(np.eye(3)) > 50  # the box at the image's top-left corner
+    for H in (np.full((3, 3), np.nan), np.zeros((3, 3)), far):
+        assert result_pixels(H) == 0
