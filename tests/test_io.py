@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import data, io
 
-from lkstn.io import read_image
+from lkstn.io import grey, read_image
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,16 @@ def test_missing_and_tiny_files(tmp_path):
     io.imsave(tmp_path / "tiny.png", np.zeros((3, 8), np.uint8), check_contrast=False)
     with pytest.raises(ValueError, match="at least 4x4"):
         read_image(tmp_path / "tiny.png")
+
+
+def test_grey_is_skimages_rgb2gray():
+    """``lkstn.io.grey`` (no ``skimage.color`` import) weighs R, G, B as ``rgb2gray`` does."""
+    from skimage.color import rgb2gray
+
+    rgb = np.random.default_rng(0).random((5, 7, 3))
+    np.testing.assert_allclose(grey(rgb), rgb2gray(rgb), rtol=0, atol=4 * np.finfo(float).eps)
+    np.testing.assert_allclose(
+        grey(data.astronaut() / 255.0), rgb2gray(data.astronaut()), atol=1e-15
+    )
+    flat = np.random.default_rng(1).random((4, 4))
+    assert grey(flat) is flat  # grey stays as it is

@@ -107,7 +107,7 @@ def read_inputs(template_path: str | None, image_paths: list[str], names: list[s
 
     ``template_path=None`` reads the images only (``template`` and ``mask`` are then None).
     """
-    from lkstn.io import read_image
+    from lkstn.io import grey, read_image
 
     template, mask = None, None
     try:
@@ -116,16 +116,10 @@ def read_inputs(template_path: str | None, image_paths: list[str], names: list[s
         images = []
         for path, name in zip(image_paths, names, strict=True):
             colour, _ = read_image(path, name=name, as_grey=False)
-            images.append((_grey(colour), colour))
+            images.append((grey(colour), colour))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return template, mask, images
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    from lkstn.io import grey
-
-    return grey(image)
 
 
 def _check(ok: bool, message: str) -> None:
