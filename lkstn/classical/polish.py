@@ -83,9 +83,7 @@ def polish_stage(
     history, cost, _, _ = run
     h, w, C = T.shape
     grid = canonical_grid((h, w))
-    xh = np.concatenate([grid, np.ones((len(grid), 1))], 1)  # (m, 3) homogeneous template points
-    B = aligner.warp.basis  # (P, 3, 3)
-    X = (xh @ B.reshape(-1, 3).T).reshape(len(xh), len(B), 3).transpose(2, 0, 1).copy()  # (3, m, P)
+    xh, X = basis_products(aligner.warp, grid)
     gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
     sampler = Sampler(np.concatenate([images, gx, gy], -1), aligner.warp, grid)  # K = 3C
     p = history[-1].copy()
@@ -122,6 +120,16 @@ def polish_stage(
     history = np.concatenate([history, rows[1:]])
     cost = np.concatenate([cost[:-1], costs])
     return history, cost, stopped & np.isfinite(c_now), final
+
+
+def basis_products(warp, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(xh, X)``: the homogeneous template points ``(m, 3)`` and their products with the
+    warp's basis, ``X`` ``(3, m, P)`` with ``X_i[:, k] = xh B_k[i]^T`` (one product, once per
+    stage: they do not depend on ``p``)."""
+    xh = np.concatenate([grid, np.ones((len(grid), 1))], 1)  # (m, 3)
+    B = warp.basis  # (P, 3, 3)
+    X = (xh @ B.reshape(-1, 3).T).reshape(len(xh), len(B), 3).transpose(2, 0, 1).copy()
+    return xh, X
 
 
 def _step(aligner, T: np.ndarray, sampler: Sampler, xh: np.ndarray, X: np.ndarray,

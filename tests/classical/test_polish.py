@@ -174,9 +174,7 @@ def test_the_gram_form_of_the_forwards_step_is_the_direct_one(warp, photometric,
     grid = canonical_grid((h, w))
     gx, gy = image_gradients(image[None], channel_axis=-1)
     sampler = Sampler(np.concatenate([image[None], gx, gy], -1), warp, grid)
-    xh = np.concatenate([grid, np.ones((h * w, 1))], 1)
-    B = warp.basis
-    X = (xh @ B.reshape(-1, 3).T).reshape(h * w, len(B), 3).transpose(2, 0, 1)
+    xh, X = polish.basis_products(warp, grid)  # what polish_stage passes
     _, dp, ok = polish._step(aligner, T, sampler, xh, X, p[None], None)
     direct = _direct_step(warp, photometric, mask, T, image, p)
     assert ok.all()
