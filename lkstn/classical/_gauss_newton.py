@@ -3,8 +3,8 @@
 The three aligners minimise the same sum of squared differences
 ``sum_x || I(W(x; p)) - T(x) ||^2`` ([LL17] eq. (1)) by Gauss-Newton and differ only in where the
 linearisation happens and how the update is applied. This module holds what they share: input
-checking, the coarse-to-fine pyramid, the iteration loop with
-per-alignment freezing, and a guarded batched solve. Each aligner's own file holds its
+checking, the coarse-to-fine pyramid, the iteration loop with per-alignment freezing, and a
+guarded batched solve. Each aligner's own file holds its
 algorithm box in three methods, in the box's order:
 
 - ``_prepare_level``: what is computed once from the template (for IC-LK, [BM04] Fig. 4 steps
@@ -32,7 +32,7 @@ non-finite value is handled explicitly instead.
 Coarse to fine: each level starts from the previous level's result, except that an alignment
 the coarser levels left worse (a higher cost at this level) than its own start, or that failed
 there, restarts from its start. With a pyramid on one image, only the region around the starts
-is filtered and decimated (``_crop``), not the whole photograph.
+is filtered and decimated (``region.crop_around``), not the whole photograph.
 
 Success: ``converged`` means a small last step with finite parameters and cost AND a final
 ``score`` (ZNCC of template and warped image under the mask, :func:`lkstn.score.zncc`) of at
@@ -55,7 +55,7 @@ import numpy.typing as npt
 
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler, Samples
-from lkstn.classical.checks import check_int, check_template
+from lkstn.classical.checks import check_int, check_score, check_template
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.classical.region import change_frame, check_mask, crop_around, proper, root_weights
 from lkstn.classical.systems import RCOND, singular, solve  # noqa: F401 (imported from here)
@@ -139,13 +139,9 @@ class GaussNewton:
                 f"pyramid={pyramid} shrinks the {self.template_shape} template to {coarsest}; "
                 f"the coarsest level needs at least {MIN_SIZE} pixels a side"
             )
-        if not (isinstance(min_score, int | float) and -1 <= min_score <= 1):
-            raise ValueError(f"min_score must be a number in [-1, 1], got {min_score!r}")
-        self.min_score = float(min_score)
+        self.min_score = check_score(min_score, "min_score")
         self.backtrack = bool(backtrack)
-        if not (isinstance(second_look, int | float) and -1 <= second_look <= 1):
-            raise ValueError(f"second_look must be a number in [-1, 1], got {second_look!r}")
-        self.second_look = float(second_look)
+        self.second_look = check_score(second_look, "second_look")
         self.mask = check_mask(mask, self.template_shape)  # (h, w) weights or None
         pyr = gaussian_pyramid(T, self.pyramid, channel_axis=-1)
         masks = [None] * self.pyramid
@@ -264,8 +260,7 @@ class GaussNewton:
     def _run(self, pyr, p, index, n_iter: int, backtrack: bool):
         """Every stage from starts ``p`` ``(n, P)`` on the pyramid ``pyr``: ``(history, cost,
         stopped, score)``; ``stopped``: a small last step with finite parameters and cost."""
-        n, P = p.shape
-        stages = self._stages()
+        (n, P), stages = p.shape, self._stages()
         rows = len(stages) * n_iter + 1
         history, cost = np.empty((rows, n, P)), np.empty((rows, n))
         p, p_start = p.copy(), p.copy()
@@ -273,12 +268,14 @@ class GaussNewton:
         false = np.zeros(n, bool)
         state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
         samplers: dict[int, Samples] = {}  # per level: a refining stage reuses the finest one's
+        at_start: dict[int, np.ndarray] = {}  # per level: the guard's costs at the starts
         for i, (level, j) in enumerate(stages):  # coarse to fine
             if j not in samplers:
                 samplers[j] = self._sampler(self._sampled(pyr[j]), level)
             sampler = samplers[j]
             if i > 0:  # a coarser level must not leave an alignment worse than its start
-                self._keep_better(level, sampler, p, p_start, index, state)
+                known = stages[i - 1][1] == j  # the same pixels: state.cost is the cost at p
+                self._keep_better(level, sampler, p, p_start, index, state, at_start, j, known)
                 history[i * n_iter] = p
             state.live, state.done = ~state.failed, state.failed.copy()
             state.converged[:] = False
@@ -288,18 +285,23 @@ class GaussNewton:
         stopped = state.converged & ~state.failed & np.isfinite(state.cost)
         return history, cost, stopped, score
 
-    def _keep_better(self, level, sampler, p, p_start, index, state) -> None:
+    def _keep_better(self, level, sampler, p, p_start, index, state, at_start, j, known) -> None:
         """Coarse-to-fine guard: at the start of a finer level, an alignment whose cost there is
         higher than at its start (or that failed on a coarser level) restarts from its start.
 
-        A coarse level sees few pixels; on a template with little texture there (an edge, a
-        corner of a homography) it can walk far off, which the finer level cannot undo. The
-        guard costs one measurement (of both points) per level; it never makes an alignment
-        worse than the same level started afresh."""
-        both = None if index is None else np.concatenate([index, index])
-        c_now, c_start = np.split(
-            self._iteration(level, sampler, np.vstack([p, p_start]), both)[0], 2
-        )
+        A coarse level sees few pixels: on little texture (an edge, a corner of a homography)
+        it can walk far off, which the finer level cannot undo. One measurement of both points
+        per level (``at_start[j]`` keeps the starts'); after a stage on the same pixels
+        (``known``, ``ICLK(refine=True)``) ``state.cost`` is the cost at ``p`` already."""
+        if known and j not in at_start:  # one level: the starts not measured yet
+            at_start[j] = self._iteration(level, sampler, p_start, index)[0]
+        if known:
+            c_now, c_start = state.cost.copy(), at_start[j]
+        else:
+            both = None if index is None else np.concatenate([index, index])
+            pair = self._iteration(level, sampler, np.vstack([p, p_start]), both)[0]
+            c_now, c_start = np.split(pair, 2)
+            at_start[j] = c_start
         reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))
         p[reset] = p_start[reset]
         state.failed &= ~reset

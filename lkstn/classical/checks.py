@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["check_int", "check_template"]
+__all__ = ["check_int", "check_score", "check_template"]
 
 
 def check_int(value: object, name: str, minimum: int) -> int:
@@ -14,6 +14,14 @@ def check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_score(value: object, name: str) -> float:
+    """``value`` as a float, or ValueError naming ``name`` unless it is a number in [-1, 1] (a
+    threshold on ZNCC)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [-1, 1], got {value!r}")
+    return float(value)
 
 
 def check_template(template: npt.ArrayLike, channel_axis: int | None) -> np.ndarray:

@@ -41,7 +41,7 @@ from lkstn.sampling import canonical_grid, image_gradients
 
 __all__ = ["Polishing", "polish_stage"]
 
-_CHUNK = 1 << 22  # numbers in G per chunk of alignments: its memory stays bounded
+_CHUNK = 1 << 22  # numbers in the Gram rows Y per chunk of alignments: its memory stays bounded
 
 
 class Polishing:
@@ -83,7 +83,7 @@ def polish_stage(
     history, cost, _, _ = run
     h, w, C = T.shape
     grid = canonical_grid((h, w))
-    xh, X = basis_products(aligner.warp, grid)
+    xh = np.concatenate([grid, np.ones((len(grid), 1))], 1)  # (m, 3) homogeneous points
     gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
     sampler = Sampler(np.concatenate([images, gx, gy], -1), aligner.warp, grid)  # K = 3C
     p = history[-1].copy()
@@ -97,7 +97,7 @@ def polish_stage(
         idx = np.flatnonzero(live)
         if idx.size:
             at = None if index is None else index[idx]
-            c, dp, ok = _step(aligner, T, sampler, xh, X, p[idx], at)
+            c, dp, ok = _step(aligner, T, sampler, xh, p[idx], at)
             c_now[idx] = c  # the cost of rows[k]
             back = c > c_from[idx]  # uphill: back to the last accepted p, half its step
             dp[back], ok[back], p[idx[back]] = 0.5 * dp_from[idx[back]], True, p_from[idx[back]]
@@ -116,91 +116,89 @@ def polish_stage(
     worse = live & (c_now > c_from)  # measured last and uphill: the last accepted p
     p[worse], c_now[worse] = p_from[worse], c_from[worse]
     rows[k + 1 :], costs[k + 1 :] = p, c_now
-    final = score(sampler, p, index)  # the sampler's first C channels are I(p)
+    final = score(Sampler(images, aligner.warp, grid), p, index)  # I(p) alone: a third
     history = np.concatenate([history, rows[1:]])
     cost = np.concatenate([cost[:-1], costs])
     return history, cost, stopped & np.isfinite(c_now), final
 
 
-def basis_products(warp, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(xh, X)``: the homogeneous template points ``(m, 3)`` and their products with the
-    warp's basis, ``X`` ``(3, m, P)`` with ``X_i[:, k] = xh B_k[i]^T`` (one product, once per
-    stage: they do not depend on ``p``)."""
-    xh = np.concatenate([grid, np.ones((len(grid), 1))], 1)  # (m, 3)
-    B = warp.basis  # (P, 3, 3)
-    X = (xh @ B.reshape(-1, 3).T).reshape(len(xh), len(B), 3).transpose(2, 0, 1).copy()
-    return xh, X
-
-
-def _step(aligner, T: np.ndarray, sampler: Sampler, xh: np.ndarray, X: np.ndarray,
-          p: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def _step(aligner, T: np.ndarray, sampler: Sampler, xh: np.ndarray, p: np.ndarray, index,
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """``(cost (n,), dp (n, P), ok (n,))`` at ``p`` ``(n, P)``, in chunks of alignments;
-    ``xh`` ``(m, 3)`` the homogeneous template points, ``X`` ``(3, m, P)`` their products with
-    the basis, ``X_i[:, k] = xh B_k[i]^T``."""
+    ``xh`` ``(m, 3)`` the homogeneous template points."""
     h, w, C = T.shape
-    P = p.shape[-1]
-    size = max(1, _CHUNK // (h * w * C * P))
+    size = max(1, _CHUNK // (h * w * C * 12))
     chunks = [slice(a, a + size) for a in range(0, len(p), size)]
     out = [
-        _chunk(aligner, T, sampler, xh, X, p[c], None if index is None else index[c])
-        for c in chunks
+        _chunk(aligner, T, sampler, xh, p[c], None if index is None else index[c]) for c in chunks
     ]
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
-def _chunk(aligner, T, sampler, xh, X, p, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _chunk(aligner, T, sampler, xh, p, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One forwards additive step for ``n`` alignments ``p`` ``(n, P)``.
 
-    The normal equations come from Gram matrices, so the centred and projected steepest-descent
-    images are never formed: with weights ``wt = r^2`` (1 without a mask) summing to ``W``,
-    the zero-mean images have ``G_c^T wt G_c = G^T wt G - W g g^T`` (``g`` the weighted mean of
+    The steepest-descent images are never formed. The warp's derivative is linear in the
+    warp's basis ``B`` (``lkstn.warps``): ``grad I . dW/dp_k = v^T B_k xh`` with ``v = (gx, gy,
+    -(gx x' + gy y')) / w'`` the image's gradients at the warped point ``(x', y', w')``
+    ([BM04] Sec. 2.1), so ``G = Z B^T`` with ``Z = v (x) xh`` (``R = 2`` rows of ``v`` for an
+    affine warp, 3 for a homography: ``3 R`` columns) and ``B`` the ``(P, 3 R)`` basis. One
+    product ``Y^T wt Y`` of ``Y = [Z, e, u, 1]`` per channel then gives every sum the normal
+    equations need: with weights ``wt = r^2`` (1 without a mask) summing to ``W``, the
+    zero-mean images have ``G_c^T wt G_c = G^T wt G - W g g^T`` (``g`` the weighted mean of
     ``G``); the image, the residual and ``u`` are zero-mean, so ``G_c^T wt e = G^T wt e``; and
     ECC's projection out of the image's unit direction ``u`` subtracts ``a a^T`` and ``a (u^T
     wt e)`` with ``a = G^T wt u``."""
     h, w, C = T.shape
     n, m, warp = len(p), h * w, aligner.warp
-    samples = sampler(p, index)  # (n, m, 3C): I, dI/dx, dI/dy at W(x; p), [BM04] Fig. 1 (1), (3)
-    Ip, gx, gy = samples[..., :C], samples[..., C : 2 * C], samples[..., 2 * C :]
-    # grad I . dW/dp_k = v^T B_k xh with v = (gx, gy, -(gx x' + gy y')) / w' at the warped point
-    # (x', y') ([BM04] Sec. 2.1 for the basis B of lkstn.warps): G_k = sum_i v_i X_i[k]
+    samples = sampler(p, index).transpose(0, 2, 1)  # (n, 3C, m): I, dI/dx, dI/dy at W(x; p)
+    Ip, gx, gy = samples[:, :C], samples[:, C : 2 * C], samples[:, 2 * C :]  # [BM04] Fig. 1 (1)
+    R = 3 if warp.projective else 2  # an affine warp's basis has a zero last row
+    B = warp.basis[:, :R].reshape(len(warp.basis), 3 * R)  # (P, 3R)
+    centred = aligner.photometric in ("bias", "gain-bias")
+    gain = aligner.photometric == "gain-bias"
+    ie, iu, i1 = 3 * R, 3 * R + 1, 3 * R + 1 + gain  # rows of Y after Z
+    Y = np.empty((n, C, i1 + centred, m))  # pixels last: every row is one contiguous product
+    Z = Y[:, :, : 3 * R].reshape(n, C, R, 3, m)  # a view: row 3 i + j is v_i xh_j
+    xt = xh.T  # (3, m)
     if warp.projective:
-        uvw = xh @ warp.matrix(p, check=False).swapaxes(-1, -2)  # (n, m, 3)
-        inv_w = 1.0 / uvw[..., 2]  # (n, m)
-        A0 = X[0] - (uvw[..., 0] * inv_w)[..., None] * X[2]  # (n, m, P)
-        A1 = X[1] - (uvw[..., 1] * inv_w)[..., None] * X[2]
-        G = gx[..., None] * A0[:, :, None] + gy[..., None] * A1[:, :, None]  # (n, m, C, P)
-        G *= inv_w[:, :, None, None]
-    else:  # w' = 1 and X_2 = 0
-        G = gx[..., None] * X[0][:, None] + gy[..., None] * X[1][:, None]  # (n, m, C, P)
+        uvw = warp.matrix(p, check=False) @ xt  # (n, 3, m)
+        inv_w = 1.0 / uvw[:, 2:]  # (n, 1, m)
+        gx, gy = gx * inv_w, gy * inv_w
+        v2 = gx * (uvw[:, :1] * inv_w) + gy * (uvw[:, 1:2] * inv_w)
+        np.multiply(v2[:, :, None], -xt, out=Z[:, :, 2])
+    np.multiply(gx[:, :, None], xt, out=Z[:, :, 0])  # [BM04] Fig. 1 (3)-(4)
+    np.multiply(gy[:, :, None], xt, out=Z[:, :, 1])
     r = root_weights(aligner.mask)
     wt = None if r is None else (r * r)[:, 0]  # (m,) weights, None: all 1
 
-    def wsum(a: np.ndarray) -> np.ndarray:  # weighted sum over the pixels, axis 1 of (n, m, ...)
-        return a.sum(1) if wt is None else np.einsum("m,nm...->n...", wt, a)
+    def wsum(a: np.ndarray) -> np.ndarray:  # weighted sum over the pixels, the last axis
+        return a.sum(-1) if wt is None else a @ wt
 
     W = float(m) if wt is None else float(wt.sum())
-    t = T.reshape(1, m, C)
-    centred = aligner.photometric in ("bias", "gain-bias")
+    t = T.reshape(m, C).T  # (C, m)
     if centred:  # zero-mean (weighted) channels
-        Ip, t = Ip - wsum(Ip)[:, None] / W, t - wsum(t)[:, None] / W
+        Ip, t = Ip - wsum(Ip)[..., None] / W, t - wsum(t)[..., None] / W
+        Y[:, :, i1] = 1.0
     s = np.ones((n, C))
-    if aligner.photometric == "gain-bias":  # ECC: the gain is fitted, not a motion
-        t_norm = np.sqrt(wsum(t * t))  # (1, C)
+    if gain:  # ECC: the gain is fitted, not a motion
+        t_norm = np.sqrt(wsum(t * t))  # (C,)
         i_norm = np.sqrt(wsum(Ip * Ip))  # (n, C)
-        u = Ip / i_norm[:, None]  # (n, m, C) unit image direction
+        np.divide(Ip, i_norm[..., None], out=Y[:, :, iu])  # unit image direction
         s = np.where(t_norm > 0, t_norm / i_norm, 0.0)  # a flat template channel: no say
-    e = s[:, None] * Ip - t  # (n, m, C) residual at equal contrast
-    Gt = (G if wt is None else G * wt[:, None, None]).transpose(0, 2, 3, 1)  # (n, C, P, m)
-    gram = Gt @ G.transpose(0, 2, 1, 3)  # (n, C, P, P): G^T wt G
-    b = (Gt @ e.transpose(0, 2, 1)[..., None])[..., 0]  # (n, C, P): G^T wt e
+    np.subtract(s[..., None] * Ip, t, out=Y[:, :, ie])  # the residual e at equal contrast
+    M = (Y if wt is None else Y * wt) @ Y.swapaxes(-1, -2)  # (n, C, K, K): Y^T wt Y
+    Z_ = M[..., : 3 * R, :]
+    gram = B @ Z_[..., : 3 * R] @ B.T  # (n, C, P, P): G^T wt G
+    b = Z_[..., ie] @ B.T  # (n, C, P): G^T wt e
     if centred:
-        g = wsum(G) / W  # (n, C, P)
+        g = Z_[..., i1] @ B.T / W  # (n, C, P)
         gram -= W * g[..., :, None] * g[..., None, :]
-    if aligner.photometric == "gain-bias":
-        a = (Gt @ u.transpose(0, 2, 1)[..., None])[..., 0]  # (n, C, P)
+    if gain:
+        a = Z_[..., iu] @ B.T  # (n, C, P)
         gram -= a[..., :, None] * a[..., None, :]
-        b -= a * wsum(u * e)[..., None]
+        b -= a * M[..., iu, ie][..., None]
     hessian = np.einsum("nc,ncpq->npq", s * s, gram)  # [BM04] Fig. 1 step 6
     rhs = -np.einsum("nc,ncp->np", s, b)  # step 7
     dp, ok = solve(hessian, rhs)  # step 8
-    return wsum(e * e).sum(-1) / (W * C), dp, ok
+    return M[..., ie, ie].sum(-1) / (W * C), dp, ok

@@ -146,36 +146,42 @@ def _direct_step(warp, photometric, mask, T, image, p):
         G = G - u[..., None] * np.einsum("mc,mcp->cp", u, G)
         s = np.linalg.norm(t, axis=0) / np.linalg.norm(i, axis=0)
     e, sG = s * i - t, (s[:, None] * G).reshape(m * C, -1)
-    return np.linalg.solve(sG.T @ sG, -sG.T @ e.reshape(-1))
+    cost = (e * e).sum() / ((r * r).sum() * C)  # the mean weighted squared residual
+    return np.linalg.solve(sG.T @ sG, -sG.T @ e.reshape(-1)), cost
 
 
-@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=["affine", "homography"])
+@pytest.mark.parametrize("warp", ["translation", "similarity", "affine", "homography"])
 @pytest.mark.parametrize("photometric", [None, "bias", "gain-bias"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_the_gram_form_of_the_forwards_step_is_the_direct_one(warp, photometric, channels):
-    """``polish._step`` forms its normal equations from Gram matrices with rank-one corrections;
+    """``polish._step`` forms its normal equations from one Gram matrix of the image gradients
+    times the homogeneous points, the residual, the image direction and ones, through the
+    warp's basis, with rank-one corrections;
     the step equals the one from the centred, projected, weighted steepest-descent images
     themselves, to 1e-7 relative (the oracle's central differences of the warp: truncation
     O(eps^2) and rounding O(1e-16 / eps), about 1e-10, amplified by the system's condition)."""
     from lkstn.classical import polish
     from lkstn.classical._sampler import Sampler
     from lkstn.sampling import canonical_grid, image_gradients
+    from lkstn.warps import warp_from_name
 
+    warp = warp_from_name(warp)
     rng = np.random.default_rng(channels)
     image = ndimage.gaussian_filter(rng.random((90, 100, channels)), (4, 4, 0))
     T = 1.3 * image[30:54, 35:65] + 0.1
     h, w = T.shape[:2]
     mask = rng.uniform(0.2, 1.0, (h, w)) if channels == 3 else None
     box = np.array([[1.0, 0, 35], [0, 1.0, 30], [0, 0, 1]])  # the template's pixels, inside
-    p = params_from_pixel_matrix(warp, box, (h, w), image.shape) + rng.normal(
-        0, 0.01, warp.n_params
-    )
+    p = rng.normal(0, 0.01, warp.n_params)  # translation, similarity: about the whole image
+    if warp.name in ("affine", "homography"):
+        p += params_from_pixel_matrix(warp, box, (h, w), image.shape)
     aligner = ICLK(T, warp, channel_axis=-1, photometric=photometric, mask=mask)
     grid = canonical_grid((h, w))
     gx, gy = image_gradients(image[None], channel_axis=-1)
     sampler = Sampler(np.concatenate([image[None], gx, gy], -1), warp, grid)
-    xh, X = polish.basis_products(warp, grid)  # what polish_stage passes
-    _, dp, ok = polish._step(aligner, T, sampler, xh, X, p[None], None)
-    direct = _direct_step(warp, photometric, mask, T, image, p)
+    xh = np.concatenate([grid, np.ones((h * w, 1))], 1)  # homogeneous template points
+    cost, dp, ok = polish._step(aligner, T, sampler, xh, p[None], None)
+    direct, direct_cost = _direct_step(warp, photometric, mask, T, image, p)
     assert ok.all()
     np.testing.assert_allclose(dp[0], direct, rtol=1e-7, atol=1e-7 * np.abs(direct).max())
+    np.testing.assert_allclose(cost[0], direct_cost, rtol=1e-12)  # sums of squares: rounding

@@ -72,3 +72,37 @@ def test_second_look_keeps_the_better_score(make):
 def test_second_look_is_checked():
     with pytest.raises(ValueError, match="second_look"):
         ICLK(texture()[:20, :20], "affine", second_look=2.0)
+
+
+@pytest.mark.parametrize("side", [24, 64])  # one level (and the refine stage); two levels
+def test_the_refine_stages_guard_uses_the_costs_it_knows(side, monkeypatch):
+    """``ICLK(refine=True)``'s last stage runs on the finest level's pixels: its guard takes
+    the cost at ``p`` from the stage before and the starts' from the finest level's guard (or
+    measures them once, with one level). Measuring both again gives the same alignments (the
+    same cost to rounding), with more samples."""
+    from lkstn.classical._gauss_newton import GaussNewton
+
+    image = texture(3, (160, 180), 1.5)
+    p_true = np.array([-0.4, 0.05, 0.1, -0.03, -0.35, -0.05])
+    template = warp_image(image, Affine(), p_true, (side, side))
+    rng = np.random.default_rng(side)
+    starts = p_true + rng.normal(0.0, 0.08, (40, 6))  # some walk off: resets happen
+    sampled = []
+    iteration = ICLK._iteration
+
+    def count(self, level, sampler, p, index):
+        sampled.append(len(p))
+        return iteration(self, level, sampler, p, index)
+
+    monkeypatch.setattr(ICLK, "_iteration", count)
+    kept = ICLK.robust(template, second_look=-1, polish=False).align(image, starts)
+    n_kept, sampled[:] = sum(sampled), []
+    guard = GaussNewton._keep_better
+    monkeypatch.setattr(
+        GaussNewton, "_keep_better", lambda self, *a: guard(self, *a[:-1], known=False)
+    )
+    measured = ICLK.robust(template, second_look=-1, polish=False).align(image, starts)
+    np.testing.assert_allclose(kept.p, measured.p, rtol=0, atol=1e-12)
+    assert (kept.converged == measured.converged).all()
+    assert n_kept < sum(sampled)
+    assert 0.2 < kept.converged.mean() < 1  # both kinds of start
