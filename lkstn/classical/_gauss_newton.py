@@ -31,8 +31,9 @@ non-finite value is handled explicitly instead.
 
 Coarse to fine: each level starts from the previous level's result, except that an alignment
 the coarser levels left worse (a higher cost at this level) than its own start, or that failed
-there, restarts from its start. With a pyramid on one image, only the region around the starts
-is filtered and decimated (``region.crop_around``), not the whole photograph.
+there, restarts from its start; with ``coarse_best``, a coarser level hands on the lowest-cost
+point it visited rather than its last. With a pyramid on one image, only the region around the
+starts is filtered and decimated (``region.crop_around``), not the whole photograph.
 
 Success: ``converged`` means a small last step with finite parameters and cost AND a final
 ``score`` (ZNCC of template and warped image under the mask, :func:`lkstn.score.zncc`) of at
@@ -55,7 +56,7 @@ import numpy.typing as npt
 
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler, Samples
-from lkstn.classical.checks import check_int, check_score, check_template
+from lkstn.classical.checks import check_int, check_score, check_template, parse_images
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.classical.region import change_frame, check_mask, crop_around, proper, root_weights
 from lkstn.classical.systems import RCOND, singular, solve  # noqa: F401 (imported from here)
@@ -81,19 +82,6 @@ class Level:
     root_w: np.ndarray | None = field(default=None, kw_only=True)
 
 
-def error_image(level: Level, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[BM04] step (2) for ``samples`` ``(n, h*w, K)`` whose first ``C`` channels are ``I(p)``:
-    ``(cost (n,), e (n, h*w, C))``, ``e = I(p) - T`` (times ``sqrt(w)`` under a mask, so that its
-    sum of squares is the weighted cost) and ``cost`` its mean squared value (weighted mean)."""
-    T = level.template.reshape(1, -1, level.template.shape[-1])  # (1, h*w, C)
-    e = samples[..., : T.shape[-1]] - T  # (n, h*w, C)
-    if level.root_w is None:
-        return np.einsum("nqc,nqc->n", e, e) / T.size, e
-    e *= level.root_w  # weighted residuals: sum w e^2 is their sum of squares
-    total = (level.root_w**2).sum() * T.shape[-1]
-    return np.einsum("nqc,nqc->n", e, e) / total, e
-
-
 @dataclass
 class _State:
     """Per-alignment bookkeeping of the loop, all ``(n,)``."""
@@ -103,6 +91,17 @@ class _State:
     failed: np.ndarray  # unusable step: never converged
     converged: np.ndarray  # update norm fell below tol
     cost: np.ndarray  # mean squared residual at the current p
+
+
+def keep_lowest(p: np.ndarray, state: _State, history: np.ndarray, cost: np.ndarray) -> None:
+    """End a stage at the lowest-cost point it visited instead of its last: ``history``,
+    ``cost`` are its rows, the last where it ended. Smoothed IC-LK steps are not descent steps;
+    on a coarse level a few can walk uphill, far from the start. Failed ones stay the guard's."""
+    c = np.where(np.isnan(cost), np.inf, cost)
+    k, i = c.argmin(0), np.arange(c.shape[1])
+    lower = (c[k, i] < c[-1]) & ~state.failed
+    p[lower], state.cost[lower] = history[k[lower], i[lower]], c[k[lower], i[lower]]
+    history[-1, lower], cost[-1, lower] = p[lower], state.cost[lower]
 
 
 class GaussNewton:
@@ -121,8 +120,10 @@ class GaussNewton:
         min_score: float = MIN_SCORE,
         backtrack: bool = False,
         second_look: float = -1.0,
+        coarse_best: bool = False,
     ) -> None:
         self.warp = warp_from_name(warp)
+        self.coarse_best = bool(coarse_best)
         self.n_iter = check_int(n_iter, "n_iter", 0)
         self.tol = float(tol)
         if not (np.isfinite(self.tol) and self.tol >= 0):
@@ -281,6 +282,8 @@ class GaussNewton:
             state.converged[:] = False
             rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
             self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i], backtrack)
+            if self.coarse_best and j > 0:  # a coarser level hands on its lowest-cost point
+                keep_lowest(p, state, history[rows_i], cost[rows_i])
         score = self._score(sampler, p, index)  # the finest level's sampler
         stopped = state.converged & ~state.failed & np.isfinite(state.cost)
         return history, cost, stopped, score
@@ -361,40 +364,4 @@ class GaussNewton:
     def _parse(self, image: npt.ArrayLike, p_init: npt.ArrayLike,
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, ...]]:  # fmt: skip
         """Images ``(B, H, W, C)``, starts ``(n, P)``, image index per start, batch shape."""
-        image = np.asarray(image)
-        if image.dtype.kind not in "biuf":
-            raise ValueError(f"image must hold real numbers, got dtype {image.dtype}")
-        core = 2 if self.channel_axis is None else 3
-        if image.ndim not in (core, core + 1):
-            raise ValueError(
-                f"image must have {core} dims (one image) or {core + 1} (a batch), matching the "
-                f"template {self.template.shape}; got shape {image.shape}"
-            )
-        if self.channel_axis is None and image.ndim == 3 and image.shape[-1] in (3, 4):
-            # one RGB(A) image, not a batch of grey images 3 or 4 pixels wide (nothing to align)
-            raise ValueError(
-                f"image of shape {image.shape} is one colour image but the template is grey: "
-                f"expected (H, W) or a batch (B, H, W); convert it (skimage.color.rgb2gray) or "
-                f"use a colour template with channel_axis=-1"
-            )
-        C = self._T.shape[-1]
-        if self.channel_axis is not None and image.shape[-1] != C:
-            raise ValueError(f"image has {image.shape[-1]} channels, the template {C}")
-        batched = image.ndim == core + 1
-        H, W = image.shape[int(batched) : int(batched) + 2]
-        Hc, Wc = level_shape((H, W), self.pyramid - 1)
-        if min(Hc, Wc) < 2:
-            raise ValueError(f"image of {H}x{W} pixels is too small for pyramid={self.pyramid}")
-        P = self.warp.n_params
-        p = np.asarray(p_init, dtype=np.float64)
-        if p.ndim < 1 or p.shape[-1] != P or not np.isfinite(p).all():
-            raise ValueError(f"p_init must be finite with shape (..., {P}), got {p.shape}")
-        images = image.reshape(-1, H, W, C)  # float64 where the pyramid copies it: the crop only
-        if not batched:
-            return images, p.reshape(-1, P).copy(), None, p.shape[:-1]
-        B = image.shape[0]
-        if p.shape not in ((P,), (B, P)):
-            raise ValueError(
-                f"p_init must be ({B}, {P}) or ({P},) for a batch of {B}, got {p.shape}"
-            )
-        return images, np.broadcast_to(p, (B, P)).copy(), np.arange(B), (B,)
+        return parse_images(image, p_init, self._T, self.channel_axis, self.pyramid, self.warp)

@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
 from lkstn.classical._sampler import Samples
+from lkstn.classical.checks import check_dtype
 from lkstn.classical.photometric import Photometric
 from lkstn.classical.polish import Polishing
 from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
@@ -48,7 +49,6 @@ from lkstn.warps import Warp
 
 __all__ = ["ICLK", "clear_built"]
 
-DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 _BUILT: dict[tuple[type[ICLK], tuple], ICLK] = {}  # (class, built_key) -> aligner, oldest first
 
 
@@ -146,6 +146,10 @@ class ICLK(Polishing, GaussNewton):
         End with a forwards additive stage at the finest level (:mod:`lkstn.classical.polish`;
         ``n_iter`` more rows of history): it stops only where the cost is stationary, not at
         IC-LK's other fixed points (on photographs a pixel or more off, ``docs/registration.md``).
+    coarse_best : bool
+        Each level coarser than the finest hands the next the lowest-cost point it visited
+        (at its own resolution), not its last: the smoothed step is not a descent step, and on
+        a coarse level it can walk uphill far from the start (``docs/registration.md``).
 
     Attributes
     ----------
@@ -199,13 +203,9 @@ class ICLK(Polishing, GaussNewton):
         backtrack: bool = False,
         second_look: float = -1.0,
         polish: bool = False,
+        coarse_best: bool = False,
     ) -> None:
-        try:
-            self.dtype = np.dtype(dtype) if isinstance(dtype, str | type | np.dtype) else None
-        except TypeError:
-            self.dtype = None
-        if self.dtype is None or self.dtype not in DTYPES:  # (np.dtype(...) == None is True)
-            raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")
+        self.dtype = check_dtype(dtype)  # float64 or float32
         self.photometric = photometric  # checked by Photometric.of, in _prepare_level
         if not (
             isinstance(gradient_sigma, int | float)
@@ -217,6 +217,7 @@ class ICLK(Polishing, GaussNewton):
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
             min_score=min_score, backtrack=backtrack, second_look=second_look,
+            coarse_best=coarse_best,
         )  # fmt: skip
         self.refine, self.polish = bool(refine) and self.gradient_sigma > 0, bool(polish)
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
@@ -332,6 +333,7 @@ class ICLK(Polishing, GaussNewton):
         extra += ["dtype='float32'"] if self.dtype == np.float32 else []
         extra += ["refine=True"] if self.refine else []
         extra += ["polish=True"] if self.polish else []
+        extra += ["coarse_best=True"] if self.coarse_best else []
         extra += ["mask=..."] if self.mask is not None else []
         return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
 

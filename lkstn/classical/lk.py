@@ -26,11 +26,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lkstn.classical._gauss_newton import GaussNewton, Level, error_image, solve
+from lkstn.classical._gauss_newton import GaussNewton, Level, solve
 from lkstn.classical._sampler import Samples
 from lkstn.sampling import image_gradients
 
 __all__ = ["CompositionalLK", "LK"]
+
+
+def error_image(level: Level, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[BM04] step (2) for ``samples`` ``(n, h*w, K)`` whose first ``C`` channels are ``I(p)``:
+    ``(cost (n,), e (n, h*w, C))``, ``e = I(p) - T`` (times ``sqrt(w)`` under a mask, so that its
+    sum of squares is the weighted cost) and ``cost`` its mean squared value (weighted mean)."""
+    T = level.template.reshape(1, -1, level.template.shape[-1])  # (1, h*w, C)
+    e = samples[..., : T.shape[-1]] - T  # (n, h*w, C)
+    if level.root_w is None:
+        return np.einsum("nqc,nqc->n", e, e) / T.size, e
+    e *= level.root_w  # weighted residuals: sum w e^2 is their sum of squares
+    total = (level.root_w**2).sum() * T.shape[-1]
+    return np.einsum("nqc,nqc->n", e, e) / total, e
+
 
 _DOC_PARAMS = """
     Parameters

@@ -99,6 +99,7 @@ def robust_settings(
         "photometric": "gain-bias",
         "refine": True,
         "polish": True,
+        "coarse_best": True,
         "second_look": SECOND_LOOK,
         "min_score": SECOND_LOOK,
         "n_iter": 50,

@@ -106,3 +106,41 @@ def test_the_refine_stages_guard_uses_the_costs_it_knows(side, monkeypatch):
     assert (kept.converged == measured.converged).all()
     assert n_kept < sum(sampled)
     assert 0.2 < kept.converged.mean() < 1  # both kinds of start
+
+
+@pytest.mark.parametrize("coarse_best", [False, True])
+def test_coarse_best_hands_on_the_lowest_cost_point_a_coarser_level_visited(coarse_best):
+    """Smoothed IC-LK steps are not descent steps: on the coarse level of a two-level pyramid
+    some starts walk uphill pixels away. With ``coarse_best`` the fine level starts from the
+    coarse level's lowest-cost row (or from the start, when the guard finds that better);
+    without it, from its last row (or the start)."""
+    from lkstn import corner_error
+    from lkstn.classical._gauss_newton import GaussNewton
+
+    image = texture(5, (200, 220), 2.0)
+    p_true = np.array([-0.45, 0.05, 0.05, -0.03, -0.4, -0.05])
+    template = warp_image(image, Affine(), p_true, (48, 48))
+    starts = p_true + np.random.default_rng(2).normal(0.0, 0.08, (60, 6))
+    stages = []  # (history, cost, p at entry) of each stage, as _iterate saw them
+    iterate = GaussNewton._iterate
+
+    def record(self, level, sampler, p, index, state, history, cost, backtrack=False):
+        entry = p.copy()
+        iterate(self, level, sampler, p, index, state, history, cost, backtrack)
+        stages.append((history.copy(), cost.copy(), entry))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GaussNewton, "_iterate", record)
+        ICLK(
+            template, "affine", n_iter=30, pyramid=2, gradient_sigma=3.0,
+            photometric="gain-bias", coarse_best=coarse_best,
+        ).align(image, starts)  # fmt: skip
+    (history, cost, _), (_, _, fine_start) = stages
+    rows = np.where(np.isnan(cost), np.inf, cost).argmin(0)
+    lowest, last = history[rows, np.arange(len(starts))], history[-1]
+    walked = corner_error(Affine(), lowest, last, (48, 48)) > 1.0  # uphill, pixels away
+    assert walked.sum() >= 2
+    handed = lowest if coarse_best else last
+    restarted = np.all(fine_start == starts, axis=1)
+    np.testing.assert_array_equal(fine_start[~restarted], handed[~restarted])
+    assert (~restarted & walked).any()  # the walks that the guard did not undo
