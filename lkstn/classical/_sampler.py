@@ -42,20 +42,20 @@ class Sampler:
     coordinates are :func:`lkstn.sampling.warped_grid`'s, with the canonical-to-pixel change of
     frame folded into ``M(p)``; the image gets a one-pixel zero
     border, and coordinates are clamped onto that border, which reproduces zero padding exactly.
-    A sample is four gathers (through offset views, no index arithmetic) and three lerps. Blocks
-    whose template corners all land inside the image skip the clamping (the image of the
-    template frame under an affine warp, or a homography positive at the corners, is convex).
+    A sample is four gathers per channel (through offset views of the channel's plane, no
+    index arithmetic) and three lerps. Blocks whose template corners all land inside the image
+    skip the clamping (the image of the template frame under an affine warp, or a homography
+    positive at the corners, is convex).
     """
 
     def __init__(self, images: np.ndarray, warp: Warp, grid: np.ndarray) -> None:
         B, H, W, K = images.shape
-        padded = np.zeros((B, H + 2, W + 2, K))  # a one-pixel zero border: exact zero padding
-        padded[:, 1:-1, 1:-1] = images
-        flat = padded.reshape(-1, K) if K > 1 else padded.reshape(-1)  # (B*Hp*Wp[, K])
+        padded = np.zeros((K, B, H + 2, W + 2))  # a one-pixel zero border: exact zero padding
+        padded[:, :, 1:-1, 1:-1] = np.moveaxis(images, -1, 0)  # channel planes: 1-D gathers
         Wp = W + 2
         # the four bilinear neighbours of flat index i are i, i + 1, i + Wp, i + Wp + 1: views
-        # of one array (the last rows of the shifted views are never read)
-        self._neighbours = [flat, flat[1:], flat[Wp:], flat[Wp + 1 :]]
+        # of one plane (the last rows of the shifted views are never read)
+        self._neighbours = [(f, f[1:], f[Wp:], f[Wp + 1 :]) for f in padded.reshape(K, -1)]
         self._size = (H + 2, W + 2)  # padded frame
         self._K = K
         self._warp = warp
@@ -127,17 +127,20 @@ class Sampler:
         if base is not None:
             y0 += base[:, None]
         i = y0.astype(np.intp)
-        if self._K > 1:
-            x, y = x[..., None], y[..., None]
-        # mode="clip" is a no-op here (indices are in range by construction) and skips checks
-        v00, v01, v10, v11 = (v.take(i, axis=0, mode="clip") for v in self._neighbours)
-        v01 -= v00  # top = v00 + x (v01 - v00)
-        v01 *= x
-        v01 += v00
-        v11 -= v10  # bottom = v10 + x (v11 - v10)
-        v11 *= x
-        v11 += v10
-        v11 -= v01  # top + y (bottom - top)
-        v11 *= y
-        v11 += v01
-        return v11 if self._K > 1 else v11[..., None]  # (na, nq, K)
+        out = None if self._K == 1 else np.empty((*i.shape, self._K))  # (na, nq, K)
+        for c, plane in enumerate(self._neighbours):  # the indices and weights, once
+            # mode="clip" is a no-op here (indices are in range by construction), skips checks
+            v00, v01, v10, v11 = (v.take(i, mode="clip") for v in plane)
+            v01 -= v00  # top = v00 + x (v01 - v00)
+            v01 *= x
+            v01 += v00
+            v11 -= v10  # bottom = v10 + x (v11 - v10)
+            v11 *= x
+            v11 += v10
+            v11 -= v01  # top + y (bottom - top)
+            v11 *= y
+            v11 += v01
+            if out is None:
+                return v11[..., None]
+            out[..., c] = v11
+        return out
