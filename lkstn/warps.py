@@ -256,6 +256,7 @@ class Warp:
         ``check=False`` skips the checks of ``xy`` and ``p``, which must then be arrays of one
         kind (for inner loops: the Jacobian of a homography at each iterate).
         """
+        identity = p is None
         if check:
             xy = self._check_xy(xy)
             p = self.identity(like=xy) if p is None else self.check_params(p)
@@ -265,8 +266,10 @@ class Warp:
         xp = namespace(xy, p)
         ones = xp.ones_like(xy[..., :1])
         xh = xp.concatenate([xy, ones], -1)  # (..., N, 3)
-        B = constant(self.basis, xy)  # (P, 3, 3)
-        Bx = xp.einsum("kij,...nj->...nik", B, xh)  # (..., N, 3, P)
+        B = constant(self.basis.swapaxes(0, 1).reshape(-1, 3), xy)  # (3 * P, 3): rows B_k[i]
+        Bx = (xh @ B.T).reshape(*xh.shape[:-1], 3, self.n_params)  # (..., N, 3, P): B_k[i] xh
+        if identity:  # w = 1 and W = xy: the same numbers, two passes fewer
+            return Bx[..., :2, :] - xy[..., :, None] * Bx[..., 2:3, :]
         M = self.matrix(p, check=False)  # (..., 3, 3)
         h = xh @ M.swapaxes(-1, -2)  # (..., N, 3)
         w = h[..., 2:3]  # (..., N, 1)

@@ -224,23 +224,24 @@ class ICLK(Polishing, GaussNewton):
         if self.refine:
             finest = self._levels[0]
             self._refined = self._prepare_level(
-                Level(finest.template, finest.grid, root_w=finest.root_w), smoothing=False
+                Level(finest.template, finest.grid, root_w=finest.root_w), sd=finest.sd
             )
 
     # -- [BM04] Fig. 4: precompute once, then iterate and update ---------------------------------
-    def _prepare_level(self, level: Level, smoothing: bool = True) -> _ICLevel:
+    def _prepare_level(self, level: Level, sd: np.ndarray | None = None) -> _ICLevel:
         """Precompute, [BM04] Fig. 4 steps (3)-(6): the steepest-descent images and Hessian
-        of the template at this level, and the fixed linear map ``R`` of [LL17] eq. (5)."""
-        J = self.warp.jacobian(level.grid)  # (h*w, 2, P) = dW/dp(x; 0), [BM04] Fig. 4 step 4
+        of the template at this level, and the fixed linear map ``R`` of [LL17] eq. (5).
+        Given ``sd`` (the finest level's, for the refining stage): plain, no smoothing."""
+        J = self.warp.jacobian(level.grid) if sd is None else None  # [BM04] Fig. 4 step 4
         T = level.template
         C = T.shape[-1]
         # weighted least squares: rows scaled by sqrt(w), so that H = sd^T W sd, sd^T W e
         r = 1.0 if level.root_w is None else np.repeat(level.root_w, C, axis=0)  # (h*w*C, 1)
-        sd = r * steepest_descent(T, J).reshape(-1, self.warp.n_params)  # (h*w*C, P)
         photometric = Photometric.of(T, self.photometric, level.root_w)
-        sd = photometric.project(sd)  # blind to offsets (and gains); unchanged for None
+        if J is not None:  # blind to offsets (and gains); unchanged for None
+            sd = photometric.project(r * steepest_descent(T, J).reshape(-1, self.warp.n_params))
         sd_G = sd  # the images the error is projected on
-        if smoothing and self.gradient_sigma > 0:  # template pixels: narrower when coarser
+        if J is not None and self.gradient_sigma > 0:  # template pixels: narrower when coarser
             s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
             T_G = gaussian_filter(T, (s, s, 0), mode="reflect")
             sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
