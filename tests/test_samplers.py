@@ -149,3 +149,20 @@ def test_builder_is_warp_apply_with_any_batch_and_out(warp) -> None:
     kw = dict(projective=warp.projective, shape=SHAPE, out=single)
     warped_grid(M, homogeneous_grid(SHAPE), **kw)  # float64 terms, float32 sums
     np.testing.assert_allclose(single, ref, rtol=1e-5, atol=1e-6)  # cancellation near w = 0
+
+
+def test_a_tuple_of_images_samples_as_their_concatenation_and_first_keeps_channels() -> None:
+    """``Sampler((a, b, c), ...)`` samples the channels of ``a``, ``b``, ``c`` in order, the
+    same numbers as the concatenated array (each channel is its own plane: no arithmetic
+    differs); ``first(k)`` samples the first ``k`` of them, also the same numbers."""
+    rng = np.random.default_rng(4)
+    parts = tuple(rng.random((2, 30, 40, k)) for k in (2, 1, 3))
+    warp, grid = Homography(), canonical_grid((9, 11))
+    p = rng.normal(0.0, 0.4, (5, 8))  # some samples outside the image: the zero border
+    index = np.array([0, 1, 1, 0, 1])
+    whole = Sampler(np.concatenate(parts, -1), warp, grid)(p, index).copy()
+    split = Sampler(parts, warp, grid)
+    np.testing.assert_array_equal(split(p, index), whole)
+    np.testing.assert_array_equal(split.first(3)(p, index), whole[..., :3])
+    np.testing.assert_array_equal(split.first(1)(p, index), whole[..., :1])
+    assert (whole == 0).any() and (whole != 0).any()

@@ -8,6 +8,7 @@ in :mod:`lkstn.classical._gauss_newton`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -48,10 +49,18 @@ class Sampler:
     positive at the corners, is convex).
     """
 
-    def __init__(self, images: np.ndarray, warp: Warp, grid: np.ndarray) -> None:
-        B, H, W, K = images.shape
+    def __init__(self, images: np.ndarray | tuple[np.ndarray, ...], warp: Warp, grid: np.ndarray,
+                 ) -> None:  # fmt: skip
+        """``images`` ``(B, H, W, K)``, or a tuple of such arrays whose channels follow one
+        another (sampled as their concatenation, without forming it)."""
+        parts = images if isinstance(images, tuple) else (images,)
+        B, H, W, _ = parts[0].shape
+        K = sum(part.shape[-1] for part in parts)
         padded = np.zeros((K, B, H + 2, W + 2))  # a one-pixel zero border: exact zero padding
-        padded[:, :, 1:-1, 1:-1] = np.moveaxis(images, -1, 0)  # channel planes: 1-D gathers
+        k = 0
+        for part in parts:  # channel planes: 1-D gathers
+            padded[k : k + part.shape[-1], :, 1:-1, 1:-1] = np.moveaxis(part, -1, 0)
+            k += part.shape[-1]
         Wp = W + 2
         # the four bilinear neighbours of flat index i are i, i + 1, i + Wp, i + Wp + 1: views
         # of one plane (the last rows of the shifted views are never read)
@@ -71,6 +80,13 @@ class Sampler:
         sx, sy = (W - 1) / 2.0, (H - 1) / 2.0  # padded pixel = (x + 1) (W - 1) / 2 + 1
         self._pad_from_canonical = np.array([[sx, 0, sx + 1], [0, sy, sy + 1], [0, 0, 1.0]])
         self._out = np.empty((0, len(grid), K))
+
+    def first(self, k: int) -> Sampler:
+        """A sampler of the first ``k`` channels, sharing this one's planes."""
+        view = copy.copy(self)
+        view._neighbours, view._K = self._neighbours[:k], k
+        view._out = np.empty((0, self._hw, k))
+        return view
 
     def __call__(self, p: np.ndarray, image_index: np.ndarray | None) -> np.ndarray:
         """``I(p)`` for ``p`` ``(n, P)`` in image ``image_index[i]`` (or 0): ``(n, h*w, K)``.

@@ -85,7 +85,7 @@ def polish_stage(
     grid = canonical_grid((h, w))
     xh = np.concatenate([grid, np.ones((len(grid), 1))], 1)  # (m, 3) homogeneous points
     gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
-    sampler = Sampler(np.concatenate([images, gx, gy], -1), aligner.warp, grid)  # K = 3C
+    sampler = Sampler((images, gx, gy), aligner.warp, grid)  # K = 3C
     p = history[-1].copy()
     n, P = p.shape
     rows, costs = np.empty((n_iter + 1, n, P)), np.empty((n_iter + 1, n))
@@ -116,7 +116,7 @@ def polish_stage(
     worse = live & (c_now > c_from)  # measured last and uphill: the last accepted p
     p[worse], c_now[worse] = p_from[worse], c_from[worse]
     rows[k + 1 :], costs[k + 1 :] = p, c_now
-    final = score(Sampler(images, aligner.warp, grid), p, index)  # I(p) alone: a third
+    final = score(sampler.first(C), p, index)  # I(p) alone: a third of the samples
     history = np.concatenate([history, rows[1:]])
     cost = np.concatenate([cost[:-1], costs])
     return history, cost, stopped & np.isfinite(c_now), final
