@@ -37,7 +37,7 @@ from lkstn.classical._gauss_newton import GaussNewton
 from lkstn.classical._sampler import Sampler
 from lkstn.classical.region import proper, root_weights
 from lkstn.classical.systems import solve
-from lkstn.sampling import canonical_grid, image_gradients
+from lkstn.sampling import canonical_grid, homogeneous_grid, image_gradients
 
 __all__ = ["Polishing", "polish_stage"]
 
@@ -83,7 +83,7 @@ def polish_stage(
     history, cost, _, _ = run
     h, w, C = T.shape
     grid = canonical_grid((h, w))
-    xh = np.concatenate([grid, np.ones((len(grid), 1))], 1)  # (m, 3) homogeneous points
+    xt = homogeneous_grid((h, w))  # (3, m) homogeneous template points
     gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
     sampler = Sampler((images, gx, gy), aligner.warp, grid)  # K = 3C
     p = history[-1].copy()
@@ -97,7 +97,7 @@ def polish_stage(
         idx = np.flatnonzero(live)
         if idx.size:
             at = None if index is None else index[idx]
-            c, dp, ok = _step(aligner, T, sampler, xh, p[idx], at)
+            c, dp, ok = _step(aligner, T, sampler, xt, p[idx], at)
             c_now[idx] = c  # the cost of rows[k]
             back = c > c_from[idx]  # uphill: back to the last accepted p, half its step
             dp[back], ok[back], p[idx[back]] = 0.5 * dp_from[idx[back]], True, p_from[idx[back]]
@@ -122,33 +122,33 @@ def polish_stage(
     return history, cost, stopped & np.isfinite(c_now), final
 
 
-def _step(aligner, T: np.ndarray, sampler: Sampler, xh: np.ndarray, p: np.ndarray, index,
+def _step(aligner, T: np.ndarray, sampler: Sampler, xt: np.ndarray, p: np.ndarray, index,
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """``(cost (n,), dp (n, P), ok (n,))`` at ``p`` ``(n, P)``, in chunks of alignments;
-    ``xh`` ``(m, 3)`` the homogeneous template points."""
+    ``xt`` ``(3, m)`` the homogeneous template points (:func:`lkstn.sampling.homogeneous_grid`)."""
     h, w, C = T.shape
     size = max(1, _CHUNK // (h * w * C * 12))
     chunks = [slice(a, a + size) for a in range(0, len(p), size)]
     out = [
-        _chunk(aligner, T, sampler, xh, p[c], None if index is None else index[c]) for c in chunks
+        _chunk(aligner, T, sampler, xt, p[c], None if index is None else index[c]) for c in chunks
     ]
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
-def _chunk(aligner, T, sampler, xh, p, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _chunk(aligner, T, sampler, xt, p, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One forwards additive step for ``n`` alignments ``p`` ``(n, P)``.
 
     The steepest-descent images are never formed. The warp's derivative is linear in the
     warp's basis ``B`` (``lkstn.warps``): ``grad I . dW/dp_k = v^T B_k xh`` with ``v = (gx, gy,
-    -(gx x' + gy y')) / w'`` the image's gradients at the warped point ``(x', y', w')``
-    ([BM04] Sec. 2.1), so ``G = Z B^T`` with ``Z = v (x) xh`` (``R = 2`` rows of ``v`` for an
-    affine warp, 3 for a homography: ``3 R`` columns) and ``B`` the ``(P, 3 R)`` basis. One
-    product ``Y^T wt Y`` of ``Y = [Z, e, u, 1]`` per channel then gives every sum the normal
-    equations need: with weights ``wt = r^2`` (1 without a mask) summing to ``W``, the
-    zero-mean images have ``G_c^T wt G_c = G^T wt G - W g g^T`` (``g`` the weighted mean of
-    ``G``); the image, the residual and ``u`` are zero-mean, so ``G_c^T wt e = G^T wt e``; and
-    ECC's projection out of the image's unit direction ``u`` subtracts ``a a^T`` and ``a (u^T
-    wt e)`` with ``a = G^T wt u``."""
+    -(gx x' + gy y')) / w'`` the image's gradients at the warped point ``(x', y', w')`` of the
+    template point ``xh`` (a column of ``xt``; [BM04] Sec. 2.1), so ``G = Z B^T`` with
+    ``Z = v (x) xh`` (``R = 2`` rows of ``v`` for an affine warp, 3 for a homography: ``3 R``
+    columns) and ``B`` the ``(P, 3 R)`` basis. One product ``Y^T wt Y`` of ``Y = [Z, e, u,
+    1]`` per channel then gives every sum the normal equations need: with weights ``wt = r^2``
+    (1 without a mask) summing to ``W``, the zero-mean images have ``G_c^T wt G_c = G^T wt G -
+    W g g^T`` (``g`` the weighted mean of ``G``); the image, the residual and ``u`` are
+    zero-mean, so ``G_c^T wt e = G^T wt e``; and ECC's projection out of the image's unit
+    direction ``u`` subtracts ``a a^T`` and ``a (u^T wt e)`` with ``a = G^T wt u``."""
     h, w, C = T.shape
     n, m, warp = len(p), h * w, aligner.warp
     samples = sampler(p, index).transpose(0, 2, 1)  # (n, 3C, m): I, dI/dx, dI/dy at W(x; p)
@@ -160,7 +160,6 @@ def _chunk(aligner, T, sampler, xh, p, index) -> tuple[np.ndarray, np.ndarray, n
     ie, iu, i1 = 3 * R, 3 * R + 1, 3 * R + 1 + gain  # rows of Y after Z
     Y = np.empty((n, C, i1 + centred, m))  # pixels last: every row is one contiguous product
     Z = Y[:, :, : 3 * R].reshape(n, C, R, 3, m)  # a view: row 3 i + j is v_i xh_j
-    xt = xh.T  # (3, m)
     if warp.projective:
         uvw = warp.matrix(p, check=False) @ xt  # (n, 3, m)
         inv_w = 1.0 / uvw[:, 2:]  # (n, 1, m)

@@ -162,7 +162,7 @@ def test_the_gram_form_of_the_forwards_step_is_the_direct_one(warp, photometric,
     O(eps^2) and rounding O(1e-16 / eps), about 1e-10, amplified by the system's condition)."""
     from lkstn.classical import polish
     from lkstn.classical._sampler import Sampler
-    from lkstn.sampling import canonical_grid, image_gradients
+    from lkstn.sampling import canonical_grid, homogeneous_grid, image_gradients
     from lkstn.warps import warp_from_name
 
     warp = warp_from_name(warp)
@@ -179,8 +179,7 @@ def test_the_gram_form_of_the_forwards_step_is_the_direct_one(warp, photometric,
     grid = canonical_grid((h, w))
     gx, gy = image_gradients(image[None], channel_axis=-1)
     sampler = Sampler(np.concatenate([image[None], gx, gy], -1), warp, grid)
-    xh = np.concatenate([grid, np.ones((h * w, 1))], 1)  # homogeneous template points
-    cost, dp, ok = polish._step(aligner, T, sampler, xh, p[None], None)
+    cost, dp, ok = polish._step(aligner, T, sampler, homogeneous_grid((h, w)), p[None], None)
     direct, direct_cost = _direct_step(warp, photometric, mask, T, image, p)
     assert ok.all()
     np.testing.assert_allclose(dp[0], direct, rtol=1e-7, atol=1e-7 * np.abs(direct).max())
