@@ -9,11 +9,17 @@ clean photograph. Methods, on the same starts: ``ICLK.robust``, plain ``ICLK`` (
 IC-LK, 50 iterations), ``cv2.findTransformECC`` with OpenCV's defaults (50 iterations, eps 1e-3,
 ``gaussFiltSize=5``) and with ``gaussFiltSize=1``. An alignment has *converged* when its corner
 error is under 2 % of the template side + 0.5 px. Each cell also gives the percentage of
-starts already within that tolerance (``start``): what a method that does not move scores.
+starts already within that tolerance (``start``): what a method that does not move scores;
+and ``minimum``: the percentage of starts on photos where ``ICLK.robust`` started at the truth
+itself ends within it, i.e. where the cost's own minimum near the truth is close enough to count
+(on a noisy image with little texture it is not: a method that minimises the cost then misses
+from every start, and only one that stops before the minimum can score).
 
 It also measures the success signal: the ICLK aligners' own ``converged`` (small last step,
 finite, and ``score >= min_score``) against that ground truth, for a range of ``min_score``:
-false positive rate ``P(converged | wrong)`` and false negative rate ``P(not converged | right)``.
+false positive rate ``P(converged | wrong)`` and false negative rate ``P(not converged | right)``;
+and, at ``min_score`` 0.8, for a range of ``max_uncertainty`` (the predicted corner spread,
+:mod:`lkstn.classical.uncertainty`).
 
 ``--timing`` aligns one pair at a time (one image, one start: what the CLI and a tracker do) at
 64, 128 and 256 px, ICLK.robust (built for a new template + alignment; called again for the same
@@ -62,6 +68,7 @@ SIZES = (16, 32, 64, 128)
 SIGMAS = (1.0, 2.5, 5.0)  # template pixels of a 50 px template, scaled to each size
 VARIANTS = ("clean", "relit", "noisy")
 THRESHOLDS = (-1.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+UNCERTAINTIES = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # max_uncertainty, template pixels
 METHODS = ("ICLK.robust", "ICLK", "ECC", "ECC-g1")
 MOTION = {"affine": cv2.MOTION_AFFINE, "homography": cv2.MOTION_HOMOGRAPHY}
 
@@ -136,20 +143,26 @@ def iclk(template, image, warp, p_init, robust: bool, overrides: dict):
         shape = {k: overrides[k] for k in ("coarsest", "smoothing") if k in overrides}
         settings = robust_settings(template.shape, **shape) if shape else {}
         settings.update({k: v for k, v in overrides.items() if k not in shape})
-        settings["min_score"] = -1.0  # the score is judged in confusion()
+        settings["min_score"] = -1.0  # the score and the uncertainty are judged in confusion()
+        settings["max_uncertainty"] = np.inf
         aligner = ICLK.robust(template, warp=warp, **settings)
     else:
         aligner = ICLK(template, warp, n_iter=50, min_score=-1.0)
     result = aligner.align(image, p_init)
-    return result.p, result.converged, result.score
+    return result.p, result.converged, result.score, result.uncertainty
 
 
-def confusion(right: np.ndarray, stopped: np.ndarray, score: np.ndarray) -> dict:
-    """False positive / negative counts of ``converged`` per threshold on the score."""
+def confusion(right, stopped, score, uncertainty) -> dict:
+    """False positive / negative counts of ``converged`` per threshold on the score, and at
+    ``min_score`` 0.8 per threshold on the uncertainty (keys ``"0.8, u<=0.5"``)."""
     out = {}
-    for t in THRESHOLDS:
-        flag = stopped & (np.nan_to_num(score, nan=-2.0) >= t)
-        out[f"{t:g}"] = {
+    score = np.nan_to_num(score, nan=-2.0)
+    spread = np.nan_to_num(uncertainty, nan=np.inf)
+    rules = [(f"{t:g}", t, np.inf) for t in THRESHOLDS]
+    rules += [(f"0.8, u<={u:g}", 0.8, u) for u in UNCERTAINTIES]
+    for key, t, u in rules:
+        flag = stopped & (score >= t) & (spread <= u)
+        out[key] = {
             "false_positive": int((flag & ~right).sum()),
             "wrong": int((~right).sum()),
             "false_negative": int((~flag & right).sum()),
@@ -181,6 +194,7 @@ def convergence(args, overrides: dict) -> list[dict]:
                     t0 = time.perf_counter()
                     hits = dict.fromkeys(METHODS, 0)
                     within = 0  # starts already within the tolerance: what not moving scores
+                    minimum = 0  # starts whose photo's cost has its minimum within the tolerance
                     signal = {"ICLK.robust": {}, "ICLK": {}}
                     n = 0
                     for k, (image, box) in enumerate(boxes.values()):
@@ -194,40 +208,51 @@ def convergence(args, overrides: dict) -> list[dict]:
                         n += len(starts)
                         start_err = safe_corner_error(warp, starts, p_true, (side, side))
                         within += int((start_err < tolerance(side)).sum())
+                        p_min, _, min_score, _ = iclk(T, I, warp, p_true[None], True, overrides)
+                        min_err = safe_corner_error(warp, p_min, p_true, (side, side))[0]
+                        minimum += len(starts) * int(min_err < tolerance(side))
                         for method in METHODS:
                             if method.startswith("ECC"):
                                 g = 1 if method == "ECC-g1" else 5
                                 p = ecc(T, I, warp, starts, g)
                             else:
                                 robust = method == "ICLK.robust"
-                                p, stopped, score = iclk(T, I, warp, starts, robust, overrides)
+                                p, stopped, score, spread = iclk(
+                                    T, I, warp, starts, robust, overrides
+                                )
                             err = safe_corner_error(warp, p, p_true, (side, side))
                             right = err < tolerance(side)
                             hits[method] += int(right.sum())
                             if args.per_photo and method == "ICLK.robust":
                                 wrong = ", ".join(
-                                    f"{e:.1f} px/{s:.2f}"
-                                    for e, s in zip(err[~right], score[~right], strict=True)
+                                    f"{e:.1f} px/{s:.2f}/{u:.2f}"
+                                    for e, s, u in zip(
+                                        err[~right], score[~right], spread[~right], strict=True
+                                    )
                                 )
-                                off = f"; off (px/score): {wrong}" if wrong else ""
+                                off = f"; off (px/score/uncertainty): {wrong}" if wrong else ""
                                 name = list(boxes)[k]
                                 at_truth = zncc(T, warp_image(I, warp, p_true, (side, side)))
                                 print(
                                     f"    {name}: {int(right.sum())} of {len(right)} (score at "
-                                    f"the truth {at_truth:.3f}){off}"
+                                    f"the truth {at_truth:.3f}; from the truth it ends "
+                                    f"{min_err:.2f} px off, score {min_score[0]:.3f}){off}"
                                 )
                             if method in signal:
-                                add(signal[method], confusion(right, stopped, score))
+                                add(signal[method], confusion(right, stopped, score, spread))
                     pct = {m: round(100.0 * hits[m] / max(n, 1), 1) for m in METHODS}
                     cells.append(
                         {"size": side, "warp": warp_name, "sigma": sigma, "variant": var,
                          "n": n, "photos": list(boxes), "percent_converged": pct,
                          "percent_starts_within": round(100.0 * within / max(n, 1), 1),
+                         "percent_minimum_within": round(100.0 * minimum / max(n, 1), 1),
                          "signal": signal}
                     )  # fmt: skip
                     print(
                         f"{side:4d}px {warp_name:10s} sigma {sigma:<4g} {var:6s} n={n:4d} "
                         + " ".join(f"{m} {v:5.1f}" for m, v in pct.items())
+                        + f" start {100.0 * within / max(n, 1):5.1f} minimum "
+                        + f"{100.0 * minimum / max(n, 1):5.1f}"
                         + f"  ({time.perf_counter() - t0:.1f} s)",
                         flush=True,
                     )
@@ -306,20 +331,24 @@ def markdown(report: dict) -> str:
     lines = []
     if "cells" in report:
         starts = all("percent_starts_within" in c for c in report["cells"])
+        minima = all("percent_minimum_within" in c for c in report["cells"])
         extra = " start |" if starts else ""  # a method that does not move scores this
+        extra += " minimum |" if minima else ""  # the cost's own minimum is within tolerance
         lines += ["| size | warp | sigma | variant | " + " | ".join(METHODS) + " |" + extra,
-                  "|---|---|---|---|" + "---|" * (len(METHODS) + starts)]  # fmt: skip
+                  "|---|---|---|---|" + "---|" * (len(METHODS) + starts + minima)]  # fmt: skip
         for c in report["cells"]:
             pct = c["percent_converged"]
             lines.append(
                 f"| {c['size']} | {c['warp']} | {c['sigma']:g} | {c['variant']} | "
                 + " | ".join(f"{pct[m]:.1f}" for m in METHODS) + " |"
                 + (f" {c['percent_starts_within']:.1f} |" if starts else "")
+                + (f" {c['percent_minimum_within']:.1f} |" if minima else "")
             )  # fmt: skip
         v = report["verdict"]
         lines += ["", f"Cells meeting the target: {v['cells_meeting_target']} of {v['cells']}."]
         lines += [f"- misses: {f}" for f in v["fails"]]
-        lines += ["", "| method | min_score | false positive rate | false negative rate |",
+        lines += ["", "| method | min_score (, max_uncertainty) | false positive rate | "
+                  "false negative rate |",
                   "|---|---|---|---|"]  # fmt: skip
         for method, rates in report["signal"].items():
             for t, r in rates.items():

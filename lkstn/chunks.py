@@ -157,7 +157,7 @@ class _Collector:
 
     def __init__(self, n: int, batch: tuple[int, ...]) -> None:
         self.n, self.batch = n, tuple(batch)
-        self.history = self.cost = self.converged = self.score = None
+        self.history = self.cost = self.converged = self.score = self.uncertainty = None
 
     def add(self, s: slice, res: AlignmentResult, xp: ModuleType) -> None:
         m = s.stop - s.start
@@ -165,16 +165,20 @@ class _Collector:
         cost = None if res.cost is None else res.cost.reshape(res.cost.shape[0], m)
         converged = res.converged.reshape(m)
         score = None if res.score is None else res.score.reshape(m)
+        spread = None if res.uncertainty is None else res.uncertainty.reshape(m)
         if self.history is None:  # shapes and dtypes come from the first chunk
             self.history = _empty(xp, history, (history.shape[0], self.n, history.shape[-1]))
             self.cost = None if cost is None else _empty(xp, cost, (cost.shape[0], self.n))
             self.converged = _empty(xp, converged, (self.n,))
             self.score = None if score is None else _empty(xp, score, (self.n,))
+            self.uncertainty = None if spread is None else _empty(xp, spread, (self.n,))
         self.history[:, s] = history
         if self.cost is not None:
             self.cost[:, s] = cost
         if self.score is not None:
             self.score[s] = score
+        if self.uncertainty is not None:
+            self.uncertainty[s] = spread
         self.converged[s] = converged
 
     def result(self) -> AlignmentResult:
@@ -185,6 +189,7 @@ class _Collector:
             cost=cost,
             converged=self.converged.reshape(self.batch),
             score=None if self.score is None else self.score.reshape(self.batch),
+            uncertainty=None if self.uncertainty is None else self.uncertainty.reshape(self.batch),
         )
 
 

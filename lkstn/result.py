@@ -54,6 +54,11 @@ class AlignmentResult:
     score : array, shape (...), or None
         Per alignment, where the aligner has a template: the zero-normalised correlation of
         the template and the image warped at the final ``p`` (:func:`lkstn.score.zncc`).
+    uncertainty : array, shape (...), or None
+        Per alignment, for the Gauss-Newton aligners: the predicted standard deviation of the
+        template's corners, RMS over the four, in template pixels, from the final residual and
+        the template's texture (:mod:`lkstn.classical.uncertainty`). Large where the warp is
+        not determined: a flat template on a noisy image, texture along one direction only.
 
     Examples
     --------
@@ -69,6 +74,7 @@ class AlignmentResult:
     cost: Array | None
     converged: Array
     score: Array | None = None
+    uncertainty: Array | None = None
 
     @property
     def p(self) -> Array:

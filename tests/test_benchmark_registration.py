@@ -36,9 +36,12 @@ def test_registration_quick_run(tmp_path):
         # lands on the truth; the paper's IC-LK has no gain invariance and may not
         assert c["percent_converged"]["ICLK.robust"] == 100.0
         assert 0.0 <= c["percent_starts_within"] <= 100.0
+        # without noise the cost's minimum near the truth is the truth
+        assert c["percent_minimum_within"] == 100.0
     assert data["verdict"]["cells"] == 2
     table = bench.markdown(data).splitlines()
-    assert table[0].endswith("| start |") and table[2].count("|") == table[0].count("|")
+    assert table[0].endswith("| start | minimum |")
+    assert table[2].count("|") == table[0].count("|")
     rates = data["signal"]["ICLK.robust"]["0.5"]
     assert rates["right"] + rates["wrong"] == 16
 

@@ -84,6 +84,7 @@ def test_known_warp_recovered_through_the_command(files, tmp_path, template, ima
     assert code == 0
     assert corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1
     assert rec["score"] > 0.99
+    assert 0.0 <= rec["uncertainty"] < 0.1  # quantised pixels: a small residual, well fixed
 
 
 def test_options_of_the_photo_configuration(files, tmp_path):

@@ -166,3 +166,27 @@ def test_a_tuple_of_images_samples_as_their_concatenation_and_first_keeps_channe
     np.testing.assert_array_equal(split.first(3)(p, index), whole[..., :3])
     np.testing.assert_array_equal(split.first(1)(p, index), whole[..., :1])
     assert (whole == 0).any() and (whole != 0).any()
+
+
+def test_a_window_samples_as_the_whole_frame_inside_it_and_zero_outside() -> None:
+    """``Sampler(window, ..., frame=, offset=)``: ``p`` in the whole frame's canonical
+    coordinates; samples whose neighbours lie in the window are the whole frame's bit for bit
+    (the same coordinates, the offset taken from their integer parts), and the rest of the
+    frame reads as zero."""
+    rng = np.random.default_rng(5)
+    images = rng.random((2, 40, 50, 2))
+    warp, grid = Affine(), canonical_grid((7, 9))
+    x0, y0, x1, y1 = 12, 9, 37, 30  # the window's pixels [x0, x1) x [y0, y1)
+    window = images[:, y0:y1, x0:x1]
+    p = np.zeros((3, 6))
+    p[:, [0, 4]] = -0.7  # a template frame of a fifth of the image's size...
+    p[:, 2], p[:, 5] = [-0.01, 0.02, 0.0], [-0.03, 0.0, 0.01]  # ...around its centre
+    index = np.array([0, 1, 1])
+    whole = Sampler(images, warp, grid)(p, index).copy()
+    part = Sampler(window, warp, grid, frame=(40, 50), offset=(x0, y0))
+    np.testing.assert_array_equal(part(p, index), whole)  # inside: the blocks' fast path
+    zeroed = np.zeros_like(images)
+    zeroed[:, y0:y1, x0:x1] = window
+    p_far = p + np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.3])  # across the window's edge: clamped
+    np.testing.assert_array_equal(part(p_far, index), Sampler(zeroed, warp, grid)(p_far, index))
+    assert (part(p_far, index) == 0).any()

@@ -60,8 +60,9 @@ from lkstn.classical.checks import check_int, check_score, check_template, parse
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.classical.region import change_frame, check_mask, crop_around, proper, root_weights
 from lkstn.classical.systems import RCOND, singular, solve  # noqa: F401 (imported from here)
+from lkstn.classical.uncertainty import corner_gain, corner_sigma
 from lkstn.result import AlignmentResult
-from lkstn.sampling import canonical_grid
+from lkstn.sampling import canonical_grid, image_gradients
 from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
 
@@ -93,6 +94,17 @@ class _State:
     cost: np.ndarray  # mean squared residual at the current p
 
 
+def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+    """``grad T . dW/dp`` for ``template`` ``(h, w, C)`` and ``jacobian`` ``(h*w, 2, P)``.
+
+    Returns ``(h*w, C, P)``; rows follow ``template.ravel()`` order.
+    """
+    h, w, C = template.shape
+    gx, gy = image_gradients(template, channel_axis=-1)  # (h, w, C), per canonical unit
+    gx, gy = gx.reshape(h * w, C, 1), gy.reshape(h * w, C, 1)
+    return gx * jacobian[:, None, 0, :] + gy * jacobian[:, None, 1, :]  # [BM04] Fig. 4 step 5
+
+
 def keep_lowest(p: np.ndarray, state: _State, history: np.ndarray, cost: np.ndarray) -> None:
     """End a stage at the lowest-cost point it visited instead of its last: ``history``,
     ``cost`` are its rows, the last where it ended. Smoothed IC-LK steps are not descent steps;
@@ -121,6 +133,7 @@ class GaussNewton:
         backtrack: bool = False,
         second_look: float = -1.0,
         coarse_best: bool = False,
+        max_uncertainty: float = np.inf,
     ) -> None:
         self.warp = warp_from_name(warp)
         self.coarse_best = bool(coarse_best)
@@ -143,6 +156,9 @@ class GaussNewton:
         self.min_score = check_score(min_score, "min_score")
         self.backtrack = bool(backtrack)
         self.second_look = check_score(second_look, "second_look")
+        if not (isinstance(max_uncertainty, int | float) and max_uncertainty > 0):
+            raise ValueError(f"max_uncertainty must be a number > 0, got {max_uncertainty!r}")
+        self.max_uncertainty = float(max_uncertainty)
         self.mask = check_mask(mask, self.template_shape)  # (h, w) weights or None
         pyr = gaussian_pyramid(T, self.pyramid, channel_axis=-1)
         masks = [None] * self.pyramid
@@ -153,6 +169,10 @@ class GaussNewton:
             self._prepare_level(Level(t, canonical_grid(t.shape[:2]), root_w=root_weights(m)))
             for t, m in zip(pyr, masks, strict=True)
         ]  # finest first
+        finest = self._levels[0]
+        w2 = 1.0 if finest.root_w is None else float((finest.root_w**2).mean())
+        self._total = T.size * w2  # the (weighted) number of residuals
+        self._gain = corner_gain(self.warp, self.template_shape, self._texture_hessian())
 
     @property
     def template(self) -> np.ndarray:
@@ -172,6 +192,20 @@ class GaussNewton:
 
     def _prepare_level(self, level: Level) -> Level:
         return level
+
+    def _texture_hessian(self) -> np.ndarray:
+        """``sd^T W sd`` of the template at the identity, finest level: what the uncertainty
+        (:mod:`lkstn.classical.uncertainty`) inverts."""
+        level = self._levels[0]
+        sd = steepest_descent(level.template, self.warp.jacobian(level.grid))
+        if level.root_w is not None:
+            sd = sd * level.root_w[:, :, None]
+        sd = sd.reshape(-1, self.warp.n_params)
+        return sd.T @ sd
+
+    def _dof(self) -> int:
+        """Parameters fitted to the residual: the warp's (ICLK adds the photometric ones)."""
+        return self.warp.n_params
 
     def _sampled(self, images: np.ndarray) -> np.ndarray:
         """What the sampler reads, ``(B, H, W, K)``: the images (LK adds their gradients)."""
@@ -251,11 +285,15 @@ class GaussNewton:
             history = change_frame(np.linalg.inv(to_crop), history)
             history[0] = p_given
         converged &= score >= self.min_score  # stopped AND good: a wrong place scores low
+        uncertainty = corner_sigma(cost[-1], self._gain, self._total, self._dof())
+        if self.max_uncertainty < np.inf:  # and determined: not along a line, not by noise
+            converged &= uncertainty <= self.max_uncertainty
         return AlignmentResult(
             history=history.reshape(rows, *batch_shape, P),
             cost=cost.reshape(rows, *batch_shape),
             converged=converged.reshape(batch_shape),
             score=score.reshape(batch_shape),
+            uncertainty=uncertainty.reshape(batch_shape),
         )
 
     def _run(self, pyr, p, index, n_iter: int, backtrack: bool):

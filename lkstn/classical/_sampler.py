@@ -50,9 +50,16 @@ class Sampler:
     """
 
     def __init__(self, images: np.ndarray | tuple[np.ndarray, ...], warp: Warp, grid: np.ndarray,
+                 *, frame: tuple[int, int] | None = None, offset: tuple[int, int] = (0, 0),
                  ) -> None:  # fmt: skip
         """``images`` ``(B, H, W, K)``, or a tuple of such arrays whose channels follow one
-        another (sampled as their concatenation, without forming it)."""
+        another (sampled as their concatenation, without forming it).
+
+        ``frame`` ``(H, W)`` and ``offset`` ``(x0, y0)``: the images are a window of a larger
+        frame, whose pixel ``(x0, y0)`` is the window's first, zero everywhere else; ``p`` maps
+        into that frame's canonical coordinates. Samples in the window equal those of the
+        whole frame bit for bit (the same coordinates, the offset taken from their integer
+        parts)."""
         parts = images if isinstance(images, tuple) else (images,)
         B, H, W, _ = parts[0].shape
         K = sum(part.shape[-1] for part in parts)
@@ -77,6 +84,9 @@ class Sampler:
         ]
         self._hw = hw
         self._corners = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])  # (3, 4)
+        self._offset = (float(offset[0]), float(offset[1]))
+        if frame is not None:  # canonical coordinates of the whole frame
+            H, W = frame
         sx, sy = (W - 1) / 2.0, (H - 1) / 2.0  # padded pixel = (x + 1) (W - 1) / 2 + 1
         self._pad_from_canonical = np.array([[sx, 0, sx + 1], [0, sy, sy + 1], [0, 0, 1.0]])
         self._out = np.empty((0, len(grid), K))
@@ -111,9 +121,12 @@ class Sampler:
         # (n, 3, 3): padded pixel from canonical
         A = self._pad_from_canonical @ self._warp.matrix(p, check=False)
         Hp, Wp = self._size
+        ox, oy = self._offset
         corners = A @ self._corners  # (n, 3, 4)
         w = corners[:, 2]
         x, y = corners[:, 0] / w, corners[:, 1] / w
+        if ox or oy:  # the window's padded pixels
+            x, y = x - ox, y - oy
         m = 1e-6  # margin against rounding between corners and interior points
         inside = (w > 0) & (x >= m) & (x <= Wp - 1 - m) & (y >= m) & (y <= Hp - 1 - m)
         inside = inside.all(-1)  # convex image of the frame: all samples inside
@@ -128,16 +141,20 @@ class Sampler:
         self, A: np.ndarray, G: np.ndarray, base: np.ndarray | None, inside: bool
     ) -> np.ndarray:
         Hp, Wp = self._size
+        ox, oy = self._offset
         x, y = warped_grid(A, G, projective=self._warp.projective)  # (na, nq) padded pixels
         if not inside:  # clamp onto the zero border (fmax/fmin also send NaN there)
-            np.fmin(np.fmax(x, 0.0, out=x), Wp - 1.0, out=x)
-            np.fmin(np.fmax(y, 0.0, out=y), Hp - 1.0, out=y)
+            np.fmin(np.fmax(x, ox, out=x), ox + Wp - 1.0, out=x)
+            np.fmin(np.fmax(y, oy, out=y), oy + Hp - 1.0, out=y)
         x0, y0 = np.floor(x), np.floor(y)
         if not inside:
-            np.minimum(x0, Wp - 2.0, out=x0)
-            np.minimum(y0, Hp - 2.0, out=y0)
+            np.minimum(x0, ox + Wp - 2.0, out=x0)
+            np.minimum(y0, oy + Hp - 2.0, out=y0)
         x -= x0  # fractional parts in [0, 1]
         y -= y0
+        if ox or oy:  # the window's pixels: integers, exact
+            x0 -= ox
+            y0 -= oy
         y0 *= Wp  # flat index of the top-left neighbour, exact in float64
         y0 += x0
         if base is not None:

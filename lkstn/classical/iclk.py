@@ -36,7 +36,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
+from lkstn.classical._gauss_newton import (
+    MIN_SCORE,
+    RCOND,
+    GaussNewton,
+    Level,
+    singular,
+    steepest_descent,
+)
 from lkstn.classical._sampler import Samples
 from lkstn.classical.checks import check_dtype
 from lkstn.classical.photometric import Photometric
@@ -44,7 +51,6 @@ from lkstn.classical.polish import Polishing
 from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
 from lkstn.filters import gaussian_filter
 from lkstn.result import AlignmentResult
-from lkstn.sampling import image_gradients
 from lkstn.warps import Warp
 
 __all__ = ["ICLK", "clear_built"]
@@ -63,17 +69,6 @@ class _ICLevel(Level):
     flat: np.ndarray  # (1, h*w, C) the template
     root_w_s: np.ndarray | None  # (h*w, 1) square roots of the mask's weights, or None
     total: float  # the number of (weighted) residuals: cost = sum of squares / total
-
-
-def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
-    """``grad T . dW/dp`` for ``template`` ``(h, w, C)`` and ``jacobian`` ``(h*w, 2, P)``.
-
-    Returns ``(h*w, C, P)``; rows follow ``template.ravel()`` order.
-    """
-    h, w, C = template.shape
-    gx, gy = image_gradients(template, channel_axis=-1)  # (h, w, C), per canonical unit
-    gx, gy = gx.reshape(h * w, C, 1), gy.reshape(h * w, C, 1)
-    return gx * jacobian[:, None, 0, :] + gy * jacobian[:, None, 1, :]  # [BM04] Fig. 4 step 5
 
 
 class ICLK(Polishing, GaussNewton):
@@ -150,6 +145,10 @@ class ICLK(Polishing, GaussNewton):
         Each level coarser than the finest hands the next the lowest-cost point it visited
         (at its own resolution), not its last: the smoothed step is not a descent step, and on
         a coarse level it can walk uphill far from the start (``docs/registration.md``).
+    max_uncertainty : float
+        ``converged`` also requires ``AlignmentResult.uncertainty`` (the predicted RMS spread
+        of the corners, template pixels, :mod:`lkstn.classical.uncertainty`) at or below this
+        (default ``inf``: not checked).
 
     Attributes
     ----------
@@ -204,6 +203,7 @@ class ICLK(Polishing, GaussNewton):
         second_look: float = -1.0,
         polish: bool = False,
         coarse_best: bool = False,
+        max_uncertainty: float = np.inf,
     ) -> None:
         self.dtype = check_dtype(dtype)  # float64 or float32
         self.photometric = photometric  # checked by Photometric.of, in _prepare_level
@@ -217,7 +217,7 @@ class ICLK(Polishing, GaussNewton):
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
             min_score=min_score, backtrack=backtrack, second_look=second_look,
-            coarse_best=coarse_best,
+            coarse_best=coarse_best, max_uncertainty=max_uncertainty,
         )  # fmt: skip
         self.refine, self.polish = bool(refine) and self.gradient_sigma > 0, bool(polish)
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
@@ -261,6 +261,14 @@ class ICLK(Polishing, GaussNewton):
             photometric.products(R).astype(self.dtype), T.reshape(1, h * w, C).astype(self.dtype),
             r, total, root_w=level.root_w,
         )  # fmt: skip
+
+    def _texture_hessian(self) -> np.ndarray:
+        sd = self._levels[0].sd  # weighted, blind to offsets (and gains)
+        return sd.T @ sd
+
+    def _dof(self) -> int:
+        fitted = {None: 0, "bias": 1, "gain-bias": 2}[self.photometric]  # per channel
+        return self.warp.n_params + fitted * self._T.shape[-1]
 
     def _iteration(self, level: _ICLevel, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip

@@ -67,6 +67,10 @@ _DOC_PARAMS = """
     min_score : float
         ``converged`` also requires the final score (ZNCC of the template and the warped image
         under the mask, ``AlignmentResult.score``) at or above this (default 0.5).
+    max_uncertainty : float
+        ``converged`` also requires ``AlignmentResult.uncertainty`` (the predicted RMS spread
+        of the corners, template pixels, :mod:`lkstn.classical.uncertainty`) at or below this
+        (default ``inf``: not checked).
 """
 
 

@@ -42,6 +42,7 @@ from lkstn.sampling import canonical_grid, homogeneous_grid, image_gradients
 __all__ = ["Polishing", "polish_stage"]
 
 _CHUNK = 1 << 22  # numbers in the Gram rows Y per chunk of alignments: its memory stays bounded
+_CORNERS = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])  # the template's, (3, 4)
 
 
 class Polishing:
@@ -82,10 +83,8 @@ def polish_stage(
     the alignment, not stopped."""
     history, cost, _, _ = run
     h, w, C = T.shape
-    grid = canonical_grid((h, w))
     xt = homogeneous_grid((h, w))  # (3, m) homogeneous template points
-    gx, gy = image_gradients(images, channel_axis=-1)  # per image canonical unit
-    sampler = Sampler((images, gx, gy), aligner.warp, grid)  # K = 3C
+    region = _Region(aligner.warp, images, canonical_grid((h, w)), margin=max(2, min(h, w) // 8))
     p = history[-1].copy()
     n, P = p.shape
     rows, costs = np.empty((n_iter + 1, n, P)), np.empty((n_iter + 1, n))
@@ -97,6 +96,7 @@ def polish_stage(
         idx = np.flatnonzero(live)
         if idx.size:
             at = None if index is None else index[idx]
+            sampler = region.sampler(p[idx])
             c, dp, ok = _step(aligner, T, sampler, xt, p[idx], at)
             c_now[idx] = c  # the cost of rows[k]
             back = c > c_from[idx]  # uphill: back to the last accepted p, half its step
@@ -116,10 +116,71 @@ def polish_stage(
     worse = live & (c_now > c_from)  # measured last and uphill: the last accepted p
     p[worse], c_now[worse] = p_from[worse], c_from[worse]
     rows[k + 1 :], costs[k + 1 :] = p, c_now
-    final = score(sampler.first(C), p, index)  # I(p) alone: a third of the samples
+    final = score(region.sampler(p).first(C), p, index)  # I(p) alone: a third of the samples
     history = np.concatenate([history, rows[1:]])
     cost = np.concatenate([cost[:-1], costs])
     return history, cost, stopped & np.isfinite(c_now), final
+
+
+class _Region:
+    """The image and its gradients where the stage samples: a window around the alignments'
+    footprints (``margin`` pixels wider, for the steps), or the whole level once a footprint
+    leaves it. A window gives the whole level's samples bit for bit: its gradients are the
+    same central differences, read only where both neighbours lie in the window (or at an edge
+    of the level, where the window's edge is the level's)."""
+
+    def __init__(self, warp, images: np.ndarray, grid: np.ndarray, margin: int) -> None:
+        self.warp, self.images, self.grid, self.margin = warp, images, grid, margin
+        self.box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1; None: whole
+        self._sampler: Sampler | None = None
+
+    def sampler(self, p: np.ndarray) -> Sampler:
+        """A sampler whose samples at ``p`` ``(n, P)`` are the whole level's."""
+        if self._sampler is not None and (self.box is None or self._holds(p)):
+            return self._sampler
+        _, H, W, _ = self.images.shape
+        box = self._around(p, self.margin) if self._sampler is None else None
+        small = box is not None and min(box[2] - box[0], box[3] - box[1]) >= 3
+        if not small or (box[2] - box[0]) * (box[3] - box[1]) > 0.5 * H * W:
+            gx, gy = image_gradients(self.images, channel_axis=-1)  # per canonical unit
+            self.box, self._sampler = None, Sampler((self.images, gx, gy), self.warp, self.grid)
+            return self._sampler
+        x0, y0, x1, y1 = box
+        window = self.images[:, y0:y1, x0:x1]
+        gy, gx = np.gradient(window, axis=(1, 2))  # image_gradients' arithmetic, whole frame's
+        gx *= (W - 1) / 2.0  # scale: per canonical unit of the level
+        gy *= (H - 1) / 2.0
+        sampler = Sampler((window, gx, gy), self.warp, self.grid, frame=(H, W), offset=(x0, y0))
+        self.box, self._sampler = box, sampler
+        return sampler
+
+    def _around(self, p: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
+        """The window of pixels ``[x0, x1) x [y0, y1)`` read at ``p``, ``margin`` wider on each
+        side (clipped to the level), or None where a footprint is not finite."""
+        _, H, W, _ = self.images.shape
+        corners = self.warp.matrix(p, check=False) @ _CORNERS  # (n, 3, 4)
+        with np.errstate(all="ignore"):
+            x = (corners[:, 0] / corners[:, 2] + 1.0) * ((W - 1) / 2.0)  # pixels
+            y = (corners[:, 1] / corners[:, 2] + 1.0) * ((H - 1) / 2.0)
+        if not (np.isfinite(x).all() and np.isfinite(y).all() and (corners[:, 2] > 0).all()):
+            return None
+        # reads columns floor(x) and floor(x) + 1, whose gradients read one more each side;
+        # one more against rounding between these coordinates and the sampler's
+        x0, y0 = int(np.floor(x.min())) - 2 - margin, int(np.floor(y.min())) - 2 - margin
+        x1, y1 = int(np.floor(x.max())) + 4 + margin, int(np.floor(y.max())) + 4 + margin
+        return max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
+
+    def _holds(self, p: np.ndarray) -> bool:
+        """Whether every sample at ``p`` (and its gradients) lies in the window."""
+        need = self._around(p, 0)
+        if need is None:
+            return False
+        _, H, W, _ = self.images.shape
+        x0, y0, x1, y1 = self.box
+        return (
+            (need[0] >= x0 or x0 == 0) and (need[1] >= y0 or y0 == 0)
+            and (need[2] <= x1 or x1 == W) and (need[3] <= y1 or y1 == H)
+        )  # fmt: skip
 
 
 def _step(aligner, T: np.ndarray, sampler: Sampler, xt: np.ndarray, p: np.ndarray, index,

@@ -281,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
         "p": canonical_params(warp, out.H, template.shape, image.shape),
         "p_init": canonical_params(warp, out.H_init, template.shape, image.shape),
         "score": out.score,
+        "uncertainty": _uncertainty(out.result),
         "converged": out.converged,
         "n_iter": out.result.n_iter,
         "conventions": "pixel_matrix maps template pixels to image pixels (OpenCV warpMatrix); "
@@ -296,5 +297,13 @@ def run(args: argparse.Namespace) -> int:
 
         title = f"{args.method}, {warp.name}: score {out.score:.3f}, converged={out.converged}"
         save_overlay(folder / "overlay.png", colour, template, out.H, out.H_init, title=title)
-    print(f"score {out.score:.4f}  converged={out.converged}  -> {folder}/params.json")
+    spread = _uncertainty(out.result)
+    spread = "" if spread is None else f"  uncertainty {spread:.3f} px"
+    print(f"score {out.score:.4f}{spread}  converged={out.converged}  -> {folder}/params.json")
     return 0 if out.converged else 1
+
+
+def _uncertainty(result) -> float | None:
+    """The predicted corner spread (template pixels) where the aligner gives one."""
+    u = getattr(result, "uncertainty", None)
+    return None if u is None else float(u)

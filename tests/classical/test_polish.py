@@ -184,3 +184,50 @@ def test_the_gram_form_of_the_forwards_step_is_the_direct_one(warp, photometric,
     assert ok.all()
     np.testing.assert_allclose(dp[0], direct, rtol=1e-7, atol=1e-7 * np.abs(direct).max())
     np.testing.assert_allclose(cost[0], direct_cost, rtol=1e-12)  # sums of squares: rounding
+
+
+@pytest.mark.parametrize("margin", [0, 6])
+def test_the_stage_on_a_window_gives_the_whole_levels_rows(monkeypatch, margin):
+    """The forwards stage samples the image and its gradients in a window around the
+    alignments, and on the whole level once a footprint leaves the window: the same rows, costs
+    and scores bit for bit as on the whole level, whether the steps stay inside (margin 6) or
+    leave it (margin 0: steps of a few pixels cross the window's edge, which it notices)."""
+    from lkstn.classical import polish
+
+    rng = np.random.default_rng(2)
+    image = ndimage.gaussian_filter(rng.normal(size=(90, 120)), 2.0)
+    warp = Homography()
+    T, p_true = cut(image, warp, 50, 30, 24)
+    starts = cut(image, warp, 53, 28, 24)[1][None]  # 3 px right, 2 px up: steps that size
+    aligner = ICLK(T, warp, photometric="gain-bias", polish=True)
+    run = (starts[None], np.full((1, 1), np.inf), None, None)
+    images = image[None, ..., None]
+    widths, wholes = [], 0
+
+    class Window(polish._Region):
+        def __init__(self, warp, images, grid, **_):
+            super().__init__(warp, images, grid, margin)
+
+        def sampler(self, p):
+            nonlocal wholes
+            had_box = self.box is not None
+            out = super().sampler(p)
+            widths.append(None if self.box is None else self.box[2] - self.box[0])
+            wholes += had_box and self.box is None
+            return out
+
+    class Whole(polish._Region):
+        def _around(self, p, margin_):
+            return None
+
+    outs = []
+    for region in (Window, Whole):
+        monkeypatch.setattr(polish, "_Region", region)
+        outs.append(polish.polish_stage(aligner, aligner._T, images, run, None, 12,
+                                        score=aligner._score))  # fmt: skip
+    assert widths[0] is not None and widths[0] < image.shape[1] / 2  # a window, at first
+    assert (wholes == 1) == (margin == 0)  # a footprint left the narrow window
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    err = corner_error(warp, outs[0][0][-1], p_true, (24, 24))
+    assert (err < 0.05).all()  # the stage converged: these rows are worth comparing

@@ -1,0 +1,55 @@
+"""How well the final warp is determined: the predicted spread of the template's corners.
+
+The least-squares estimate of ``p`` from residuals of variance ``sigma^2`` per (weighted)
+pixel has covariance ``sigma^2 H^-1``, with ``H = sd^T W sd`` the Gauss-Newton Hessian of the
+template at the identity: its texture as the warp sees it ([BM04] Sec. 4.1). Mapped through
+the warp's Jacobian at the four corners of the template, ``J_k`` (template pixels per unit of
+``p``), it gives the RMS over the corners of their standard deviation,
+
+    uncertainty = sqrt(sigma^2 * mean_k trace(J_k H^-1 J_k^T)),
+
+in template pixels, the unit of :func:`lkstn.result.corner_error`. ``sigma^2`` is the final
+mean squared residual (the cost) over the residual's degrees of freedom.
+
+It is large where the residual is large against the texture: a nearly flat template on a noisy
+image (any place fits as well as the truth), or texture along one direction only (an edge, a
+line: the warp is not fixed along it, and a place far along the line scores as high as the
+truth). The correlation ``score`` cannot see the second. On a right alignment of a clean image
+the residual, and so the uncertainty, is close to zero. Measured against ground truth in
+``docs/registration.md``.
+
+References: [BM04] Baker & Matthews, IJCV 2004.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lkstn.warps import Warp
+
+__all__ = ["corner_gain", "corner_sigma"]
+
+
+def corner_gain(warp: Warp, template_shape: tuple[int, int], hessian: np.ndarray) -> float:
+    """``mean_k trace(J_k H^-1 J_k^T)``: the corners' mean variance (template pixels^2) per unit
+    residual variance; ``inf`` where ``hessian`` ``(P, P)`` is singular."""
+    h, w = template_shape
+    scale = np.array([(w - 1) / 2.0, (h - 1) / 2.0])  # template pixels per canonical unit
+    J = warp.jacobian(warp.corners()) * scale[:, None]  # (4, 2, P) at the identity
+    try:
+        inverse = np.linalg.inv(hessian)
+    except np.linalg.LinAlgError:
+        return np.inf
+    gain = float(np.einsum("kap,pq,kaq->", J, inverse, J)) / len(J)
+    return gain if np.isfinite(gain) and gain >= 0 else np.inf
+
+
+def corner_sigma(cost: np.ndarray, gain: float, total: float, dof: int) -> np.ndarray:
+    """The uncertainty (template pixels) of alignments whose final cost (mean squared residual
+    over ``total`` weighted residuals) is ``cost`` ``(n,)``; ``dof`` parameters were fitted (the
+    warp's and the photometric ones). NaN where the cost is not finite."""
+    variance = np.asarray(cost, dtype=np.float64) * (total / max(total - dof, 1.0))
+    if not np.isfinite(gain):  # a singular Hessian: the warp is not determined
+        return np.where(np.isfinite(variance), np.inf, np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(variance * gain)
