@@ -44,12 +44,16 @@ class Track:
         Converged with ``score >= min_score``.
     redetected : bool ndarray, shape (N,)
         The first alignment failed and a re-detection was tried.
+    uncertainty : ndarray, shape (N,)
+        The aligner's ``result.uncertainty`` at the alignment found (the predicted corner
+        spread, template pixels); NaN where the aligner gives none.
     """
 
     H: np.ndarray
     score: np.ndarray
     ok: np.ndarray
     redetected: np.ndarray
+    uncertainty: np.ndarray
 
 
 def _good(a: PixelAlignment, min_score: float) -> bool:
@@ -109,7 +113,7 @@ def track(
     shape = tuple(aligner.template_shape)
     last_good = project_pixel_matrix(aligner.warp, H_init, shape)
     kw = {"template": template, "mask": mask}
-    Hs, scores, oks, redone = [], [], [], []
+    Hs, scores, oks, redone, spreads = [], [], [], [], []
     for i, frame in enumerate(frames):
         a = align_pixels(aligner, frame, last_good, **kw)
         again = not _good(a, min_score)
@@ -127,8 +131,11 @@ def track(
         scores.append(a.score)
         oks.append(ok)
         redone.append(again)
+        u = a.result.uncertainty
+        spreads.append(np.nan if u is None else float(np.asarray(u).reshape(-1)[0]))
         if callback is not None:
             callback(i, a)
     if not Hs:
         raise ValueError("frames: no frames given")
-    return Track(np.stack(Hs), np.asarray(scores), np.asarray(oks), np.asarray(redone))
+    return Track(np.stack(Hs), np.asarray(scores), np.asarray(oks), np.asarray(redone),
+                 np.asarray(spreads))  # fmt: skip

@@ -59,10 +59,15 @@ from lkstn.classical._sampler import Sampler, Samples
 from lkstn.classical.checks import check_int, check_score, check_template, parse_images
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.classical.region import change_frame, check_mask, crop_around, proper, root_weights
-from lkstn.classical.systems import RCOND, singular, solve  # noqa: F401 (imported from here)
+from lkstn.classical.systems import (  # noqa: F401 (RCOND, singular, solve imported from here)
+    RCOND,
+    singular,
+    solve,
+    steepest_descent,
+)
 from lkstn.classical.uncertainty import corner_gain, corner_sigma
 from lkstn.result import AlignmentResult
-from lkstn.sampling import canonical_grid, image_gradients
+from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
 
@@ -92,17 +97,6 @@ class _State:
     failed: np.ndarray  # unusable step: never converged
     converged: np.ndarray  # update norm fell below tol
     cost: np.ndarray  # mean squared residual at the current p
-
-
-def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
-    """``grad T . dW/dp`` for ``template`` ``(h, w, C)`` and ``jacobian`` ``(h*w, 2, P)``.
-
-    Returns ``(h*w, C, P)``; rows follow ``template.ravel()`` order.
-    """
-    h, w, C = template.shape
-    gx, gy = image_gradients(template, channel_axis=-1)  # (h, w, C), per canonical unit
-    gx, gy = gx.reshape(h * w, C, 1), gy.reshape(h * w, C, 1)
-    return gx * jacobian[:, None, 0, :] + gy * jacobian[:, None, 1, :]  # [BM04] Fig. 4 step 5
 
 
 def keep_lowest(p: np.ndarray, state: _State, history: np.ndarray, cost: np.ndarray) -> None:

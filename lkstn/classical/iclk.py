@@ -30,32 +30,23 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from lkstn.classical._gauss_newton import (
-    MIN_SCORE,
-    RCOND,
-    GaussNewton,
-    Level,
-    singular,
-    steepest_descent,
-)
+from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
 from lkstn.classical._sampler import Samples
 from lkstn.classical.checks import check_dtype
 from lkstn.classical.photometric import Photometric
 from lkstn.classical.polish import Polishing
-from lkstn.classical.robust import BUILT_SIZE, built_key, robust_settings
+from lkstn.classical.robust import built, clear_built
+from lkstn.classical.systems import steepest_descent
 from lkstn.filters import gaussian_filter
 from lkstn.result import AlignmentResult
 from lkstn.warps import Warp
 
 __all__ = ["ICLK", "clear_built"]
-
-_BUILT: dict[tuple[type[ICLK], tuple], ICLK] = {}  # (class, built_key) -> aligner, oldest first
 
 
 @dataclass(frozen=True)
@@ -325,16 +316,7 @@ class ICLK(Polishing, GaussNewton):
         >>> bool(result.converged), bool(np.allclose(result.p, p_true, atol=1e-4))
         (True, True)
         """
-        key = built_key(template, warp, mask, overrides)
-        if key is not None and (cls, key) in _BUILT:  # what it precomputes, shared read-only
-            return copy.copy(_BUILT[cls, key])
-        settings = robust_settings(np.shape(template)[:2])
-        settings.update(overrides)
-        aligner = cls(template, warp, mask=mask, **settings)
-        if key is not None:
-            _BUILT.pop(next(iter(_BUILT))) if len(_BUILT) >= BUILT_SIZE else None
-            _BUILT[cls, key] = aligner
-        return copy.copy(aligner)
+        return built(cls, template, warp, mask, overrides)
 
     def __repr__(self) -> str:
         extra = [f"gradient_sigma={self.gradient_sigma}"] if self.gradient_sigma else []
@@ -393,11 +375,6 @@ class ICLK(Polishing, GaussNewton):
 
             return SingleSampler(images, self.warp, level.template.shape[:2])
         return super()._sampler(images, level)
-
-
-def clear_built() -> None:
-    """Forget the aligners ``ICLK.robust`` keeps (the next call for any template builds anew)."""
-    _BUILT.clear()
 
 
 def compose_inverse(warp: Warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:

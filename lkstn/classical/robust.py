@@ -59,6 +59,7 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from typing import TYPE_CHECKING, Any
 
@@ -74,9 +75,13 @@ __all__ = [
     "MAX_UNCERTAINTY",
     "SECOND_LOOK",
     "SMOOTHING",
+    "built",
     "built_key",
+    "clear_built",
     "robust_settings",
 ]
+
+_BUILT: dict[tuple[type, tuple], Any] = {}  # (class, built_key) -> aligner, oldest first
 
 COARSEST = 24
 """Smallest side (pixels) of the template at the coarsest pyramid level."""
@@ -150,3 +155,25 @@ def built_key(
     except (TypeError, ValueError):  # an unhashable override, or an array that is not numbers
         return None
     return key
+
+
+def built(cls: type, template: npt.ArrayLike, warp: Warp | str, mask: npt.ArrayLike | None,
+          overrides: dict[str, object]):  # fmt: skip
+    """``cls(template, warp, mask=mask, **robust_settings(...) | overrides)``, or a shallow copy
+    of the one built for the same :func:`built_key` among the last ``BUILT_SIZE`` (sharing its
+    precomputed levels, which ``align`` only reads)."""
+    key = built_key(template, warp, mask, overrides)
+    if key is not None and (cls, key) in _BUILT:
+        return copy.copy(_BUILT[cls, key])
+    settings = robust_settings(np.shape(template)[:2])
+    settings.update(overrides)
+    aligner = cls(template, warp, mask=mask, **settings)
+    if key is not None:
+        _BUILT.pop(next(iter(_BUILT))) if len(_BUILT) >= BUILT_SIZE else None
+        _BUILT[cls, key] = aligner
+    return copy.copy(aligner)
+
+
+def clear_built() -> None:
+    """Forget the aligners ``ICLK.robust`` keeps (the next call for any template builds anew)."""
+    _BUILT.clear()

@@ -1,4 +1,5 @@
-"""The guarded batched solve of the Gauss-Newton aligners' normal equations ([BM04]).
+"""The Gauss-Newton aligners' systems ([BM04]): the template's steepest-descent images, and
+the guarded batched solve of the normal equations.
 
 Every alignment of a batch solves its own ``P x P`` system; one that is singular or not finite
 gets ``dp = 0`` and ``ok = False`` (failure is data, :mod:`lkstn.classical._gauss_newton`)
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RCOND", "singular", "solve"]
+from lkstn.sampling import image_gradients
+
+__all__ = ["RCOND", "singular", "solve", "steepest_descent"]
 
 RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
 
@@ -33,3 +36,14 @@ def solve(hessian: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     safe = np.where(bad[:, None, None], np.eye(hessian.shape[-1]), hessian)
     dp = np.linalg.solve(safe, np.where(bad[:, None], 0.0, rhs)[..., None])[..., 0]
     return dp, ~bad
+
+
+def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+    """``grad T . dW/dp`` for ``template`` ``(h, w, C)`` and ``jacobian`` ``(h*w, 2, P)``.
+
+    Returns ``(h*w, C, P)``; rows follow ``template.ravel()`` order.
+    """
+    h, w, C = template.shape
+    gx, gy = image_gradients(template, channel_axis=-1)  # (h, w, C), per canonical unit
+    gx, gy = gx.reshape(h * w, C, 1), gy.reshape(h * w, C, 1)
+    return gx * jacobian[:, None, 0, :] + gy * jacobian[:, None, 1, :]  # [BM04] Fig. 4 step 5

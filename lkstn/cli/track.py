@@ -2,10 +2,11 @@
 
 Each frame starts from the previous frame's result (:func:`lkstn.track.track`); a frame whose
 score drops below ``--min-score`` is re-detected around the last good position, and marked lost
-if that fails. Writes ``track.csv`` (one row per frame: file, score, ok, redetected and the
-pixel matrix ``h00 ... h22``), ``track.json`` (the same as lists) and an overlay PNG per frame
-(``--gif``: one animated ``track.gif`` instead; ``--no-overlay``: none). Exit code 0 when every
-frame was tracked, 1 when some were lost, 2 for bad input.
+if that fails. Writes ``track.csv`` (one row per frame: file, score, ok, redetected, the
+predicted corner spread ``uncertainty`` and the pixel matrix ``h00 ... h22``), ``track.json``
+(the same as lists) and an overlay PNG per frame (``--gif``: one animated ``track.gif``
+instead; ``--no-overlay``: none). Exit code 0 when every frame was tracked, 1 when some were
+lost, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def _write(folder: Path, paths: list[str], result) -> None:
     names = [f"h{r}{c}" for r in range(3) for c in range(3)]
     with open(folder / "track.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["frame", "file", "score", "ok", "redetected", *names])
+        w.writerow(["frame", "file", "score", "ok", "redetected", "uncertainty", *names])
         for i, path in enumerate(paths):
-            row = [i, path, f"{result.score[i]:.6f}", int(result.ok[i]), int(result.redetected[i])]
+            row = [i, path, f"{result.score[i]:.6f}", int(result.ok[i]), int(result.redetected[i]),
+                   f"{result.uncertainty[i]:.6f}"]  # fmt: skip
             w.writerow(row + [repr(float(v)) for v in result.H[i].ravel()])
     record = {
         "frames": list(paths),
@@ -111,6 +113,7 @@ def _write(folder: Path, paths: list[str], result) -> None:
         "score": [float(s) for s in result.score],
         "ok": result.ok.tolist(),
         "redetected": result.redetected.tolist(),
+        "uncertainty": [None if np.isnan(u) else float(u) for u in result.uncertainty],
         "conventions": "pixel_matrix maps template pixels to frame pixels (OpenCV warpMatrix)",
     }
     (folder / "track.json").write_text(json.dumps(record, indent=2))
