@@ -118,3 +118,27 @@ def test_bad_argument_exit_2(capsys):
     assert main(["align", "a.png", "b.png", "--warp", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "argument --warp" in err and len(err.strip().splitlines()) == 1
+
+
+def test_not_converged_says_why(tmp_path, capsys):
+    """Exit 1 with the reason: a template of stripes on a noisy image fixes the warp across the
+    stripes only (the uncertainty); a template that is not in the image scores low."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:120, 0:160]
+    stripes = 0.5 + 0.3 * np.sin(xx / 3.0) + 0.03 * np.sin(yy / 11.0)
+    noisy = np.clip(stripes + rng.normal(0.0, 0.05, stripes.shape), 0, 1)
+    io.imsave(tmp_path / "stripes.png", (noisy * 255).round().astype(np.uint8))
+    io.imsave(tmp_path / "t.png", (stripes[40:72, 60:92] * 255).round().astype(np.uint8))
+    other = rng.random((120, 160))
+    io.imsave(tmp_path / "other.png", (other * 255).round().astype(np.uint8))
+    reasons = {}
+    for name in ("stripes", "other"):
+        code = main(["align", str(tmp_path / "t.png"), str(tmp_path / f"{name}.png"), "--box",
+                     "60", "43", "91", "74", "--out", str(tmp_path / name), "--no-overlay"])  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == 1, out
+        reasons[name] = out.splitlines()[-1]
+        record = json.loads((tmp_path / name / "params.json").read_text())
+        assert record["converged"] is False
+    assert reasons["stripes"].startswith("not converged: uncertainty"), reasons
+    assert reasons["other"].startswith("not converged: score"), reasons

@@ -298,9 +298,27 @@ def run(args: argparse.Namespace) -> int:
         title = f"{args.method}, {warp.name}: score {out.score:.3f}, converged={out.converged}"
         save_overlay(folder / "overlay.png", colour, template, out.H, out.H_init, title=title)
     spread = _uncertainty(out.result)
-    spread = "" if spread is None else f"  uncertainty {spread:.3f} px"
-    print(f"score {out.score:.4f}{spread}  converged={out.converged}  -> {folder}/params.json")
+    shown = "" if spread is None else f"  uncertainty {spread:.3f} px"
+    print(f"score {out.score:.4f}{shown}  converged={out.converged}  -> {folder}/params.json")
+    if not out.converged:
+        print(f"not converged: {why_not(aligner, out.score, spread)}")
     return 0 if out.converged else 1
+
+
+def why_not(aligner, score: float, spread: float | None) -> str:
+    """Why an alignment is not ``converged``, in words, from the aligner's thresholds."""
+    min_score = getattr(aligner, "min_score", None)
+    max_spread = getattr(aligner, "max_uncertainty", np.inf)
+    if not np.isfinite(score):
+        return "the warp left the image or failed (no score)"
+    if min_score is not None and score < min_score:
+        return f"score {score:.3f} below {min_score:g} (a wrong place, or a different scene)"
+    if spread is not None and spread > max_spread:
+        return (
+            f"uncertainty {spread:.2f} px above {max_spread:g} (the template does not fix the "
+            "warp: too little texture against the noise, or texture along one direction)"
+        )
+    return "the last step stayed above the tolerance, or a step failed (try --n-iter)"
 
 
 def _uncertainty(result) -> float | None:
