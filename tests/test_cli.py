@@ -133,8 +133,9 @@ def test_not_converged_says_why(tmp_path, capsys):
     io.imsave(tmp_path / "other.png", (other * 255).round().astype(np.uint8))
     reasons = {}
     for name in ("stripes", "other"):
-        code = main(["align", str(tmp_path / "t.png"), str(tmp_path / f"{name}.png"), "--box",
-                     "60", "43", "91", "74", "--out", str(tmp_path / name), "--no-overlay"])  # fmt: skip
+        files = [str(tmp_path / "t.png"), str(tmp_path / f"{name}.png")]
+        box = ["--box", "60", "43", "91", "74"]
+        code = main(["align", *files, *box, "--out", str(tmp_path / name), "--no-overlay"])
         out = capsys.readouterr().out
         assert code == 1, out
         reasons[name] = out.splitlines()[-1]
