@@ -88,15 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"score {result.score:.4f}, converged {result.converged}, {seconds * 1e3:.0f} ms")
         return 0 if result.converged else 1
     rng = np.random.default_rng(args.seed)
-    print("| photo | start error (px) | final error (px) | score | converged | time (ms) |")
-    print("|---|---|---|---|---|---|")
+    print("| photo | start error (px) | final error (px) | score | uncertainty (px) | converged "
+          "| time (ms) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name in PHOTOS:
         t_path, i_path, H_true = make_pair(name, args.out, rng)
         start = H_true.copy()
         start[:2, 2] += rng.choice([-1, 1], 2) * 6.0 / np.sqrt(2)  # 6 px away
         result, seconds = register(t_path, i_path, start, args.out)
         print(f"| {name} | {corner_error(result.H_init, H_true):.2f} | "
-              f"{corner_error(result.H, H_true):.3f} | {result.score:.4f} | {result.converged} | "
+              f"{corner_error(result.H, H_true):.3f} | {result.score:.4f} | "
+              f"{float(result.result.uncertainty):.3f} | {result.converged} | "
               f"{seconds * 1e3:.0f} |")  # fmt: skip
     return 0
 
