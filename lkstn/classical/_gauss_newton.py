@@ -65,7 +65,7 @@ from lkstn.classical.systems import (  # noqa: F401 (RCOND, singular, solve impo
     solve,
     steepest_descent,
 )
-from lkstn.classical.uncertainty import corner_gain, corner_sigma
+from lkstn.classical.uncertainty import corner_gain, corner_sigma, unit_covariance
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
@@ -166,7 +166,7 @@ class GaussNewton:
         finest = self._levels[0]
         w2 = 1.0 if finest.root_w is None else float((finest.root_w**2).mean())
         self._total = T.size * w2  # the (weighted) number of residuals
-        self._gain = corner_gain(self.warp, self.template_shape, self._texture_hessian())
+        self._gain = corner_gain(self.warp, self.template_shape, self._unit_covariance())
 
     @property
     def template(self) -> np.ndarray:
@@ -187,15 +187,15 @@ class GaussNewton:
     def _prepare_level(self, level: Level) -> Level:
         return level
 
-    def _texture_hessian(self) -> np.ndarray:
-        """``sd^T W sd`` of the template at the identity, finest level: what the uncertainty
-        (:mod:`lkstn.classical.uncertainty`) inverts."""
+    def _unit_covariance(self) -> np.ndarray:
+        """Covariance of the final ``p`` per unit residual variance: ``(sd^T W sd)^-1`` of the
+        template at the identity, finest level (:mod:`lkstn.classical.uncertainty`)."""
         level = self._levels[0]
         sd = steepest_descent(level.template, self.warp.jacobian(level.grid))
         if level.root_w is not None:
             sd = sd * level.root_w[:, :, None]
         sd = sd.reshape(-1, self.warp.n_params)
-        return sd.T @ sd
+        return unit_covariance(sd.T @ sd)
 
     def _dof(self) -> int:
         """Parameters fitted to the residual: the warp's (ICLK adds the photometric ones)."""

@@ -42,6 +42,7 @@ from lkstn.classical.photometric import Photometric
 from lkstn.classical.polish import Polishing
 from lkstn.classical.robust import built, clear_built
 from lkstn.classical.systems import steepest_descent
+from lkstn.classical.uncertainty import unit_covariance
 from lkstn.filters import gaussian_filter
 from lkstn.result import AlignmentResult
 from lkstn.warps import Warp
@@ -205,12 +206,12 @@ class ICLK(Polishing, GaussNewton):
         ):
             raise ValueError(f"gradient_sigma must be a finite number >= 0, got {gradient_sigma!r}")
         self.gradient_sigma = float(gradient_sigma)  # read by _prepare_level, called below
+        self.refine, self.polish = bool(refine) and self.gradient_sigma > 0, bool(polish)
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
             min_score=min_score, backtrack=backtrack, second_look=second_look,
             coarse_best=coarse_best, max_uncertainty=max_uncertainty,
         )  # fmt: skip
-        self.refine, self.polish = bool(refine) and self.gradient_sigma > 0, bool(polish)
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
         if self.refine:
             finest = self._levels[0]
@@ -253,9 +254,11 @@ class ICLK(Polishing, GaussNewton):
             r, total, root_w=level.root_w,
         )  # fmt: skip
 
-    def _texture_hessian(self) -> np.ndarray:
-        sd = self._levels[0].sd  # weighted, blind to offsets (and gains)
-        return sd.T @ sd
+    def _unit_covariance(self) -> np.ndarray:
+        level = self._levels[0]  # sd: weighted, blind to offsets (and gains)
+        if self.gradient_sigma > 0 and not (self.refine or self.polish):
+            return level.R @ level.R.T  # it stops where dp = R e vanishes: not least squares
+        return unit_covariance(level.sd.T @ level.sd)
 
     def _dof(self) -> int:
         fitted = {None: 0, "bias": 1, "gain-bias": 2}[self.photometric]  # per channel

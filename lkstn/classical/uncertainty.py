@@ -9,7 +9,10 @@ the warp's Jacobian at the four corners of the template, ``J_k`` (template pixel
     uncertainty = sqrt(sigma^2 * mean_k trace(J_k H^-1 J_k^T)),
 
 in template pixels, the unit of :func:`lkstn.result.corner_error`. ``sigma^2`` is the final
-mean squared residual (the cost) over the residual's degrees of freedom.
+mean squared residual (the cost) over the residual's degrees of freedom. An estimate that is
+not the least-squares one has its own covariance: IC-LK with ``gradient_sigma`` and no plain or
+forwards stage after it stops where ``dp = R e`` vanishes, ``R = (sd_G^T sd)^-1 sd_G^T``, so
+its covariance is ``sigma^2 R R^T`` (larger: the smoothed images discard fine texture).
 
 It is large where the residual is large against the texture: a nearly flat template on a noisy
 image (any place fits as well as the truth), or texture along one direction only (an edge, a
@@ -27,20 +30,28 @@ import numpy as np
 
 from lkstn.warps import Warp
 
-__all__ = ["corner_gain", "corner_sigma"]
+__all__ = ["corner_gain", "corner_sigma", "unit_covariance"]
 
 
-def corner_gain(warp: Warp, template_shape: tuple[int, int], hessian: np.ndarray) -> float:
-    """``mean_k trace(J_k H^-1 J_k^T)``: the corners' mean variance (template pixels^2) per unit
-    residual variance; ``inf`` where ``hessian`` ``(P, P)`` is singular."""
+def unit_covariance(hessian: np.ndarray) -> np.ndarray:
+    """``H^-1``: the covariance of a least-squares estimate per unit residual variance; all
+    ``inf`` where ``hessian`` ``(P, P)`` is singular (the warp is not determined)."""
+    try:
+        return np.linalg.inv(hessian)
+    except np.linalg.LinAlgError:
+        return np.full(hessian.shape, np.inf)
+
+
+def corner_gain(warp: Warp, template_shape: tuple[int, int], covariance: np.ndarray) -> float:
+    """``mean_k trace(J_k C J_k^T)``: the corners' mean variance (template pixels^2) per unit
+    residual variance, for ``covariance`` ``C`` ``(P, P)`` of ``p`` per unit residual variance
+    (``H^-1`` for least squares, :func:`unit_covariance`); ``inf`` where it is not finite."""
     h, w = template_shape
     scale = np.array([(w - 1) / 2.0, (h - 1) / 2.0])  # template pixels per canonical unit
     J = warp.jacobian(warp.corners()) * scale[:, None]  # (4, 2, P) at the identity
-    try:
-        inverse = np.linalg.inv(hessian)
-    except np.linalg.LinAlgError:
+    if not np.isfinite(covariance).all():
         return np.inf
-    gain = float(np.einsum("kap,pq,kaq->", J, inverse, J)) / len(J)
+    gain = float(np.einsum("kap,pq,kaq->", J, covariance, J)) / len(J)
     return gain if np.isfinite(gain) and gain >= 0 else np.inf
 
 

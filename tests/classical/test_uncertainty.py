@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lkstn import ICLK, LK, Affine, corner_error, warp_image
-from lkstn.classical.uncertainty import corner_gain, corner_sigma
+from lkstn import ICLK, LK, Affine, Homography, corner_error, warp_image
+from lkstn.classical.uncertainty import corner_gain, corner_sigma, unit_covariance
 from lkstn.pixels import params_from_pixel_matrix
 
 
@@ -29,8 +29,16 @@ def cut(image, warp, x0, y0, side):
     return warp_image(image, warp, p, (side, side)), p
 
 
-@pytest.mark.parametrize("cls", [ICLK, LK])
-def test_the_corners_scatter_over_noise_draws_as_predicted(cls):
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda T, w: ICLK(T, w, n_iter=50, tol=1e-6),
+        lambda T, w: LK(T, w, n_iter=50, tol=1e-6),
+        lambda T, w: ICLK(T, w, n_iter=50, tol=1e-6, gradient_sigma=2.0),  # R R^T, not H^-1
+    ],
+    ids=["ICLK", "LK", "ICLK-smoothed"],
+)
+def test_the_corners_scatter_over_noise_draws_as_predicted(make):
     """200 draws of Gaussian noise (sd 0.05) on one image: the RMS corner error of the
     estimates about the truth matches the median predicted uncertainty to 20 % (the sample
     RMS of 200 draws has about 3 % relative error; bilinear sampling and the linearisation
@@ -41,14 +49,29 @@ def test_the_corners_scatter_over_noise_draws_as_predicted(cls):
     T, p_true = cut(image, warp, 40, 30, 24)
     rng = np.random.default_rng(1)
     noisy = image[None] + rng.normal(0.0, 0.05, (200, *image.shape))
-    aligner = cls(T, warp, n_iter=50, tol=1e-6)
-    result = aligner.align(noisy, np.repeat(p_true[None], 200, 0))
+    result = make(T, warp).align(noisy, np.repeat(p_true[None], 200, 0))
     done = result.converged
     assert done.mean() > 0.95
     observed = np.sqrt(np.mean(corner_error(warp, result.p[done], p_true, (24, 24)) ** 2))
     predicted = np.median(result.uncertainty[done])
     assert 0.05 < predicted < 1.0  # a noise-limited regime, not a trivial one
     assert abs(observed / predicted - 1.0) < 0.2
+
+
+@pytest.mark.parametrize("warp", [Affine(), Homography()])
+def test_robust_scatters_up_to_a_third_more_than_predicted(warp):
+    """``ICLK.robust`` ends with forwards steps built from the noisy image's gradients, whose
+    fixed point moves with the noise a little more than least squares: over 150 draws its
+    corners scatter 10-40 % more than the uncertainty predicts (18 % affine, 34 % homography
+    when written), never less."""
+    image = textured(0)
+    T, p_true = cut(image, warp, 40, 30, 32)
+    noisy = image[None] + np.random.default_rng(1).normal(0.0, 0.05, (150, *image.shape))
+    aligner = ICLK.robust(T, warp=warp, max_uncertainty=np.inf)
+    result = aligner.align(noisy, np.repeat(p_true[None], 150, 0))
+    assert result.converged.all()
+    observed = np.sqrt(np.mean(corner_error(warp, result.p, p_true, (32, 32)) ** 2))
+    assert 1.0 < observed / np.median(result.uncertainty) < 1.5
 
 
 def test_texture_in_one_direction_is_flagged_where_the_score_is_high():
@@ -83,7 +106,7 @@ def test_exact_data_has_no_uncertainty_and_a_nan_cost_has_nan():
     assert result.uncertainty < 1e-6
     assert np.isnan(corner_sigma(np.array([np.nan]), 1.0, 100.0, 6)).all()
     assert np.isinf(corner_sigma(np.array([0.1]), np.inf, 100.0, 6)).all()
-    assert corner_gain(warp, (30, 30), np.zeros((6, 6))) == np.inf
+    assert corner_gain(warp, (30, 30), unit_covariance(np.zeros((6, 6)))) == np.inf
 
 
 def test_chunks_and_masks_keep_the_uncertainty():
