@@ -196,6 +196,7 @@ def convergence(args, overrides: dict) -> list[dict]:
                     within = 0  # starts already within the tolerance: what not moving scores
                     minimum = 0  # starts whose photo's cost has its minimum within the tolerance
                     signal = {"ICLK.robust": {}, "ICLK": {}}
+                    sq_err, sq_unc = [], []  # ICLK.robust's right alignments: calibration
                     n = 0
                     for k, (image, box) in enumerate(boxes.values()):
                         p_true = truth(warp, box, side, image.shape)
@@ -240,13 +241,16 @@ def convergence(args, overrides: dict) -> list[dict]:
                                 )
                             if method in signal:
                                 add(signal[method], confusion(right, stopped, score, spread))
+                            if method == "ICLK.robust":
+                                sq_err += list(err[right] ** 2)
+                                sq_unc += list(spread[right] ** 2)
                     pct = {m: round(100.0 * hits[m] / max(n, 1), 1) for m in METHODS}
                     cells.append(
                         {"size": side, "warp": warp_name, "sigma": sigma, "variant": var,
                          "n": n, "photos": list(boxes), "percent_converged": pct,
                          "percent_starts_within": round(100.0 * within / max(n, 1), 1),
                          "percent_minimum_within": round(100.0 * minimum / max(n, 1), 1),
-                         "signal": signal}
+                         "signal": signal, "calibration": calibration(sq_err, sq_unc)}
                     )  # fmt: skip
                     print(
                         f"{side:4d}px {warp_name:10s} sigma {sigma:<4g} {var:6s} n={n:4d} "
@@ -257,6 +261,26 @@ def convergence(args, overrides: dict) -> list[dict]:
                         flush=True,
                     )
     return cells
+
+
+def calibration(sq_err: list, sq_unc: list) -> dict:
+    """RMS corner error and RMS predicted uncertainty of ICLK.robust's right alignments."""
+    finite = np.isfinite(sq_unc)
+    e, u = np.asarray(sq_err)[finite], np.asarray(sq_unc)[finite]
+    rms = lambda a: float(np.sqrt(a.mean())) if a.size else None  # noqa: E731
+    return {"n": int(e.size), "rms_error": rms(e), "rms_uncertainty": rms(u)}
+
+
+def pooled_calibration(cells: list[dict]) -> dict:
+    """Per variant, over the cells: RMS error / RMS uncertainty of the right alignments."""
+    out = {}
+    for var in {c["variant"] for c in cells}:
+        cal = [c["calibration"] for c in cells if c["variant"] == var and c["calibration"]["n"]]
+        n = sum(c["n"] for c in cal)
+        e2 = sum(c["n"] * c["rms_error"] ** 2 for c in cal) / max(n, 1)
+        u2 = sum(c["n"] * c["rms_uncertainty"] ** 2 for c in cal) / max(n, 1)
+        out[var] = {"n": n, "rms_error": round(e2**0.5, 4), "rms_uncertainty": round(u2**0.5, 4)}
+    return out
 
 
 def verdict(cells: list[dict]) -> dict:
@@ -429,8 +453,10 @@ def main(argv=None) -> int:
             report["timing"] = timing(args, overrides)
         else:
             cells = convergence(args, overrides)
-            report.update(cells=cells, verdict=verdict(cells), signal=signal_rates(cells))
+            report.update(cells=cells, verdict=verdict(cells), signal=signal_rates(cells),
+                          calibration=pooled_calibration(cells))  # fmt: skip
             print(json.dumps(report["verdict"]))
+            print("ICLK.robust, right alignments, per variant:", json.dumps(report["calibration"]))
             for method, rates in report["signal"].items():
                 for t, v in rates.items():
                     print(f"{method} min_score {t}: false positive rate "

@@ -42,6 +42,8 @@ def test_registration_quick_run(tmp_path):
     table = bench.markdown(data).splitlines()
     assert table[0].endswith("| start | minimum |")
     assert table[2].count("|") == table[0].count("|")
+    cal = data["calibration"]["relit"]  # every right alignment of a noiseless image: exact
+    assert cal["n"] == 16 and cal["rms_error"] < 0.01 and cal["rms_uncertainty"] < 0.01
     rates = data["signal"]["ICLK.robust"]["0.5"]
     assert rates["right"] + rates["wrong"] == 16
 
