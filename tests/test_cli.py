@@ -142,4 +142,5 @@ def test_not_converged_says_why(tmp_path, capsys):
         record = json.loads((tmp_path / name / "params.json").read_text())
         assert record["converged"] is False
     assert reasons["stripes"].startswith("not converged: uncertainty"), reasons
+    assert "score" not in reasons["stripes"]  # every failed criterion is named, only those
     assert reasons["other"].startswith("not converged: score"), reasons

@@ -311,13 +311,16 @@ def why_not(aligner, score: float, spread: float | None) -> str:
     max_spread = getattr(aligner, "max_uncertainty", np.inf)
     if not np.isfinite(score):
         return "the warp left the image or failed (no score)"
+    reasons = []
     if min_score is not None and score < min_score:
-        return f"score {score:.3f} below {min_score:g} (a wrong place, or a different scene)"
+        reasons.append(f"score {score:.3f} below {min_score:g} (a wrong place, another scene)")
     if spread is not None and spread > max_spread:
-        return (
+        reasons.append(
             f"uncertainty {spread:.2f} px above {max_spread:g} (the template does not fix the "
             "warp: too little texture against the noise, or texture along one direction)"
         )
+    if reasons:
+        return "; ".join(reasons)
     return "the last step stayed above the tolerance, or a step failed (try --n-iter)"
 
 
