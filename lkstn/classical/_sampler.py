@@ -17,9 +17,11 @@ import numpy as np
 from lkstn.sampling import warped_grid
 from lkstn.warps import Warp
 
-__all__ = ["Sampler", "Samples"]
+__all__ = ["CORNERS", "Sampler", "Samples"]
 
 _BLOCK = 1 << 14  # samples per block of the sampler: the temporaries stay in cache
+CORNERS = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])
+"""The template's corners, homogeneous canonical coordinates ``(3, 4)``: TL, TR, BR, BL."""
 
 
 Block = tuple[slice, slice, np.ndarray]
@@ -83,7 +85,6 @@ class Sampler:
             for q in range(0, hw, nq)
         ]
         self._hw = hw
-        self._corners = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])  # (3, 4)
         self._offset = (float(offset[0]), float(offset[1]))
         if frame is not None:  # canonical coordinates of the whole frame
             H, W = frame
@@ -122,7 +123,7 @@ class Sampler:
         A = self._pad_from_canonical @ self._warp.matrix(p, check=False)
         Hp, Wp = self._size
         ox, oy = self._offset
-        corners = A @ self._corners  # (n, 3, 4)
+        corners = A @ CORNERS  # (n, 3, 4)
         w = corners[:, 2]
         x, y = corners[:, 0] / w, corners[:, 1] / w
         if ox or oy:  # the window's padded pixels

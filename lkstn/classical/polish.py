@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lkstn.classical._gauss_newton import GaussNewton
-from lkstn.classical._sampler import Sampler
+from lkstn.classical._sampler import CORNERS, Sampler
 from lkstn.classical.region import proper, root_weights
 from lkstn.classical.systems import solve
 from lkstn.sampling import canonical_grid, homogeneous_grid, image_gradients
@@ -42,7 +42,6 @@ from lkstn.sampling import canonical_grid, homogeneous_grid, image_gradients
 __all__ = ["Polishing", "polish_stage"]
 
 _CHUNK = 1 << 22  # numbers in the Gram rows Y per chunk of alignments: its memory stays bounded
-_CORNERS = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])  # the template's, (3, 4)
 
 
 class Polishing:
@@ -158,7 +157,7 @@ class _Region:
         """The window of pixels ``[x0, x1) x [y0, y1)`` read at ``p``, ``margin`` wider on each
         side (clipped to the level), or None where a footprint is not finite."""
         _, H, W, _ = self.images.shape
-        corners = self.warp.matrix(p, check=False) @ _CORNERS  # (n, 3, 4)
+        corners = self.warp.matrix(p, check=False) @ CORNERS  # (n, 3, 4)
         with np.errstate(all="ignore"):
             x = (corners[:, 0] / corners[:, 2] + 1.0) * ((W - 1) / 2.0)  # pixels
             y = (corners[:, 1] / corners[:, 2] + 1.0) * ((H - 1) / 2.0)
