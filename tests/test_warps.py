@@ -64,10 +64,13 @@ class TestFamily:
             p[2] = warp.params(M, check=False)
         p = as_kind(p, kind)
         out, good = to_np(warp.inverse(p, check=False)), [0, 3] if warp.n_params >= 6 else [0, 2, 3]
-        np.testing.assert_array_equal(out[good], to_np(warp.inverse(p[good])))
+        # A batch of 4 and one of 3 may take different BLAS/SIMD paths: equal to a few ulps of
+        # entries of order 1 (the warps here are well conditioned), not bit for bit.
+        tol = dict(rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(out[good], to_np(warp.inverse(p[good])), **tol)
         assert np.isnan(np.delete(out, good, axis=0)).all()
         inv = to_np(warp.inverse_matrix(p, check=False))  # (4, 3, 3)
-        np.testing.assert_array_equal(inv[good], to_np(warp.inverse_matrix(p[good])))
+        np.testing.assert_allclose(inv[good], to_np(warp.inverse_matrix(p[good])), **tol)
         assert np.isnan(np.delete(inv, good, axis=0)).all()
 
     def test_fit_recovers_known_warp(self, warp, kind):
