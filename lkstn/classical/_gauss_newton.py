@@ -56,7 +56,14 @@ import numpy.typing as npt
 
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler, Samples
-from lkstn.classical.checks import check_int, check_score, check_template, parse_images
+from lkstn.classical._state import State, keep_lowest
+from lkstn.classical.checks import (
+    check_int,
+    check_score,
+    check_sigma,
+    check_template,
+    parse_images,
+)
 from lkstn.classical.pyramid import MIN_SIZE, gaussian_pyramid, level_shape
 from lkstn.classical.region import change_frame, check_mask, crop_around, proper, root_weights
 from lkstn.classical.systems import (  # noqa: F401 (RCOND, singular, solve imported from here)
@@ -66,6 +73,7 @@ from lkstn.classical.systems import (  # noqa: F401 (RCOND, singular, solve impo
     steepest_descent,
 )
 from lkstn.classical.uncertainty import corner_gain, corner_sigma, unit_covariance
+from lkstn.filters import gaussian_filter
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
@@ -88,28 +96,6 @@ class Level:
     root_w: np.ndarray | None = field(default=None, kw_only=True)
 
 
-@dataclass
-class _State:
-    """Per-alignment bookkeeping of the loop, all ``(n,)``."""
-
-    live: np.ndarray  # still sampled
-    done: np.ndarray  # p frozen (converged or failed)
-    failed: np.ndarray  # unusable step: never converged
-    converged: np.ndarray  # update norm fell below tol
-    cost: np.ndarray  # mean squared residual at the current p
-
-
-def keep_lowest(p: np.ndarray, state: _State, history: np.ndarray, cost: np.ndarray) -> None:
-    """End a stage at the lowest-cost point it visited instead of its last: ``history``,
-    ``cost`` are its rows, the last where it ended. Smoothed IC-LK steps are not descent steps;
-    on a coarse level a few can walk uphill, far from the start. Failed ones stay the guard's."""
-    c = np.where(np.isnan(cost), np.inf, cost)
-    k, i = c.argmin(0), np.arange(c.shape[1])
-    lower = (c[k, i] < c[-1]) & ~state.failed
-    p[lower], state.cost[lower] = history[k[lower], i[lower]], c[k[lower], i[lower]]
-    history[-1, lower], cost[-1, lower] = p[lower], state.cost[lower]
-
-
 class GaussNewton:
     """Base of the Gauss-Newton aligners: construction, input checks, pyramid and loop."""
 
@@ -128,8 +114,10 @@ class GaussNewton:
         second_look: float = -1.0,
         coarse_best: bool = False,
         max_uncertainty: float = np.inf,
+        image_sigma: float = 0.0,
     ) -> None:
         self.warp = warp_from_name(warp)
+        self.image_sigma = check_sigma(image_sigma, "image_sigma")
         self.coarse_best = bool(coarse_best)
         self.n_iter = check_int(n_iter, "n_iter", 0)
         self.tol = float(tol)
@@ -164,6 +152,10 @@ class GaussNewton:
             for t, m in zip(pyr, masks, strict=True)
         ]  # finest first
         finest = self._levels[0]
+        self._smoothed = None  # the finest level with both images smoothed: a stage before it
+        if self.image_sigma > 0:
+            smooth = gaussian_filter(T, (self.image_sigma, self.image_sigma, 0), mode="nearest")
+            self._smoothed = self._prepare_level(Level(smooth, finest.grid, root_w=finest.root_w))
         w2 = 1.0 if finest.root_w is None else float((finest.root_w**2).mean())
         self._total = T.size * w2  # the (weighted) number of residuals
         self._gain = corner_gain(self.warp, self.template_shape, self._unit_covariance())
@@ -181,8 +173,13 @@ class GaussNewton:
 
     # -- hooks ------------------------------------------------------------------------------------
     def _stages(self) -> list[tuple[Level, int]]:
-        """``(level, pyramid index of the image)`` in the order they iterate: coarse to fine."""
-        return [(self._levels[j], j) for j in reversed(range(self.pyramid))]
+        """``(level, pyramid index of the image)`` in the order they iterate: coarse to fine,
+        the smoothed finest level (``image_sigma``; its images last in the pyramid) before the
+        finest."""
+        stages = [(self._levels[j], j) for j in reversed(range(self.pyramid))]
+        if self._smoothed is not None:
+            stages.insert(-1, (self._smoothed, self.pyramid))
+        return stages
 
     def _prepare_level(self, level: Level) -> Level:
         return level
@@ -247,20 +244,24 @@ class GaussNewton:
         -------
         AlignmentResult
             ``history`` ``(stages * n_iter + 1, ..., P)``, ``cost`` ``(stages * n_iter + 1,
-            ...)``, ``converged`` ``(...)``, ``score`` ``(...)``; ``stages`` is ``pyramid`` (one
-            more for each of ``ICLK(refine=True)`` and ``ICLK(polish=True)``). With a pyramid,
-            cost row ``j`` is measured at the resolution of the level that iterates from it.
+            ...)``, ``converged``, ``score`` ``(...)``; ``stages``: ``pyramid``, one more for each
+            of ``image_sigma``, ``ICLK(refine=True)`` and ``ICLK(polish=True)``. Cost row ``j``
+            is measured at the resolution (and smoothing) of the stage that iterates from it.
         """
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         n_iter = self.n_iter if n_iter is None else check_int(n_iter, "n_iter", 0)
         images, p, index, batch_shape = self._parse(image, p_init)
         p_given = p.copy()
-        crop = crop_around(images, self.warp, p, self.pyramid) if index is None else None
+        s = self.image_sigma
+        reach = int(4 * s + 0.5)  # the radius of the filter (lkstn.filters.gaussian_kernel)
+        crop = crop_around(images, self.warp, p, self.pyramid, reach) if index is None else None
         if crop is not None:  # the pyramid of the region the starts can reach, not the image
             images, to_crop = crop
             p = change_frame(to_crop, p)
         pyr = gaussian_pyramid(images, self.pyramid, channel_axis=-1, batch_ndim=1)
+        if s > 0:  # the smoothed stage's images, pyramid index `pyramid`
+            pyr.append(gaussian_filter(pyr[0], (0, s, s, 0), mode="nearest"))
         with np.errstate(all="ignore"):
             history, cost, converged, score = self._run(pyr, p, index, n_iter, self.backtrack)
             low = np.flatnonzero(~(score >= self.second_look))  # NaN scores included
@@ -299,7 +300,7 @@ class GaussNewton:
         p, p_start = p.copy(), p.copy()
         history[0] = p
         false = np.zeros(n, bool)
-        state = _State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
+        state = State(~false, false.copy(), false.copy(), false.copy(), np.full(n, np.nan))
         samplers: dict[int, Samples] = {}  # per level: a refining stage reuses the finest one's
         at_start: dict[int, np.ndarray] = {}  # per level: the guard's costs at the starts
         for i, (level, j) in enumerate(stages):  # coarse to fine

@@ -30,6 +30,14 @@ def check_int(value: object, name: str, minimum: int) -> int:
     return int(value)
 
 
+def check_sigma(value: object, name: str) -> float:
+    """``value`` as a float, or ValueError naming ``name`` unless it is a finite number >= 0 (the
+    standard deviation of a Gaussian, in pixels; 0: none)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < np.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_score(value: object, name: str) -> float:
     """``value`` as a float, or ValueError naming ``name`` unless it is a number in [-1, 1] (a
     threshold on ZNCC)."""

@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from lkstn.classical._gauss_newton import MIN_SCORE, RCOND, GaussNewton, Level, singular
 from lkstn.classical._sampler import Samples
-from lkstn.classical.checks import check_dtype
+from lkstn.classical.checks import check_dtype, check_sigma
 from lkstn.classical.photometric import Photometric
 from lkstn.classical.polish import Polishing
 from lkstn.classical.robust import built, clear_built
@@ -141,6 +141,13 @@ class ICLK(Polishing, GaussNewton):
         ``converged`` also requires ``AlignmentResult.uncertainty`` (the predicted RMS spread
         of the corners, template pixels, :mod:`lkstn.classical.uncertainty`) at or below this
         (default ``inf``: not checked).
+    image_sigma : float
+        Standard deviation, in pixels, of a Gaussian applied to both the template and the
+        image for one more stage at the finest resolution, before the finest level's (0, the
+        default: none): a level of the scale space between the pyramid's first coarse level
+        and the images, as ECC's ``gaussFiltSize`` smooths both images. It widens the basin at
+        the finest level (``docs/registration.md``); the stages after it, and the score, see
+        the images as given, so the alignment still ends at their cost's minimum.
 
     Attributes
     ----------
@@ -196,21 +203,16 @@ class ICLK(Polishing, GaussNewton):
         polish: bool = False,
         coarse_best: bool = False,
         max_uncertainty: float = np.inf,
+        image_sigma: float = 0.0,
     ) -> None:
         self.dtype = check_dtype(dtype)  # float64 or float32
         self.photometric = photometric  # checked by Photometric.of, in _prepare_level
-        if not (
-            isinstance(gradient_sigma, int | float)
-            and np.isfinite(gradient_sigma)
-            and gradient_sigma >= 0
-        ):
-            raise ValueError(f"gradient_sigma must be a finite number >= 0, got {gradient_sigma!r}")
-        self.gradient_sigma = float(gradient_sigma)  # read by _prepare_level, called below
+        self.gradient_sigma = check_sigma(gradient_sigma, "gradient_sigma")  # for _prepare_level
         self.refine, self.polish = bool(refine) and self.gradient_sigma > 0, bool(polish)
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
             min_score=min_score, backtrack=backtrack, second_look=second_look,
-            coarse_best=coarse_best, max_uncertainty=max_uncertainty,
+            coarse_best=coarse_best, max_uncertainty=max_uncertainty, image_sigma=image_sigma,
         )  # fmt: skip
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
         if self.refine:

@@ -71,6 +71,13 @@ _DOC_PARAMS = """
         ``converged`` also requires ``AlignmentResult.uncertainty`` (the predicted RMS spread
         of the corners, template pixels, :mod:`lkstn.classical.uncertainty`) at or below this
         (default ``inf``: not checked).
+    image_sigma : float
+        Standard deviation, in pixels, of a Gaussian applied to both the template and the
+        image for one more stage at the finest resolution, before the finest level's (0, the
+        default: none): a level of the scale space between the pyramid's first coarse level
+        and the images, as ECC's ``gaussFiltSize`` smooths both images. It widens the basin at
+        the finest level (``docs/registration.md``); the stages after it, and the score, see
+        the images as given, so the alignment still ends at their cost's minimum.
 """
 
 

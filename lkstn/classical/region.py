@@ -67,19 +67,20 @@ def proper(warp: Warp, p: np.ndarray) -> np.ndarray:
 
 
 def crop_around(
-    images: np.ndarray, warp: Warp, p: np.ndarray, pyramid: int
+    images: np.ndarray, warp: Warp, p: np.ndarray, pyramid: int, reach: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(cropped images, to_crop)`` for a pyramid on one image, or None.
+    """``(cropped images, to_crop)`` for a pyramid (or a smoothing) on one image, or None.
 
     Building the pyramid of a whole photograph costs more than aligning a small template in
     it; only the box around the starts' template corners, widened on every side by their
-    half extent (and the pyramid's reach), is used. ``to_crop`` ``(3, 3)`` maps the image's
-    canonical frame onto the crop's: ``p_crop = to_crop o p``, which commutes with the
-    compositional updates. Samples beyond the margin (an alignment that has travelled more
-    than half the template's size) read zeros instead of the image. Affine and homography
+    half extent (and the pyramid's reach, and ``reach`` pixels more: a filter's), is used.
+    ``to_crop`` ``(3, 3)`` maps the image's canonical frame onto the crop's:
+    ``p_crop = to_crop o p``, which commutes with the compositional updates. Samples beyond the
+    margin (an alignment that has travelled more than half the template's size) read zeros
+    instead of the image. Affine and homography
     only (a translation cannot absorb the change of scale); None when cropping saves little.
     """
-    if pyramid == 1 or warp.n_params < 6 or len(p) == 0:
+    if (pyramid == 1 and reach == 0) or warp.n_params < 6 or len(p) == 0:
         return None
     _, H, W, _ = images.shape
     corners = warp.matrix(p) @ np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])
@@ -88,7 +89,7 @@ def crop_around(
         return None
     x = (corners[:, 0] / z + 1) * (W - 1) / 2  # image pixels
     y = (corners[:, 1] / z + 1) * (H - 1) / 2
-    margin = 0.5 * max(np.ptp(x), np.ptp(y)) + 2**pyramid
+    margin = 0.5 * max(np.ptp(x), np.ptp(y)) + 2**pyramid + reach
     x0, x1 = int(max(np.floor(x.min() - margin), 0)), int(min(np.ceil(x.max() + margin), W - 1))
     y0, y1 = int(max(np.floor(y.min() - margin), 0)), int(min(np.ceil(y.max() + margin), H - 1))
     Wc, Hc = x1 - x0 + 1, y1 - y0 + 1

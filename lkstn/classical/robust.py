@@ -17,6 +17,13 @@ template size varies from 16 to 256 pixels, so that any setting in pixels suits 
 * ``gradient_sigma``: the steepest-descent images are smoothed by a Gaussian of
   ``SMOOTHING`` = 0.04 times the template's side minus one (0.6 px at 16 px, 5 px at 128 px),
   in proportion at every level: 3 points more converged on average than none.
+* ``image_sigma``: the template and the image are both smoothed first by a Gaussian of
+  ``PREFILTER`` = 0.035 times the template's side minus one, at most ``PREFILTER_MAX`` = 1.1 px
+  (ECC's default 5x5 kernel; 0.5 px at 16 px, 1.1 px from 32 px). On a noisy image the cost's
+  own minimum lies a pixel or more off on small templates (seed 0, eight photos, 32 px
+  homographies: 2 photos of 8 at sigma 1), and smoothing both images moves it back: that
+  run went from 60 to 66 cells meeting the target (none of the 54 cells at 32-128 px missed),
+  seed 3 from 68 to 69. A fixed 1.1 px at 16 px blurs away the texture (9 cells fewer there).
 * ``refine=True``: a last plain Gauss-Newton stage at the finest level, since the smoothed step
   also stops at spurious zeros a few pixels off.
 * ``polish=True``: after the second look, a forwards additive stage at the finest level
@@ -73,6 +80,8 @@ __all__ = [
     "BUILT_SIZE",
     "COARSEST",
     "MAX_UNCERTAINTY",
+    "PREFILTER",
+    "PREFILTER_MAX",
     "SECOND_LOOK",
     "SMOOTHING",
     "built",
@@ -88,6 +97,13 @@ COARSEST = 24
 
 SMOOTHING = 0.04
 """``gradient_sigma`` as a fraction of the template's smaller side minus one."""
+
+PREFILTER = 0.035
+"""``image_sigma`` as a fraction of the template's smaller side minus one, at most
+``PREFILTER_MAX``; none below ``COARSEST`` pixels a side."""
+
+PREFILTER_MAX = 1.1
+"""Largest ``image_sigma`` (pixels): the standard deviation of ECC's default 5x5 Gaussian."""
 
 BUILT_SIZE = 16
 """How many aligners ``ICLK.robust`` keeps, to return again for the same template."""
@@ -122,6 +138,7 @@ def robust_settings(
     return {
         "pyramid": levels,
         "gradient_sigma": smoothing * max(side - 1, 1),
+        "image_sigma": min(PREFILTER * (side - 1), PREFILTER_MAX) if side >= coarsest else 0.0,
         "photometric": "gain-bias",
         "refine": True,
         "polish": True,

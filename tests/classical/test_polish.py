@@ -69,7 +69,7 @@ def test_smoothed_homography_steps_no_longer_walk_off_a_half_flat_template(monke
     # the loop before the rule: smoothed steps walk from ~1 px to warps whose horizon cuts the
     # template (64 px off here), which no later stage undoes
     monkeypatch.setattr(gn, "proper", lambda warp, p: np.isfinite(p).all(-1))
-    before = ICLK.robust(template, warp="homography", second_look=-1, polish=False)
+    before = ICLK.robust(template, warp="homography", second_look=-1, polish=False, image_sigma=0)
     err = corner_error(Homography(), before.align(image, starts).p, p_true, (32, 32))
     assert err.max() > 20, np.round(err, 2)
     monkeypatch.undo()
