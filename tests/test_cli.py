@@ -81,6 +81,7 @@ def test_align_a_relit_image_with_photometric_invariance(pngs, tmp_path, capsys)
     (["--gradient-sigma", "nan"], "--gradient-sigma must be >= 0"),
     (["--gradient-sigma", "1", "--method", "lk"], "--method iclk only"),
     (["--photometric", "gain-bias", "--method", "lk"], "--method iclk only"),
+    (["--image-sigma", "nan"], "--image-sigma must be >= 0"),
 ])  # fmt: skip
 def test_bad_gradient_sigma_exit_2(pngs, tmp_path, capsys, extra, message):
     root, _ = pngs

@@ -33,6 +33,9 @@ CASES = [
     (["--method", "sdm", "--sdm-sigma", "1e6"], "--sdm-sigma"),
     (["--seed", "-1"], "--seed"),
     (["--gradient-sigma", "1e9"], "--gradient-sigma"),  # a 60 GB Gaussian kernel otherwise
+    (["--image-sigma", "1e9"], "--image-sigma"),
+    (["--image-sigma", "-1"], "--image-sigma"),
+    (["--method", "sdm", "--image-sigma", "1"], "--image-sigma"),
     (["--method", "sdm", "--pyramid", "2"], "--pyramid"),
     (["--method", "sdm", "--photometric", "bias"], "--photometric"),
     (["--method", "sdm", "--gradient-sigma", "2"], "--gradient-sigma"),

@@ -94,6 +94,14 @@ def test_options_of_the_photo_configuration(files, tmp_path):
     assert (tmp_path / "out" / "overlay.png").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("sigma", ["0", "1.5"])
+def test_image_sigma_option(files, tmp_path, sigma):
+    """The smoothed stage is a stage before the finest: the warp ends on the images as given."""
+    code, rec = align(files, "t8.png", "image16.png", tmp_path, "--box", *BOX, "--image-sigma",
+                      sigma, "--no-overlay")  # fmt: skip
+    assert code == 0 and corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1
+
+
 def test_rgba_alpha_masks_out_garbage(files, tmp_path):
     code, rec = align(files, "t_rgba.png", "image8.png", tmp_path, "--box", *BOX, "--no-overlay")
     assert code == 0 and corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1

@@ -76,6 +76,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="iclk/robust: smoothed steepest-descent images (3 px: wider basin)",
     )
     parser.add_argument(
+        "--image-sigma",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="iclk, lk, clk, robust: a first finest-level stage on both images smoothed "
+        "(robust: 0.035 x the template side - 1, at most 1.1; 0: none)",
+    )
+    parser.add_argument(
         "--photometric",
         choices=["bias", "gain-bias"],
         default=None,
@@ -135,7 +143,7 @@ def check_options(args: argparse.Namespace, template_shape: tuple[int, int]) -> 
     def given(name: str) -> bool:
         return getattr(args, name) is not None
 
-    for name in ("pyramid", "gradient_sigma", "photometric"):
+    for name in ("pyramid", "gradient_sigma", "image_sigma", "photometric"):
         _check(
             not (sdm and given(name)), f"--{name.replace('_', '-')} does not apply to --method sdm"
         )
@@ -157,6 +165,12 @@ def check_options(args: argparse.Namespace, template_shape: tuple[int, int]) -> 
             math.isfinite(s) and 0 <= s <= min(h, w) / 2,
             f"--gradient-sigma must be >= 0 and at most {min(h, w) / 2:g} px (half the {w}x{h} "
             f"template's shorter side), got {s}",
+        )
+    if given("image_sigma"):
+        s = args.image_sigma
+        _check(
+            math.isfinite(s) and 0 <= s <= min(h, w) / 2,
+            f"--image-sigma must be >= 0 and at most {min(h, w) / 2:g} px, got {s}",
         )
     if given("sdm_samples"):
         most = max(1, SDM_MAX_VALUES // (h * w))
@@ -188,6 +202,8 @@ def build_aligner(args: argparse.Namespace, template: np.ndarray, mask: np.ndarr
         kwargs["pyramid"] = args.pyramid
     if args.gradient_sigma:
         kwargs["gradient_sigma"] = args.gradient_sigma
+    if args.image_sigma is not None:
+        kwargs["image_sigma"] = args.image_sigma
     if args.photometric:
         kwargs["photometric"] = args.photometric
     if args.method == "robust":
