@@ -10,7 +10,10 @@ Times, in one process on one intra-op thread (median of 7 rounds, ms):
 - the weight gradient of the 4->8 convolution by each candidate of ``fast_cpu._weight_grad``;
 - whole lkstn training steps (``benchmarks/train_step.py``'s ``lkstn`` step, fast layers) at
   batch 2, 50 and 100, and two 50-sample steps at once in two threads: the fixed cost per step
-  and what two shards lose to each other.
+  and what two shards lose to each other;
+- the 50-sample step alone in a fresh process, and in two such processes at once (each on one
+  thread): what two shards lose to each other without sharing a process (its GIL, allocator
+  and page tables).
 
 Prints a table and writes JSON with ``lkstn.machine.fingerprint()``.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -124,6 +128,28 @@ def step_parts() -> dict[str, float]:
     return out
 
 
+def process_parts() -> dict[str, float]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one-step"]
+    alone = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    both = [float(p.communicate()[0]) for p in procs]
+    return {
+        "step batch 50, a process alone": alone,
+        "step batch 50, two processes at once": statistics.mean(both),
+    }
+
+
+def one_step() -> float:
+    """The 50-sample step, timed in this process (``--one-step``: one of process_parts')."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(50, 1, 28, 28, generator=gen)
+    labels = torch.randint(0, 10, (50,), generator=gen)
+    ref = reference_icstn.make_reference(n_warps=4, batch=50, seed=0)
+    model, pred, clf = train_step.lkstn_models(ref)["lkstn"]
+    run = train_step.lkstn_step(model, pred, clf, images, labels, torch.Generator().manual_seed(0))
+    return median_ms(run, calls=5, rounds=15)
+
+
 def _one_thread(run) -> None:
     torch.set_num_threads(1)
     run()
@@ -132,9 +158,14 @@ def _one_thread(run) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/train_step_parts.json")
+    parser.add_argument("--one-step", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {**pool_parts(), **grid_parts(), **weight_grad_parts(), **step_parts()}
+    if args.one_step:
+        print(one_step())
+        return
+    parts = (pool_parts, grid_parts, weight_grad_parts, step_parts, process_parts)
+    results = {k: v for part in parts for k, v in part().items()}
     for name, ms in results.items():
         print(f"  {name:40s} {ms:7.2f} ms")
     report = {"benchmark": "parts of the MNIST IC-STN-4(a) step, one thread",
