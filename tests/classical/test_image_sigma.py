@@ -52,6 +52,23 @@ def test_the_first_stage_aligns_the_smoothed_inputs_and_the_last_the_images(make
     assert a.converged.all()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_batch_of_images_is_smoothed_image_by_image(dtype):
+    """A batch ``(B, H, W)`` with one start each (no crop): the same first stage as aligning
+    each smoothed image on its own; float32 samples through torch, to its rounding."""
+    images = np.stack([textured(4), textured(5)])
+    T, p_true = cut(images[0], Affine(), 30.2, 25.7, 32)
+    p0 = p_true + np.array([[0.02, -0.01, 0.03, 0.01, 0.02, -0.02], [0.0, 0.01, -0.02, 0, 0, 0.03]])
+    s, n = 1.1, 30
+    batch = ICLK(T, "affine", n_iter=n, image_sigma=s, dtype=dtype).align(images, p0)
+    sT = gaussian_filter(T, s, mode="nearest")
+    for b in range(2):
+        sI = gaussian_filter(images[b], s, mode="nearest")
+        one = ICLK(sT, "affine", n_iter=n, dtype=dtype).align(sI, p0[b])
+        tol = 1e-10 if dtype == np.float64 else 1e-4
+        np.testing.assert_allclose(batch.history[: n + 1, b], one.history, atol=tol)
+
+
 @pytest.mark.parametrize("warp", [Affine(), Homography()], ids=["affine", "homography"])
 def test_a_translated_template_is_recovered_exactly(warp):
     """The blur commutes with the fractional shift: the truth stays the cost's minimum."""
