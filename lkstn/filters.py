@@ -25,15 +25,20 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["bilinear", "gaussian_filter", "gaussian_kernel"]
+__all__ = ["bilinear", "gaussian_filter", "gaussian_kernel", "kernel_radius"]
 
 _PAD = {"nearest": "edge", "reflect": "symmetric"}  # SciPy's modes as np.pad's
 
 
+def kernel_radius(sigma: float, truncate: float = 4.0) -> int:
+    """Half the width of :func:`gaussian_kernel` (0 for ``sigma = 0``): how far it reaches."""
+    return int(truncate * float(sigma) + 0.5)
+
+
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
     """The normalised 1-D Gaussian of ``scipy.ndimage.gaussian_filter``: radius
-    ``int(truncate * sigma + 0.5)``, shape ``(2 * radius + 1,)``."""
-    radius = int(truncate * float(sigma) + 0.5)
+    :func:`kernel_radius`, shape ``(2 * radius + 1,)``."""
+    radius = kernel_radius(sigma, truncate)
     x = np.arange(-radius, radius + 1)
     phi = np.exp(-0.5 / (sigma * sigma) * x**2)
     return phi / phi.sum()

@@ -73,7 +73,7 @@ from lkstn.classical.systems import (  # noqa: F401 (RCOND, singular, solve impo
     steepest_descent,
 )
 from lkstn.classical.uncertainty import corner_gain, corner_sigma, unit_covariance
-from lkstn.filters import gaussian_filter
+from lkstn.filters import gaussian_filter, kernel_radius
 from lkstn.result import AlignmentResult
 from lkstn.sampling import canonical_grid
 from lkstn.score import zncc
@@ -254,7 +254,7 @@ class GaussNewton:
         images, p, index, batch_shape = self._parse(image, p_init)
         p_given = p.copy()
         s = self.image_sigma
-        reach = int(4 * s + 0.5)  # the radius of the filter (lkstn.filters.gaussian_kernel)
+        reach = kernel_radius(s)  # the smoothing reads this far beyond the region
         crop = crop_around(images, self.warp, p, self.pyramid, reach) if index is None else None
         if crop is not None:  # the pyramid of the region the starts can reach, not the image
             images, to_crop = crop
