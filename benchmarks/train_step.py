@@ -25,11 +25,15 @@ lkstn
     maxima or ``max_pool2d``, each chosen by measurement at its first call,
     :mod:`lkstn.learned.accel.kernels`; the choices are printed and written to the JSON as
     ``kernel_choices``) and, with ``T > 1`` threads, whichever of ``lkstn-shards`` and
-    ``lkstn-1worker`` :func:`lkstn.learned.accel.shards.measured_workers` chose (``workers`` in
-    the JSON; the same step function as that variant, timed again).
+    ``lkstn-processes`` and ``lkstn-1worker`` :func:`lkstn.learned.accel.shards.measured_workers`
+    chose (``workers`` and ``processes`` in the JSON; the same step function as that variant,
+    timed again).
 lkstn-shards (``T > 1`` only)
     The batch cut into ``T`` shards whose forward and backward run in ``T`` threads of one
     intra-op thread each (:class:`lkstn.learned.accel.shards.ShardedStep`).
+lkstn-processes (``T > 1``, Linux only)
+    The same shards, shard 0 in this process and the others in forked worker processes of one
+    intra-op thread each (:class:`lkstn.learned.accel.forked.ForkedStep`): no GIL between them.
 lkstn-1worker (``T > 1`` only)
     One forward and backward of the whole batch on ``T`` intra-op threads.
 lkstn-fixed
@@ -65,7 +69,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -82,6 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_icstn  # noqa: E402
 
 from lkstn.learned.accel.fast_cpu import fast_cpu_layers  # noqa: E402
+from lkstn.learned.accel.forked import ForkedStep, fork_available  # noqa: E402
 from lkstn.learned.accel.kernels import kernel_choices, pin_kernels  # noqa: E402
 from lkstn.learned.accel.shards import (  # noqa: E402
     ShardedStep,
@@ -143,14 +150,17 @@ def sgd(predictor, classifier):
     return torch.optim.SGD(groups)
 
 
-def lkstn_step(model, predictor, classifier, images, labels, gen, loss_fn=None, workers=1):
+def lkstn_step(
+    model, predictor, classifier, images, labels, gen, loss_fn=None, workers=1, processes=False
+):
     """A training step of an lkstn model: perturbation draw included, as in the reference.
 
-    With ``workers > 1`` the forward and backward go through :class:`ShardedStep`, as in
-    :func:`lkstn.learned.train.train`.
+    With ``workers > 1`` the forward and backward go through :class:`ShardedStep` (threads) or
+    :class:`ForkedStep` (``processes``), as in :func:`lkstn.learned.train.train`.
     """
     optim = sgd(predictor, classifier)
-    sharded = ShardedStep(model, lambda out, b: F.cross_entropy(out, b.target), workers)
+    kind = ForkedStep if processes else ShardedStep
+    sharded = kind(model, lambda out, b: F.cross_entropy(out, b.target), workers)
 
     def step():
         p_init = perturbation(Homography(), images.shape[0], SIGMA_PX, SHAPE, gen)
@@ -204,18 +214,21 @@ def check_same_function(seed: int, images, labels, threads: int) -> dict[str, di
         )
         out[name] = {"loss_diff": abs(loss.item() - ref_loss.item()), "grad_rel_diff": rel}
     if threads > 1:
-        model, pred, clf = lkstn_models(ref)["lkstn"]
-        sharded = ShardedStep(model, lambda o, b: F.cross_entropy(o, b.target), threads)
-        with intra_op_threads(1):
-            loss, _ = sharded(Batch(images, p_init, labels))
-        sharded.close()
-        grads = [q.grad for q in [*pred.parameters(), *clf.parameters()]]
-        rel = max(
-            ((a - b).abs().max() / b.abs().max()).item()
-            for a, b in zip(grads, ref_grads, strict=True)
-        )
         out["lkstn-1worker"] = out["lkstn"]
-        out["lkstn"] = {"loss_diff": abs(loss.item() - ref_loss.item()), "grad_rel_diff": rel}
+        kinds = {"lkstn-shards": ShardedStep}
+        kinds.update({"lkstn-processes": ForkedStep} if fork_available() else {})
+        for name, kind in kinds.items():
+            model, pred, clf = lkstn_models(ref)["lkstn"]
+            sharded = kind(model, lambda o, b: F.cross_entropy(o, b.target), threads)
+            with intra_op_threads(1):
+                loss, _ = sharded(Batch(images, p_init, labels))
+            sharded.close()
+            grads = [q.grad for q in [*pred.parameters(), *clf.parameters()]]
+            rel = max(
+                ((a - b).abs().max() / b.abs().max()).item()
+                for a, b in zip(grads, ref_grads, strict=True)
+            )
+            out[name] = {"loss_diff": abs(loss.item() - ref_loss.item()), "grad_rel_diff": rel}
     return out
 
 
@@ -250,17 +263,22 @@ def build(seed: int, with_compile: bool, threads: int):
     variants = {"reference": (lambda: ref.step(images, labels), threads)}
     for name, (model, pred, clf) in lkstn_models(ref).items():
         variants[name] = (lkstn_step(model, pred, clf, images, labels, gen), threads)
-    workers = 1
+    workers, processes = 1, False
     if threads > 1:  # what train() does with threads > 1: shards or not, as measured here
-        model, pred, clf = lkstn_models(ref)["lkstn"]
         variants["lkstn-1worker"] = variants["lkstn"]
-        variants["lkstn-shards"] = (
-            lkstn_step(model, pred, clf, images, labels, gen, workers=threads), 1
-        )  # fmt: skip
+        for name, in_processes in (("lkstn-shards", False), ("lkstn-processes", True)):
+            if in_processes and not fork_available():
+                continue
+            model, pred, clf = lkstn_models(ref)["lkstn"]
+            step = lkstn_step(model, pred, clf, images, labels, gen, workers=threads,
+                              processes=in_processes)  # fmt: skip
+            variants[name] = (step, 1)
+        model, pred, clf = lkstn_models(ref)["lkstn"]
         p_init = perturbation(Homography(), images.shape[0], SIGMA_PX, SHAPE, gen)
         loss = lambda out, b: F.cross_entropy(out, b.target)  # noqa: E731
-        workers = measured_workers(model, loss, Batch(images, p_init, labels))
-        variants["lkstn"] = variants["lkstn-shards" if workers > 1 else "lkstn-1worker"]
+        workers, processes = measured_workers(model, loss, Batch(images, p_init, labels))
+        chosen = "lkstn-processes" if processes else "lkstn-shards"
+        variants["lkstn"] = variants[chosen if workers > 1 else "lkstn-1worker"]
     model, pred, clf = lkstn_models(ref)["lkstn"]
     fixed = lkstn_step(model, pred, clf, images, labels, gen, workers=threads)
     variants["lkstn-fixed"] = (with_fixed_kernels(fixed), 1 if threads > 1 else threads)
@@ -274,7 +292,18 @@ def build(seed: int, with_compile: bool, threads: int):
         step()
         compile_s = time.perf_counter() - start
         variants["lkstn-compiled"] = (step, threads)
-    return images, labels, variants, compile_s, workers
+    return images, labels, variants, compile_s, (workers, processes)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its live children (the workers of ``lkstn-processes``,
+    read from ``/proc`` in clock ticks of usually 10 ms)."""
+    total = time.process_time()
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def measure(variants, rounds: int, steps: int, warmup: int) -> dict:
@@ -287,11 +316,11 @@ def measure(variants, rounds: int, steps: int, warmup: int) -> dict:
     for _ in range(rounds):
         for name, (run, threads) in variants.items():
             torch.set_num_threads(threads)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             for _ in range(steps):
                 run()
             wall[name].append(steps / (time.perf_counter() - t0))
-            cpu[name].append(steps / (time.process_time() - c0))
+            cpu[name].append(steps / max(cpu_seconds() - c0, 1e-9))
     return {
         name: {
             "steps_per_s": statistics.median(wall[name]),
@@ -306,11 +335,14 @@ def measure(variants, rounds: int, steps: int, warmup: int) -> dict:
 def worker(args) -> dict:
     """One thread count, in a fresh process (NNPACK sizes its thread pool once, at first use)."""
     torch.set_num_threads(args.threads[0])
-    images, labels, variants, compile_s, workers = build(args.seed, args.compile, args.threads[0])
+    images, labels, variants, compile_s, (workers, processes) = build(
+        args.seed, args.compile, args.threads[0]
+    )
     check = check_same_function(args.seed, images, labels, args.threads[0])
     res = measure(variants, args.rounds, args.steps, args.warmup)
     return {"same_function_check": check, "compile_seconds": compile_s, "results": res,
-            "kernel_choices": kernel_choices(), "workers": workers}  # fmt: skip
+            "kernel_choices": kernel_choices(), "workers": workers,
+            "processes": processes}  # fmt: skip
 
 
 def main() -> None:

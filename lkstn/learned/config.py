@@ -63,6 +63,11 @@ class TrainConfig:
         faster on this machine (:func:`~lkstn.learned.accel.shards.measured_workers`); 1 on
         other devices. Results depend on it in the last
         bits, so resume with the same value.
+    processes : bool or None
+        Run the shards after the first in forked worker processes instead of threads
+        (:class:`~lkstn.learned.accel.forked.ForkedStep`, Linux only): the same gradient bit for
+        bit, without the GIL between shards. ``None``: as measured with ``workers=None``,
+        threads when ``workers`` is given.
     cuda_graph : bool
         On a CUDA device, capture each step's forward and backward into a CUDA graph at the
         first step and replay it (:class:`~lkstn.learned.accel.graphed.GraphedStep`: the same
@@ -96,6 +101,7 @@ class TrainConfig:
     progress: bool = True
     fast_conv: bool = True
     workers: int | None = None
+    processes: bool | None = None
     cuda_graph: bool = True
     tf32: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"
@@ -105,6 +111,8 @@ class TrainConfig:
             isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
         ):
             raise ValueError(f"workers must be a positive integer or None, got {self.workers!r}")
+        if self.processes is not None and not isinstance(self.processes, bool):
+            raise ValueError(f"processes must be True, False or None, got {self.processes!r}")
         for name in ("n_steps", "batch_size", "n_test", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -32,7 +32,7 @@ __all__ = ["EXECUTION", "resume_run", "run_identity", "seed_everything"]
 # TrainConfig fields that change how a run executes, not what it computes: free to differ on
 # resume (n_steps may grow; workers, cuda_graph, tf32 change the last bits only)
 EXECUTION = ("n_steps", "eval_every", "checkpoint_every", "progress", "fast_conv", "workers",
-             "cuda_graph", "tf32", "nonfinite")  # fmt: skip
+             "processes", "cuda_graph", "tf32", "nonfinite")  # fmt: skip
 
 
 def run_identity(

@@ -19,9 +19,9 @@ by timing at the first step (:mod:`lkstn.learned.accel.kernels`) and returned in
 :attr:`TrainResult.kernels`; the choice is timed once per machine and kept in a file
 (:func:`lkstn.learned.accel.kernels.cache_path`), so identical runs compute alike. On a CPU with
 several intra-op threads each batch may be cut into ``workers`` shards (25 samples or more each)
-whose forward and backward run in parallel threads (:mod:`lkstn.learned.accel.shards`); by
-default, whether to shard is measured at the start like the kernels, kept with them, and
-pinned on resume; on a GPU, with
+whose forward and backward run in parallel threads (:mod:`lkstn.learned.accel.shards`) or
+forked processes (:mod:`lkstn.learned.accel.forked`, Linux); by default, whether to shard, and
+how, is measured at the start like the kernels, kept with them, and pinned on resume; on a GPU, with
 ``cuda_graph=True``, each step's forward and backward is replayed from a CUDA graph
 (:mod:`lkstn.learned.accel.graphed`); the next batch is drawn while a GPU computes the current one.
 Training runs in float32 without TensorFloat-32 unless ``tf32=True``. The test perturbations are
@@ -64,6 +64,7 @@ from lkstn import runs
 from lkstn.learned.accel.fast_cpu import fast_cpu_layers
 from lkstn.learned.accel.graphed import GraphedStep
 from lkstn.learned.accel.kernels import kernel_choices, pin_kernels
+from lkstn.learned.accel.forked import ForkedStep
 from lkstn.learned.accel.shards import ShardedStep, intra_op_threads, measured_workers
 from lkstn.learned.checkpoint import save_checkpoint
 from lkstn.learned.config import MAX_SKIPS_IN_A_ROW, TrainConfig, TrainingDiverged, TrainResult
@@ -155,7 +156,8 @@ def _train(model, config, data, run, resume, fresh, data_identity) -> TrainResul
     if config.workers is None:  # shards or not, as measured here (pinned again on resume)
         sample = data.batch(warp, shape, config.sigma, config.batch_size,
                             step_generator(config.seed, 0, _WORKERS))  # fmt: skip
-        config = replace(config, workers=measured_workers(model, data.loss, sample))
+        workers, processes = measured_workers(model, data.loss, sample)
+        config = replace(config, workers=workers, processes=processes)
     test = data.test_set(warp, shape, config.sigma, config.batch_size, config.seed, config.n_test)
     step_fn = _step_function(model, data, config, device)
     guard = _NonFiniteGuard(config, run, last_saved=start or None)
@@ -207,10 +209,13 @@ def _open_run(run, model, optimizer, config, data, resume, fresh, data_identity)
     return start
 
 
-def _step_function(model, data, config, device) -> ShardedStep | GraphedStep:
-    """One step's forward and backward: replayed from a CUDA graph, or in CPU shards."""
+def _step_function(model, data, config, device) -> ShardedStep | ForkedStep | GraphedStep:
+    """One step's forward and backward: replayed from a CUDA graph, or in CPU shards (threads
+    or processes)."""
     if config.cuda_graph and device.type == "cuda" and config.workers == 1:
         return GraphedStep(model, data.loss)
+    if config.processes and config.workers > 1:
+        return ForkedStep(model, data.loss, config.workers)
     return ShardedStep(model, data.loss, config.workers)
 
 

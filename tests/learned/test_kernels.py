@@ -56,6 +56,24 @@ def test_fastest_keeps_the_smallest_median_despite_an_outlier() -> None:
     assert clock.calls[2:6] == ["steady", "quick", "quick", "steady"]
 
 
+def test_fastest_times_each_candidate_after_warm_runs_of_its_own() -> None:
+    # "spinner" leaves the machine busy, so that whatever runs right after it costs 5 more;
+    # "quick" costs 1 in a loop of its own. Alternating rounds put quick after spinner every
+    # other round: median 6 without warm runs, 1 with one warm run before each timed one.
+    clock, after = [0.0], ["none"]
+
+    def run(name: str, cost: float):
+        def go() -> None:
+            clock[0] += cost + (5.0 if after[0] == "spinner" and name != "spinner" else 0.0)
+            after[0] = name
+
+        return go
+
+    candidates = {"spinner": run("spinner", 3.0), "quick": run("quick", 1.0)}
+    assert fastest(candidates, repeats=4, timer=lambda: clock[0]) == "spinner"
+    assert fastest(candidates, repeats=4, timer=lambda: clock[0], warm=1) == "quick"
+
+
 def test_fastest_breaks_ties_by_order_and_drops_candidates_that_raise() -> None:
     clock = FakeClock()
     tie = {

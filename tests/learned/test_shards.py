@@ -137,21 +137,25 @@ def test_measured_workers_times_shards_against_one_batch_and_keeps_the_choice() 
     for p in model.parameters():
         p.grad = torch.full_like(p, 7.0)  # what the caller had: left as it was
     clear_kernel_choices()
+    names = {(2, False): "2 threads", (2, True): "2 processes", (1, False): "1 worker"}
     with intra_op_threads(2):
         chosen = measured_workers(model, data.loss, batch)
-        (key,) = [k for k in kernel_choices() if k.startswith("train step workers")]
-        assert chosen in (1, 2) and kernel_choices()[key] == f"{chosen} workers"
+        (key,) = [k for k in kernel_choices() if k.startswith("train step shards")]
+        assert chosen in names and kernel_choices()[key] == names[chosen]
         assert "threads=2" in key and "batch=100" in key
-        for pinned in (1, 2):  # a pin (a resumed run's kernels.json) is obeyed
-            pin_kernels({key: f"{pinned} workers"})
+        for pinned, name in names.items():  # a pin (a resumed run's kernels.json) is obeyed
+            pin_kernels({key: name})
             assert measured_workers(model, data.loss, batch) == pinned
+        clear_kernel_choices()  # a run that chose before processes were a candidate
+        pin_kernels({key.replace("train step shards", "train step workers"): "2 workers"})
+        assert measured_workers(model, data.loss, batch) == (2, False)
     assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
     with intra_op_threads(1):  # one thread, or too few samples for two shards: nothing to time
-        assert measured_workers(model, data.loss, batch) == 1
+        assert measured_workers(model, data.loss, batch) == (1, False)
     with intra_op_threads(2):
-        assert measured_workers(model, data.loss, split_batch(batch, 4)[0]) == 1
+        assert measured_workers(model, data.loss, split_batch(batch, 4)[0]) == (1, False)
         dropout = nn.Sequential(nn.Dropout(0.5), nn.Flatten(), nn.Linear(784, 10))
-        assert measured_workers(dropout, lambda out, b: out.sum(), batch) == 1  # not sharded
+        assert measured_workers(dropout, lambda out, b: out.sum(), batch) == (1, False)
     clear_kernel_choices()
 
 

@@ -119,12 +119,18 @@ def fastest(
     *,
     repeats: int = 5,
     timer: Callable[[], float] = time.perf_counter,
+    warm: int = 0,
 ) -> str:
     """The name of the candidate with the smallest median time over ``repeats`` timed rounds.
 
     Each candidate first runs once untimed (a candidate that raises ``RuntimeError`` there is
     left out); the rounds then alternate the order of the candidates, so that a change of load
     or a warm cache favours none. ``timer`` is a clock in seconds (tests pass a fake one).
+    ``warm`` untimed runs of the same candidate precede each timed run, for candidates whose
+    cost depends on what ran just before (a training step in threads or processes: the previous
+    candidate's OpenMP workers spin for milliseconds on the cores the next one needs, and
+    threads woken after a pause may share a core until the scheduler spreads them), so that
+    each is timed in the steady state of a loop that runs it alone.
 
     >>> clock = [0.0]
     >>> def cost(s):
@@ -146,6 +152,8 @@ def fastest(
     times: dict[str, list[float]] = {name: [] for name in usable}
     for r in range(repeats):
         for name in usable if r % 2 == 0 else usable[::-1]:
+            for _ in range(warm):
+                candidates[name]()
             start = timer()
             candidates[name]()
             times[name].append(timer() - start)
@@ -159,6 +167,7 @@ def choose(
     repeats: int = 5,
     timer: Callable[[], float] = time.perf_counter,
     composite: bool = False,
+    warm: int = 0,
 ) -> str:
     """The candidate chosen for ``key``: :func:`fastest` at its first call, then the same name.
 
@@ -178,12 +187,12 @@ def choose(
         name = _known(key, candidates)
         if name is None and not composite:
             with torch.no_grad():
-                name = fastest(candidates, repeats=repeats, timer=timer)
+                name = fastest(candidates, repeats=repeats, timer=timer, warm=warm)
             _store(key, name)
         if name is not None:
             _CHOICES[key] = name
             return name
-    name = fastest(candidates, repeats=repeats, timer=timer)
+    name = fastest(candidates, repeats=repeats, timer=timer, warm=warm)
     with _LOCK:
         name = _CHOICES.setdefault(key, name)
         _store(key, name)

@@ -16,7 +16,8 @@ batch normalisation (batch statistics) and dropout (the global random stream, dr
 order) are refused.
 
 Which way is faster depends on the CPU, the model and the load, so by default ``train``
-measures both on a batch (:func:`measured_workers`).
+measures both on a batch (:func:`measured_workers`), with a third way where the platform allows
+it: the same shards in forked processes (:mod:`lkstn.learned.accel.forked`).
 
 Glossary: ``n`` batch size, ``workers`` number of shards and threads.
 """
@@ -31,15 +32,18 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lkstn.learned.accel.kernels import choose, thread_key
+from lkstn.learned.accel.kernels import choose, kernel_choices, thread_key
 from lkstn.learned.streams import Batch
 
 __all__ = [
     "ShardedStep",
+    "add_shard_gradients",
+    "check_workers",
     "default_workers",
     "detached",
     "intra_op_threads",
     "measured_workers",
+    "shard_gradients",
     "split_batch",
 ]
 
@@ -58,28 +62,40 @@ def default_workers(model: nn.Module, batch_size: int) -> int:
     return max(1, min(torch.get_num_threads(), batch_size // 25))
 
 
-def measured_workers(model: nn.Module, loss: Callable[[Any, Batch], Tensor], batch: Batch) -> int:
-    """Shards or not: :func:`default_workers`'s count, or 1, whichever steps ``batch`` faster here.
+def measured_workers(
+    model: nn.Module, loss: Callable[[Any, Batch], Tensor], batch: Batch
+) -> tuple[int, bool]:
+    """``(workers, processes)``: how to step ``batch`` fastest here, as measured on it.
 
-    The two ways to use ``T`` intra-op threads, ``T`` shards of one thread each or the whole
-    batch on ``T`` threads, rank differently by CPU, model and load (both measured ahead on 2
-    cores, ``benchmarks/train_step.py``). So each is timed on ``batch`` (forward and backward,
-    a few interleaved rounds: :func:`lkstn.learned.accel.kernels.choose`, ``composite=True``)
-    and the choice is kept per machine like the layers' kernels, listed by
-    :func:`~lkstn.learned.accel.kernels.kernel_choices` (a run directory's ``kernels.json``,
-    pinned again on resume). The parameters' ``.grad`` are left as they were. A model with batch
-    normalisation or dropout gets 1 (see :class:`ShardedStep`).
+    The ways to use ``T`` intra-op threads, ``T`` shards (:func:`default_workers`) in threads of
+    one intra-op thread each, the same shards in processes (:class:`~lkstn.learned.accel.forked.
+    ForkedStep`, where :func:`~lkstn.learned.accel.forked.fork_available`), or the whole batch on
+    ``T`` threads, rank differently by CPU, model and load (``benchmarks/train_step.py``). So
+    each is timed on ``batch`` (forward and backward, a few interleaved rounds:
+    :func:`lkstn.learned.accel.kernels.choose`, ``composite=True``) and the choice is kept per
+    machine like the layers' kernels, listed by :func:`~lkstn.learned.accel.kernels.
+    kernel_choices` (a run directory's ``kernels.json``, pinned again on resume). The
+    parameters' ``.grad`` are left as they were. A model with batch normalisation or dropout
+    gets ``(1, False)`` (see :class:`ShardedStep`).
     """
+    from lkstn.learned.accel.forked import ForkedStep, fork_available  # it imports this module
+
     n = batch.p_init.shape[0]
     shards = default_workers(model, n)
     if shards == 1 or _sample_mixer(model) is not None:
-        return 1
+        return 1, False
     params = [p for p in model.parameters() if p.requires_grad]
+    size = sum(p.numel() for p in params)
+    workload = f"{type(model).__name__} params={size} images={tuple(batch.images.shape)}"
+    earlier = kernel_choices().get(thread_key("train step workers", workload, f"batch={n}"))
+    if earlier is not None:  # pinned by a run that chose before processes were a candidate
+        return int(earlier.split()[0]), False
     saved = [p.grad for p in params]
-    steps: dict[int, ShardedStep] = {}
+    steps: list[ShardedStep | ForkedStep] = []
 
-    def timed(workers: int) -> Callable[[], None]:
-        step = steps[workers] = ShardedStep(model, loss, workers)
+    def timed(workers: int, kind: type[ShardedStep | ForkedStep]) -> Callable[[], None]:
+        step = kind(model, loss, workers)
+        steps.append(step)
 
         def run() -> None:
             with torch.enable_grad(), intra_op_threads(1 if workers > 1 else None):
@@ -90,19 +106,20 @@ def measured_workers(model: nn.Module, loss: Callable[[Any, Batch], Tensor], bat
         return run
 
     try:
-        candidates = {f"{w} workers": timed(w) for w in (shards, 1)}
+        candidates = {f"{shards} threads": timed(shards, ShardedStep)}
+        if fork_available():
+            candidates[f"{shards} processes"] = timed(shards, ForkedStep)
+        candidates["1 worker"] = timed(1, ShardedStep)
         for run in candidates.values():  # the layers choose their kernels first
             run()
-        size = sum(p.numel() for p in params)
-        workload = f"{type(model).__name__} params={size} images={tuple(batch.images.shape)}"
-        key = thread_key("train step workers", workload, f"batch={n}")
-        name = choose(key, candidates, composite=True)
+        key = thread_key("train step shards", workload, f"batch={n}")
+        name = choose(key, candidates, composite=True, repeats=7, warm=1)
     finally:
-        for step in steps.values():
+        for step in steps:
             step.close()
         for p, g in zip(params, saved, strict=True):
             p.grad = g
-    return int(name.split()[0])
+    return int(name.split()[0]), name.endswith("processes")
 
 
 def _sample_mixer(model: nn.Module) -> nn.Module | None:
@@ -156,14 +173,7 @@ class ShardedStep:
     """
 
     def __init__(self, model: nn.Module, loss: Callable[[Any, Batch], Tensor], workers: int):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        mixer = _sample_mixer(model)
-        if workers > 1 and mixer is not None:
-            raise ValueError(
-                f"workers={workers} needs a model that treats samples independently; "
-                f"{type(mixer).__name__} does not (use workers=1)"
-            )
+        check_workers(model, workers)
         self.model, self.loss, self.workers = model, loss, workers
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._pool = (
@@ -182,30 +192,53 @@ class ShardedStep:
             return loss.detach(), [(out, batch)]
         n = batch.p_init.shape[0]
         shards = split_batch(batch, self.workers)
-        results = list(self._pool.map(lambda s: self._shard(s, n), shards))  # in shard order
-        loss = results[0][0]
-        for shard_loss, *_ in results[1:]:
-            loss = loss + shard_loss
-        for i, param in enumerate(self.params):
-            grads = [g[i] for _, _, g in results if g[i] is not None]
-            if not grads:
-                continue
-            total = grads[0]
-            for g in grads[1:]:
-                total = total + g
-            param.grad = total if param.grad is None else param.grad + total
+        step = lambda s: shard_gradients(self.model, self.loss, self.params, s, n)  # noqa: E731
+        results = list(self._pool.map(step, shards))  # in shard order
+        loss = add_shard_gradients(self.params, results)
         return loss, [(out, shard) for (_, out, _), shard in zip(results, shards, strict=True)]
-
-    def _shard(self, shard: Batch, n: int):
-        out = self.model(shard.images, shard.p_init)
-        loss = self.loss(out, shard) * (shard.p_init.shape[0] / n)
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        return loss.detach(), detached(out), grads
 
     def close(self) -> None:
         """Stop the worker threads."""
         if self._pool is not None:
             self._pool.shutdown()
+
+
+def check_workers(model: nn.Module, workers: int) -> None:
+    """Raise ``ValueError`` unless ``workers`` is a positive integer that ``model`` admits."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    mixer = _sample_mixer(model)
+    if workers > 1 and mixer is not None:
+        raise ValueError(
+            f"workers={workers} needs a model that treats samples independently; "
+            f"{type(mixer).__name__} does not (use workers=1)"
+        )
+
+
+def shard_gradients(model: nn.Module, loss_fn, params: list[Tensor], shard: Batch, n: int):
+    """``(loss, out, grads)`` of one shard of an ``n``-sample batch: its share of the batch loss
+    (``loss_k * n_k / n``, detached), the detached outputs and the parameters' gradients."""
+    out = model(shard.images, shard.p_init)
+    loss = loss_fn(out, shard) * (shard.p_init.shape[0] / n)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return loss.detach(), detached(out), grads
+
+
+def add_shard_gradients(params: list[Tensor], results: list) -> Tensor:
+    """Add the shards' gradients (``shard_gradients`` results, in shard order) to ``.grad``;
+    the batch loss. The sums are new tensors: no ``.grad`` aliases a shard's buffer."""
+    loss = results[0][0]
+    for shard_loss, *_ in results[1:]:
+        loss = loss + shard_loss
+    for i, param in enumerate(params):
+        grads = [g[i] for _, _, g in results if g[i] is not None]
+        if not grads:
+            continue
+        total = grads[0] if len(grads) > 1 else grads[0].clone()
+        for g in grads[1:]:
+            total = total + g
+        param.grad = total if param.grad is None else param.grad + total
+    return loss
 
 
 def detached(out: T) -> T:
