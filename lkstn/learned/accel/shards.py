@@ -67,16 +67,17 @@ def measured_workers(
 ) -> tuple[int, bool]:
     """``(workers, processes)``: how to step ``batch`` fastest here, as measured on it.
 
-    The ways to use ``T`` intra-op threads, ``T`` shards (:func:`default_workers`) in threads of
-    one intra-op thread each, the same shards in processes (:class:`~lkstn.learned.accel.forked.
-    ForkedStep`, where :func:`~lkstn.learned.accel.forked.fork_available`), or the whole batch on
-    ``T`` threads, rank differently by CPU, model and load (``benchmarks/train_step.py``). So
-    each is timed on ``batch`` (forward and backward, a few interleaved rounds:
-    :func:`lkstn.learned.accel.kernels.choose`, ``composite=True``) and the choice is kept per
-    machine like the layers' kernels, listed by :func:`~lkstn.learned.accel.kernels.
-    kernel_choices` (a run directory's ``kernels.json``, pinned again on resume). The
-    parameters' ``.grad`` are left as they were. A model with batch normalisation or dropout
-    gets ``(1, False)`` (see :class:`ShardedStep`).
+    The ways to use ``T`` intra-op threads rank differently by CPU, model and load
+    (``benchmarks/train_step.py``): ``T`` shards (:func:`default_workers`) in threads of one
+    intra-op thread each; the same shards in processes
+    (:class:`~lkstn.learned.accel.forked.ForkedStep`, where
+    :func:`~lkstn.learned.accel.forked.fork_available`); or the whole batch on ``T`` threads.
+    So each is timed on ``batch`` (forward and backward, a few interleaved rounds, each after a
+    warm step of its own: :func:`lkstn.learned.accel.kernels.choose`, ``composite=True``) and
+    the choice is kept per machine like the layers' kernels, listed by
+    :func:`~lkstn.learned.accel.kernels.kernel_choices` (a run directory's ``kernels.json``,
+    pinned again on resume). The parameters' ``.grad`` are left as they were. A model with
+    batch normalisation or dropout gets ``(1, False)`` (see :class:`ShardedStep`).
     """
     from lkstn.learned.accel.forked import ForkedStep, fork_available  # it imports this module
 
