@@ -62,9 +62,9 @@ from tqdm.auto import tqdm
 
 from lkstn import runs
 from lkstn.learned.accel.fast_cpu import fast_cpu_layers
+from lkstn.learned.accel.forked import ForkedStep
 from lkstn.learned.accel.graphed import GraphedStep
 from lkstn.learned.accel.kernels import kernel_choices, pin_kernels
-from lkstn.learned.accel.forked import ForkedStep
 from lkstn.learned.accel.shards import ShardedStep, intra_op_threads, measured_workers
 from lkstn.learned.checkpoint import save_checkpoint
 from lkstn.learned.config import MAX_SKIPS_IN_A_ROW, TrainConfig, TrainingDiverged, TrainResult
