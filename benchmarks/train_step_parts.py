@@ -9,8 +9,9 @@ Times, in one process on one intra-op thread (median of 7 rounds, ms):
   (``lkstn.sampling.warped_grid``);
 - the weight gradient of the 4->8 convolution by each candidate of ``fast_cpu._weight_grad``;
 - whole lkstn training steps (``benchmarks/train_step.py``'s ``lkstn`` step, fast layers) at
-  batch 2, 50 and 100, and two 50-sample steps at once in two threads: the fixed cost per step
-  and what two shards lose to each other;
+  batch 2, 50 and 100, and two 50-sample steps at once in two threads (started for each call,
+  and kept in a pool as :class:`~lkstn.learned.accel.shards.ShardedStep` keeps them): the fixed
+  cost per step and what two shards lose to each other;
 - the 50-sample step alone in a fresh process, and in two such processes at once (each on one
   thread): what two shards lose to each other without sharing a process (its GIL, allocator
   and page tables).
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -124,7 +126,11 @@ def step_parts() -> dict[str, float]:
         for t in threads:
             t.join()
 
-    out["two steps of batch 50 in two threads"] = median_ms(both, calls=5)
+    out["two steps of batch 50, two new threads"] = median_ms(both, calls=5)
+    with ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        out["two steps of batch 50, a pool of two"] = median_ms(
+            lambda: list(pool.map(lambda run: run(), steps[50])), calls=5
+        )
     return out
 
 
