@@ -21,7 +21,9 @@ How the processes share the step:
 
 The workers start at the first call (the batch's shapes size the buffers) and again when the
 shapes change; :meth:`ForkedStep.close` stops them, and a worker exits by itself when the
-calling process dies (``PR_SET_PDEATHSIG`` and the pipe's end of file). Linux only
+calling process dies (``PR_SET_PDEATHSIG`` and the pipe's end of file). ``PR_SET_PDEATHSIG``
+follows the thread that forked: call a step from threads that outlive it (as
+:func:`~lkstn.learned.train.train` does, which closes it before returning). Linux only
 (:func:`fork_available`).
 
 Glossary: ``n`` batch size, ``workers`` number of shards (processes: ``workers - 1`` forked).
