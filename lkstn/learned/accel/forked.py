@@ -49,6 +49,7 @@ from lkstn.learned.accel.shards import (
     check_workers,
     shard_gradients,
     split_batch,
+    whole_batch_step,
 )
 from lkstn.learned.streams import Batch
 
@@ -99,10 +100,7 @@ class ForkedStep:
         n = batch.p_init.shape[0]
         shards = split_batch(batch, self.workers)
         if len(shards) == 1:
-            out = self.model(batch.images, batch.p_init)
-            loss = self.loss(out, batch)
-            loss.backward()
-            return loss.detach(), [(out, batch)]
+            return whole_batch_step(self.model, self.loss, batch)
         shapes = tuple(_layout(s) for s in shards)
         if shapes != self._shapes:
             self._start(shards, n, shapes)

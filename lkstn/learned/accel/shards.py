@@ -44,6 +44,7 @@ __all__ = [
     "intra_op_threads",
     "measured_workers",
     "shard_gradients",
+    "whole_batch_step",
     "split_batch",
 ]
 
@@ -187,10 +188,7 @@ class ShardedStep:
 
     def __call__(self, batch: Batch) -> tuple[Tensor, list[tuple[Any, Batch]]]:
         if self._pool is None:
-            out = self.model(batch.images, batch.p_init)
-            loss = self.loss(out, batch)
-            loss.backward()
-            return loss.detach(), [(out, batch)]
+            return whole_batch_step(self.model, self.loss, batch)
         n = batch.p_init.shape[0]
         shards = split_batch(batch, self.workers)
         step = lambda s: shard_gradients(self.model, self.loss, self.params, s, n)  # noqa: E731
@@ -214,6 +212,15 @@ def check_workers(model: nn.Module, workers: int) -> None:
             f"workers={workers} needs a model that treats samples independently; "
             f"{type(mixer).__name__} does not (use workers=1)"
         )
+
+
+def whole_batch_step(model: nn.Module, loss_fn, batch: Batch):
+    """One worker's step: ``loss(model(...)).backward()`` on the whole batch; ``(loss, [(out,
+    batch)])`` as a sharded step returns them."""
+    out = model(batch.images, batch.p_init)
+    loss = loss_fn(out, batch)
+    loss.backward()
+    return loss.detach(), [(out, batch)]
 
 
 def shard_gradients(model: nn.Module, loss_fn, params: list[Tensor], shard: Batch, n: int):
