@@ -50,13 +50,14 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from lkstn.chunks import align_in_chunks
 from lkstn.classical._sampler import Sampler, Samples
-from lkstn.classical._state import State, keep_lowest
+from lkstn.classical._state import State, keep_better, keep_lowest
 from lkstn.classical.checks import (
     check_int,
     check_score,
@@ -115,6 +116,7 @@ class GaussNewton:
         coarse_best: bool = False,
         max_uncertainty: float = np.inf,
         image_sigma: float = 0.0,
+        handoff_tol: float | None = None,
     ) -> None:
         self.warp = warp_from_name(warp)
         self.image_sigma = check_sigma(image_sigma, "image_sigma")
@@ -123,6 +125,9 @@ class GaussNewton:
         self.tol = float(tol)
         if not (np.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        self.handoff_tol = self.tol if handoff_tol is None else float(handoff_tol)
+        if not (np.isfinite(self.handoff_tol) and self.handoff_tol >= 0):
+            raise ValueError(f"handoff_tol must be a finite number >= 0, got {handoff_tol!r}")
         self.pyramid = check_int(pyramid, "pyramid", 1)
         if channel_axis not in (None, -1):
             raise ValueError(f"channel_axis must be None or -1, got {channel_axis!r}")
@@ -307,40 +312,23 @@ class GaussNewton:
             if j not in samplers:
                 samplers[j] = self._sampler(self._sampled(pyr[j]), level)
             sampler = samplers[j]
+            first = None  # the level's first iteration, when the guard has run it
             if i > 0:  # a coarser level must not leave an alignment worse than its start
                 known = stages[i - 1][1] == j  # the same pixels: state.cost is the cost at p
-                self._keep_better(level, sampler, p, p_start, index, state, at_start, j, known)
+                iteration = partial(self._iteration, level, sampler)  # (p, index) -> (cost, dp, ok)
+                first = keep_better(iteration, p, p_start, index, state, (at_start, j, known))
                 history[i * n_iter] = p
             state.live, state.done = ~state.failed, state.failed.copy()
             state.converged[:] = False
             rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
-            self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i], backtrack)
+            tol = self.tol if i == len(stages) - 1 else self.handoff_tol  # later stages refine
+            self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i],
+                          backtrack, first, tol)  # fmt: skip
             if self.coarse_best and j > 0:  # a coarser level hands on its lowest-cost point
                 keep_lowest(p, state, history[rows_i], cost[rows_i])
         score = self._score(sampler, p, index)  # the finest level's sampler
         stopped = state.converged & ~state.failed & np.isfinite(state.cost)
         return history, cost, stopped, score
-
-    def _keep_better(self, level, sampler, p, p_start, index, state, at_start, j, known) -> None:
-        """Coarse-to-fine guard: at the start of a finer level, an alignment whose cost there is
-        higher than at its start (or that failed on a coarser level) restarts from its start.
-
-        A coarse level sees few pixels: on little texture (an edge, a corner of a homography)
-        it can walk far off, which the finer level cannot undo. One measurement of both points
-        per level (``at_start[j]`` keeps the starts'); after a stage on the same pixels
-        (``known``, ``ICLK(refine=True)``) ``state.cost`` is the cost at ``p`` already."""
-        if known and j not in at_start:  # one level: the starts not measured yet
-            at_start[j] = self._iteration(level, sampler, p_start, index)[0]
-        if known:
-            c_now, c_start = state.cost.copy(), at_start[j]
-        else:
-            both = None if index is None else np.concatenate([index, index])
-            pair = self._iteration(level, sampler, np.vstack([p, p_start]), both)[0]
-            c_now, c_start = np.split(pair, 2)
-            at_start[j] = c_start
-        reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))
-        p[reset] = p_start[reset]
-        state.failed &= ~reset
 
     def _score(self, sampler: Samples, p: np.ndarray, index: np.ndarray | None) -> np.ndarray:
         """ZNCC of the template and the image warped at ``p`` under the mask, ``(n,)``
@@ -354,11 +342,15 @@ class GaussNewton:
             score[finite] = zncc(self._T, warped, self.mask, channel_axis=-1)
         return score
 
-    def _iterate(self, level, sampler, p, index, state, history, cost, backtrack=False) -> None:
+    def _iterate(self, level, sampler, p, index, state, history, cost, backtrack=False,
+                 first=None, tol=None) -> None:  # fmt: skip
         """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``.
 
         With ``backtrack``, a step that raised the cost is taken back and halved: the next
-        row is ``update(p_before, dp / 2)`` instead of a step from the worse point."""
+        row is ``update(p_before, dp / 2)`` instead of a step from the worse point. ``first``:
+        the first iteration's ``(cost, dp, ok)`` at ``p`` for every alignment, if known;
+        ``tol``: the stage's (default ``self.tol``)."""
+        tol = self.tol if tol is None else tol
         n, P = p.shape
         before, c_before, dp_before = p.copy(), np.full(n, np.nan), np.zeros((n, P))
         for k in range(len(history)):
@@ -368,7 +360,10 @@ class GaussNewton:
                 history[k + 1 :] = p
                 break
             at = None if index is None else index[live]
-            state.cost[live], dp, ok = self._iteration(level, sampler, p[live], at)  # (1)-(8)
+            if k == 0 and first is not None:  # measured by the guard at these points
+                state.cost[live], dp, ok = (part[live] for part in first)
+            else:
+                state.cost[live], dp, ok = self._iteration(level, sampler, p[live], at)  # (1)-(8)
             cost[k] = state.cost  # mean squared residual of history[k]
             if k + 1 == len(history):
                 break  # the last row only needs its cost
@@ -386,7 +381,7 @@ class GaussNewton:
                     dp_before[live] = dp
                 p_new = self._update(p_from, dp)  # (9) update the warp
                 ok &= proper(self.warp, p_new) & np.isfinite(state.cost[live])
-                small = ok & (np.linalg.norm(dp, axis=-1) <= self.tol)
+                small = ok & (np.linalg.norm(dp, axis=-1) <= tol)
                 p[live[ok]] = p_new[ok]
                 state.failed[live[~ok]] = True  # frozen at the last good p, cost known
                 state.live[live[~ok]] = False

@@ -79,6 +79,10 @@ class ICLK(Polishing, GaussNewton):
         Iterations (per pyramid level).
     tol : float
         An alignment converges (and stops) when ``||dp||`` (canonical units) falls below ``tol``.
+    handoff_tol : float, optional
+        ``tol`` for every stage before the last Gauss-Newton stage (coarser pyramid levels, the
+        ``image_sigma`` stage, and with ``refine`` the smoothed finest level): a stage whose
+        result the next one refines hands on once its step falls below this. Default: ``tol``.
     channel_axis : None or -1
         ``-1`` for a multi-channel template (and images).
     pyramid : int
@@ -204,6 +208,7 @@ class ICLK(Polishing, GaussNewton):
         coarse_best: bool = False,
         max_uncertainty: float = np.inf,
         image_sigma: float = 0.0,
+        handoff_tol: float | None = None,
     ) -> None:
         self.dtype = check_dtype(dtype)  # float64 or float32
         self.photometric = photometric  # checked by Photometric.of, in _prepare_level
@@ -213,6 +218,7 @@ class ICLK(Polishing, GaussNewton):
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
             min_score=min_score, backtrack=backtrack, second_look=second_look,
             coarse_best=coarse_best, max_uncertainty=max_uncertainty, image_sigma=image_sigma,
+            handoff_tol=handoff_tol,
         )  # fmt: skip
         self._refined = None  # the finest level without smoothing: plain Gauss-Newton
         if self.refine:
@@ -330,6 +336,7 @@ class ICLK(Polishing, GaussNewton):
         extra += ["refine=True"] if self.refine else []
         extra += ["polish=True"] if self.polish else []
         extra += ["coarse_best=True"] if self.coarse_best else []
+        extra += [f"handoff_tol={self.handoff_tol}"] if self.handoff_tol != self.tol else []
         extra += ["mask=..."] if self.mask is not None else []
         return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lkstn import ICLK, LK, Affine, Translation, warp_image
+from lkstn import ICLK, LK, Affine, Homography, Translation, warp_image
 
 
 def texture(seed=0, shape=(120, 140), sigma=2.0) -> np.ndarray:
@@ -80,8 +80,6 @@ def test_the_refine_stages_guard_uses_the_costs_it_knows(side, monkeypatch):
     the cost at ``p`` from the stage before and the starts' from the finest level's guard (or
     measures them once, with one level). Measuring both again gives the same alignments (the
     same cost to rounding), with more samples."""
-    from lkstn.classical._gauss_newton import GaussNewton
-
     image = texture(3, (160, 180), 1.5)
     p_true = np.array([-0.4, 0.05, 0.1, -0.03, -0.35, -0.05])
     template = warp_image(image, Affine(), p_true, (side, side))
@@ -97,15 +95,84 @@ def test_the_refine_stages_guard_uses_the_costs_it_knows(side, monkeypatch):
     monkeypatch.setattr(ICLK, "_iteration", count)
     kept = ICLK.robust(template, second_look=-1, polish=False).align(image, starts)
     n_kept, sampled[:] = sum(sampled), []
-    guard = GaussNewton._keep_better
-    monkeypatch.setattr(
-        GaussNewton, "_keep_better", lambda self, *a: guard(self, *a[:-1], known=False)
-    )
+    from lkstn.classical import _gauss_newton
+
+    guard = _gauss_newton.keep_better
+
+    def measure_again(iteration, p, p_start, index, state, memo):
+        return guard(iteration, p, p_start, index, state, (*memo[:2], False))
+
+    monkeypatch.setattr(_gauss_newton, "keep_better", measure_again)
     measured = ICLK.robust(template, second_look=-1, polish=False).align(image, starts)
     np.testing.assert_allclose(kept.p, measured.p, rtol=0, atol=1e-12)
     assert (kept.converged == measured.converged).all()
     assert n_kept < sum(sampled)
     assert 0.2 < kept.converged.mean() < 1  # both kinds of start
+
+
+@pytest.mark.parametrize("warp", ["affine", "homography"])
+def test_a_level_starts_from_the_iteration_its_guard_made(warp, monkeypatch):
+    """The guard at a finer level runs one iteration at every alignment's point and start; the
+    level's loop begins with it (the step from the point kept) instead of sampling the same
+    points again. Iterating again there gives the same alignments to rounding, with one
+    iteration more per level (the iteration at both points is one sampling pass)."""
+    from lkstn.classical import _gauss_newton
+
+    image = texture(4, (180, 200), 1.5)
+    warp_ = Affine() if warp == "affine" else Homography()
+    p_true = np.zeros(warp_.n_params)
+    p_true[[0, 4, 2]] = [-0.45, -0.45, 0.1]  # a 64 px view of the middle
+    template = warp_image(image, warp_, p_true, (64, 64))
+    starts = p_true + np.random.default_rng(1).normal(0.0, 0.03, (30, warp_.n_params)) * (
+        [1, 1, 1, 1, 1, 1] + [0.1, 0.1] * (warp == "homography")
+    )
+    calls: list[int] = []
+    iteration = ICLK._iteration
+
+    def count(self, level, sampler, p, index):
+        calls.append(len(p))
+        return iteration(self, level, sampler, p, index)
+
+    monkeypatch.setattr(ICLK, "_iteration", count)
+    aligner = ICLK.robust(template, warp=warp_, second_look=-1, polish=False)
+    reused = aligner.align(image, starts)
+    n_reused, calls[:] = len(calls), []
+    guard = _gauss_newton.keep_better
+    monkeypatch.setattr(_gauss_newton, "keep_better", lambda *a: guard(*a) and None)
+    again = aligner.align(image, starts)
+    assert len(calls) == n_reused + 1  # two levels: one guard, one iteration fewer
+    np.testing.assert_allclose(reused.p, again.p, rtol=0, atol=1e-9)
+    assert (reused.converged == again.converged).all() and reused.converged.mean() > 0.5
+
+
+def test_stages_before_the_last_hand_on_at_handoff_tol(monkeypatch):
+    """``handoff_tol`` stops the coarse level (and the smoothed finest one, which ``refine``
+    follows) sooner; the last stage still converges to ``tol``, at the same alignment."""
+    image = texture(6, (160, 180), 1.5)
+    p_true = np.array([-0.45, 0.03, 0.1, -0.02, -0.45, -0.05])
+    template = warp_image(image, Affine(), p_true, (64, 64))
+    starts = p_true + np.random.default_rng(2).normal(0.0, 0.02, (20, 6))
+    calls: list[int] = []
+    iteration = ICLK._iteration
+
+    def count(self, level, sampler, p, index):
+        calls.append(len(p))
+        return iteration(self, level, sampler, p, index)
+
+    monkeypatch.setattr(ICLK, "_iteration", count)
+    settings = dict(pyramid=2, gradient_sigma=2.0, refine=True, n_iter=50, tol=1e-6)
+    results, n_calls = [], []
+    for handoff_tol in (None, 1e-2):
+        calls[:] = []
+        results.append(ICLK(template, **settings, handoff_tol=handoff_tol).align(image, starts))
+        n_calls.append(sum(calls))
+    tight, loose = results
+    assert tight.converged.all() and loose.converged.all()
+    np.testing.assert_allclose(loose.p, tight.p, rtol=0, atol=1e-6)  # both end within tol
+    assert n_calls[1] < n_calls[0]
+    assert "handoff_tol=0.01" in repr(ICLK(template, handoff_tol=1e-2))
+    with pytest.raises(ValueError, match="handoff_tol"):
+        ICLK(template, handoff_tol=-1.0)
 
 
 @pytest.mark.parametrize("coarse_best", [False, True])
@@ -124,9 +191,9 @@ def test_coarse_best_hands_on_the_lowest_cost_point_a_coarser_level_visited(coar
     stages = []  # (history, cost, p at entry) of each stage, as _iterate saw them
     iterate = GaussNewton._iterate
 
-    def record(self, level, sampler, p, index, state, history, cost, backtrack=False):
+    def record(self, level, sampler, p, index, state, history, cost, *rules):
         entry = p.copy()
-        iterate(self, level, sampler, p, index, state, history, cost, backtrack)
+        iterate(self, level, sampler, p, index, state, history, cost, *rules)
         stages.append((history.copy(), cost.copy(), entry))
 
     with pytest.MonkeyPatch.context() as mp:

@@ -4,7 +4,9 @@ restarts on new shapes, and a worker's failure or death reported in one line."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+from collections import namedtuple
 
 import pytest
 import torch
@@ -21,6 +23,9 @@ pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
     pytest.mark.skipif(not fork_available(), reason="shards in processes need Linux's fork"),
 ]
+
+
+Pair = namedtuple("Pair", "scores p")  # a model's outputs: a named tuple of tensors
 
 
 def batch_of(n: int, step: int = 0, dtype=torch.float32):
@@ -124,3 +129,18 @@ def test_training_in_processes_equals_training_in_threads() -> None:
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a, b)
     assert result.records[-1]["step"] == 3
+
+
+def test_outputs_cross_the_pipe_as_the_same_tensors() -> None:
+    from lkstn.learned.accel.forked import _from_wire, _to_wire
+
+    out = (
+        torch.tensor(1.5),
+        Pair(torch.arange(6.0).reshape(2, 3), torch.ones(2, 8, dtype=torch.float64)),
+        [True, None, torch.zeros(3, dtype=torch.bfloat16)],  # no NumPy dtype: sent as it is
+    )
+    back = _from_wire(pickle.loads(pickle.dumps(_to_wire(out))))
+    assert isinstance(back[1], Pair) and isinstance(back[2], list)
+    assert back[2][:2] == [True, None]
+    for a, b in [(out[0], back[0]), *zip(out[1], back[1], strict=True), (out[2][2], back[2][2])]:
+        assert a.dtype == b.dtype and torch.equal(a, b)
