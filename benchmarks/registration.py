@@ -23,7 +23,8 @@ and, at ``min_score`` 0.8, for a range of ``max_uncertainty`` (the predicted cor
 
 ``--timing`` aligns one pair at a time (one image, one start: what the CLI and a tracker do) at
 64, 128 and 256 px, ICLK.robust (built for a new template + alignment; called again for the same
-template, which returns the aligner it kept + alignment; alignment alone) and ECC interleaved in
+template, which returns the aligner it kept + alignment; alignment alone; alignment started at
+the true warp, which moves nothing: the cost of the stages in themselves) and ECC interleaved in
 one process, one thread each.
 
 ECC conventions: ``warpMatrix`` maps template pixels to image pixels
@@ -319,7 +320,8 @@ def timing(args, overrides: dict) -> list[dict]:
         for warp_name in args.warps:
             warp = warp_from_name(warp_name)
             times = {"ICLK.robust (build + align)": [], "ICLK.robust (again + align)": [],
-                     "ICLK.robust (align)": [], "ECC": [], "ECC-g1": []}  # fmt: skip
+                     "ICLK.robust (align)": [], "ICLK.robust (from the truth)": [], "ECC": [],
+                     "ECC-g1": []}  # fmt: skip
             for k, name in enumerate(args.photos):
                 image = photo(name)
                 box = texture_box(image, side, np.random.default_rng([args.seed, side, k]))
@@ -337,6 +339,8 @@ def timing(args, overrides: dict) -> list[dict]:
                     ICLK.robust(T, warp=warp, **overrides).align(image, start[0])  # kept: again
                     t.append(time.perf_counter())
                     built.align(image, start[0])
+                    t.append(time.perf_counter())
+                    built.align(image, p_true)  # no motion: what the stages cost in themselves
                     t.append(time.perf_counter())
                     ecc(T, image, warp, start, 5)
                     t.append(time.perf_counter())
