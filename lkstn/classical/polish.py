@@ -30,6 +30,7 @@ TPAMI 2008.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
@@ -82,8 +83,8 @@ def polish_stage(
     the alignment, not stopped."""
     history, cost, _, _ = run
     h, w, C = T.shape
-    xt = homogeneous_grid((h, w))  # (3, m) homogeneous template points
-    region = _Region(aligner.warp, images, canonical_grid((h, w)), margin=max(2, min(h, w) // 8))
+    grid, xt = _grids(h, w)  # (m, 2) canonical and (3, m) homogeneous template points
+    region = _Region(aligner.warp, images, grid, margin=max(2, min(h, w) // 8))
     p = history[-1].copy()
     n, P = p.shape
     rows, costs = np.empty((n_iter + 1, n, P)), np.empty((n_iter + 1, n))
@@ -119,6 +120,15 @@ def polish_stage(
     history = np.concatenate([history, rows[1:]])
     cost = np.concatenate([cost[:-1], costs])
     return history, cost, stopped & np.isfinite(c_now), final
+
+
+@lru_cache(maxsize=8)
+def _grids(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The template frame's canonical pixel centres and their homogeneous coordinates, made
+    once per template shape (read-only: shared between calls)."""
+    grid, xt = canonical_grid((h, w)), homogeneous_grid((h, w))
+    grid.flags.writeable = xt.flags.writeable = False
+    return grid, xt
 
 
 class _Region:
