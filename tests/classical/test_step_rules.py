@@ -160,7 +160,7 @@ def test_stages_before_the_last_hand_on_at_handoff_tol(monkeypatch):
         return iteration(self, level, sampler, p, index)
 
     monkeypatch.setattr(ICLK, "_iteration", count)
-    settings = dict(pyramid=2, gradient_sigma=2.0, refine=True, n_iter=50, tol=1e-6)
+    settings = dict(pyramid=2, gradient_sigma=2.0, refine=True, n_iter=50, tol=1e-8)
     results, n_calls = [], []
     for handoff_tol in (None, 1e-2):
         calls[:] = []
@@ -168,7 +168,7 @@ def test_stages_before_the_last_hand_on_at_handoff_tol(monkeypatch):
         n_calls.append(sum(calls))
     tight, loose = results
     assert tight.converged.all() and loose.converged.all()
-    np.testing.assert_allclose(loose.p, tight.p, rtol=0, atol=1e-6)  # both end within tol
+    np.testing.assert_allclose(loose.p, tight.p, rtol=0, atol=1e-6)  # both within ~tol of it
     assert n_calls[1] < n_calls[0]
     assert "handoff_tol=0.01" in repr(ICLK(template, handoff_tol=1e-2))
     with pytest.raises(ValueError, match="handoff_tol"):
