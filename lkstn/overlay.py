@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["checkerboard", "display", "outline", "overlay_image", "panels", "save_overlay"]
+__all__ = [
+    "block_mean",
+    "checkerboard",
+    "display",
+    "outline",
+    "overlay_image",
+    "panels",
+    "save_overlay",
+    "shrink_factor",
+]
 
 START_COLOUR, RESULT_COLOUR = (255, 165, 0), (0, 230, 230)  # orange dashed, cyan solid
 MAX_WIDTH = 1600
@@ -63,11 +72,13 @@ def outline(H: npt.ArrayLike, template_shape: tuple[int, int]) -> np.ndarray:
 
 
 def panels(
-    image: np.ndarray, template: np.ndarray, H: npt.ArrayLike
+    image: np.ndarray, template: np.ndarray, H: npt.ArrayLike, *, most: int | None = None
 ) -> list[tuple[np.ndarray, str]]:
     """The four panels, each in ``[0, 1]`` with its name: image, template, image registered
     onto the template at ``H`` (black where ``H`` is not a usable matrix), checkerboard of the
-    two (grey)."""
+    two (grey). With ``most``, a picture longer than that is first averaged over blocks of
+    ``shrink_factor(shape, most)`` pixels a side (a 6000 px photograph shown 400 px wide need
+    not be stretched and converted at full size)."""
     from lkstn.pixels import warp_image_pixels
 
     image, template = np.asarray(image, dtype=float), np.asarray(template, dtype=float)
@@ -77,12 +88,34 @@ def panels(
     except ValueError:  # a failed alignment's matrix (not finite, or singular): a black panel
         registered = np.zeros((*grey.shape, *image.shape[2:]))
     reg_grey = registered if registered.ndim == 2 else registered.mean(-1)
+
+    def small(picture: np.ndarray) -> np.ndarray:  # block means of a picture longer than most
+        return picture if most is None else block_mean(picture, shrink_factor(picture.shape, most))
+
+    grey, reg_grey = small(grey), small(reg_grey)
     return [
-        (display(image), "image"),
-        (display(template), "template"),
-        (display(registered), "image registered"),
+        (display(small(image)), "image"),
+        (display(small(template)), "template"),
+        (display(small(registered)), "image registered"),
         (checkerboard(display(grey), display(reg_grey)), "checkerboard"),
     ]
+
+
+def shrink_factor(shape: tuple[int, ...], most: int) -> int:
+    """The smallest whole number of pixels per block that brings the longer side of ``shape``
+    (its first two numbers) to at most ``most`` blocks."""
+    return max(1, -(-max(shape[0], shape[1]) // max(int(most), 1)))
+
+
+def block_mean(picture: np.ndarray, k: int) -> np.ndarray:
+    """``picture`` ``(H, W[, C])`` averaged over ``k x k`` blocks, ``(H // k, W // k[, C])``:
+    the last ``H % k`` rows and ``W % k`` columns (fewer than ``k``) are left out. Works on
+    views of the picture (no full-size copy)."""
+    if k == 1:
+        return picture
+    h, w = picture.shape[0] // k, picture.shape[1] // k
+    rows = picture[: h * k].reshape(h, k, *picture.shape[1:])[:, :, : w * k]
+    return rows.reshape(h, k, w, k, *picture.shape[2:]).mean(axis=(1, 3))
 
 
 def overlay_image(
@@ -116,7 +149,9 @@ def overlay_image(
     """
     from PIL import Image, ImageDraw
 
-    shown = panels(image, template, H)
+    most = 2 * MAX_WIDTH  # more than any panel shows
+    shown = panels(image, template, H, most=most)
+    k = shrink_factor(np.shape(image), most)  # image pixels per pixel of the first panel
     ratios = [p.shape[1] / p.shape[0] for p, _ in shown]
     gap, top = 8, 20
     height = int(max(32, min(height, (MAX_WIDTH - gap * 5) / sum(ratios))))
@@ -132,7 +167,8 @@ def overlay_image(
         canvas.paste(_resized(picture, width, height), (x, head))
         draw.text((x, head - top + 3), name, fill="black", font=font)
         x += width + gap
-    scale = np.array([widths[0] / image.shape[1], height / image.shape[0]])
+    shown_h, shown_w = shown[0][0].shape[:2]  # the panel covers k * shown_w image columns
+    scale = np.array([widths[0] / (k * shown_w), height / (k * shown_h)])
 
     def to_panel(corners: np.ndarray) -> list[tuple[float, float]] | None:
         xy = (corners + 0.5) * scale - 0.5 + [gap, head]  # pixel centres, resized

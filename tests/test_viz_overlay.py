@@ -76,3 +76,43 @@ def test_pillow_overlay_of_a_failed_alignment_draws_what_it_can():
     assert result_pixels(np.eye(3)) > 50  # the box at the image's top-left corner
     for H in (np.full((3, 3), np.nan), np.zeros((3, 3)), far):
         assert result_pixels(H) == 0
+
+
+def test_block_mean_and_shrink_factor():
+    from lkstn.overlay import block_mean, shrink_factor
+
+    rng = np.random.default_rng(1)
+    picture = rng.random((23, 17, 3))
+    out = block_mean(picture, 4)
+    assert out.shape == (5, 4, 3)  # the last 3 rows and 1 column (fewer than 4) left out
+    expected = [[picture[4 * i : 4 * i + 4, 4 * j : 4 * j + 4].mean((0, 1)) for j in range(4)]
+                for i in range(5)]  # fmt: skip
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    assert block_mean(picture, 1) is picture
+    assert [shrink_factor(s, 3200) for s in [(100, 50), (3200, 10), (3201, 10), (10, 9600)]] == [
+        1, 1, 2, 3,
+    ]  # fmt: skip
+
+
+def test_a_large_image_is_shown_from_block_means_with_the_box_in_place():
+    """An image longer than twice the widest overlay is averaged over blocks before it is
+    stretched and drawn (a 6000 px photograph shown 300 px high), and the result box lands
+    where the pixel matrix puts it, as on a small image."""
+    from lkstn.overlay import MAX_WIDTH, RESULT_COLOUR, overlay_image, panels
+
+    side = 2 * MAX_WIDTH + 800  # a factor of 2
+    image = np.full((side, side), 0.5)
+    image[::9] = 0.2
+    template = image[:80, :80]
+    H = np.array([[1.0, 0.0, 2400.0], [0.0, 1.0, 1000.0], [0.0, 0.0, 1.0]])
+    shown = panels(image, template, H, most=2 * MAX_WIDTH)
+    assert shown[0][0].shape == (side // 2, side // 2) and shown[1][0].shape == (80, 80)
+    out = overlay_image(image, template, H, height=200)
+    scale = 200 / side  # the image panel: 200 px high, 8 px in from the left
+
+    def pixel(x, y):
+        head = out.shape[0] - 200 - 8
+        return tuple(out[round(head + (y + 0.5) * scale - 0.5), round(8 + (x + 0.5) * scale - 0.5)])
+
+    assert pixel(2400, 1040) == RESULT_COLOUR  # the middle of the box's left edge
+    assert pixel(2400, 1400) != RESULT_COLOUR
