@@ -32,8 +32,9 @@ non-finite value is handled explicitly instead.
 Coarse to fine: each level starts from the previous level's result, except that an alignment
 the coarser levels left worse (a higher cost at this level) than its own start, or that failed
 there, restarts from its start; with ``coarse_best``, a coarser level hands on the lowest-cost
-point it visited rather than its last. With a pyramid on one image, only the region around the
-starts is filtered and decimated (``region.crop_around``), not the whole photograph.
+point it visited rather than its last. A stage that a later one refines stops where its step
+falls below tolerance, without taking it (the last stage takes it). With a pyramid on one
+image, only the region around the starts is filtered and decimated (``region.crop_around``).
 
 Success: ``converged`` means a small last step with finite parameters and cost AND a final
 ``score`` (ZNCC of template and warped image under the mask, :func:`lkstn.score.zncc`) of at
@@ -320,10 +321,10 @@ class GaussNewton:
                 history[i * n_iter] = p
             state.live, state.done = ~state.failed, state.failed.copy()
             state.converged[:] = False
-            rows_i = slice(i * n_iter, (i + 1) * n_iter + 1)
-            tol = self.tol if i == len(stages) - 1 else self.handoff_tol  # later stages refine
+            rows_i, last = slice(i * n_iter, (i + 1) * n_iter + 1), i == len(stages) - 1
             self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i],
-                          backtrack, first, tol)  # fmt: skip
+                          backtrack, first, self.tol if last else self.handoff_tol,
+                          hand_on=not last)  # fmt: skip
             if self.coarse_best and j > 0:  # a coarser level hands on its lowest-cost point
                 keep_lowest(p, state, history[rows_i], cost[rows_i])
         score = self._score(sampler, p, index)  # the finest level's sampler
@@ -343,13 +344,15 @@ class GaussNewton:
         return score
 
     def _iterate(self, level, sampler, p, index, state, history, cost, backtrack=False,
-                 first=None, tol=None) -> None:  # fmt: skip
+                 first=None, tol=None, *, hand_on=False) -> None:  # fmt: skip
         """Gauss-Newton at one level ([BM04] Figs. 1, 3, 4); fills ``history[1:]``, ``cost``.
 
         With ``backtrack``, a step that raised the cost is taken back and halved: the next
         row is ``update(p_before, dp / 2)`` instead of a step from the worse point. ``first``:
         the first iteration's ``(cost, dp, ok)`` at ``p`` for every alignment, if known;
-        ``tol``: the stage's (default ``self.tol``)."""
+        ``tol``: the stage's (default ``self.tol``). With ``hand_on`` (a later stage refines; no
+        ``backtrack``), a step below ``tol`` is left to the next stage and the alignment stops
+        at the point just measured: no pass to measure where the step would have led."""
         tol = self.tol if tol is None else tol
         n, P = p.shape
         before, c_before, dp_before = p.copy(), np.full(n, np.nan), np.zeros((n, P))
@@ -382,7 +385,9 @@ class GaussNewton:
                 p_new = self._update(p_from, dp)  # (9) update the warp
                 ok &= proper(self.warp, p_new) & np.isfinite(state.cost[live])
                 small = ok & (np.linalg.norm(dp, axis=-1) <= tol)
-                p[live[ok]] = p_new[ok]
+                move = ok & ~small if hand_on and not backtrack else ok
+                p[live[move]] = p_new[move]
+                state.live[live[ok & ~move]] = False  # stopped where its cost is known
                 state.failed[live[~ok]] = True  # frozen at the last good p, cost known
                 state.live[live[~ok]] = False
                 state.converged[live[small]] = True

@@ -60,11 +60,13 @@ def test_a_batch_of_images_is_smoothed_image_by_image(dtype):
     T, p_true = cut(images[0], Affine(), 30.2, 25.7, 32)
     p0 = p_true + np.array([[0.02, -0.01, 0.03, 0.01, 0.02, -0.02], [0.0, 0.01, -0.02, 0, 0, 0.03]])
     s, n = 1.1, 30
-    batch = ICLK(T, "affine", n_iter=n, image_sigma=s, dtype=dtype).align(images, p0)
+    # tol=1e-12: the smoothed stage hands on without its last step (below tol), which
+    # aligning the smoothed images alone takes
+    batch = ICLK(T, "affine", n_iter=n, tol=1e-12, image_sigma=s, dtype=dtype).align(images, p0)
     sT = gaussian_filter(T, s, mode="nearest")
     for b in range(2):
         sI = gaussian_filter(images[b], s, mode="nearest")
-        one = ICLK(sT, "affine", n_iter=n, dtype=dtype).align(sI, p0[b])
+        one = ICLK(sT, "affine", n_iter=n, tol=1e-12, dtype=dtype).align(sI, p0[b])
         tol = 1e-10 if dtype == np.float64 else 1e-4
         np.testing.assert_allclose(batch.history[: n + 1, b], one.history, atol=tol)
 

@@ -145,6 +145,42 @@ def test_a_level_starts_from_the_iteration_its_guard_made(warp, monkeypatch):
     assert (reused.converged == again.converged).all() and reused.converged.mean() > 0.5
 
 
+def test_a_stage_that_hands_on_stops_at_the_point_it_measured(monkeypatch):
+    """A stage that a later one refines stops, once its step is below ``tol``, at the point
+    whose cost it has just measured, leaving that step to the next stage: one pass fewer per
+    such stage than taking the step and measuring the cost where it led. The cost rows stay
+    the costs of their rows, and the last stage converges to the same alignment."""
+    from lkstn.classical._gauss_newton import GaussNewton
+
+    image = texture(7, (170, 190), 1.5)
+    p_true = np.array([-0.45, 0.02, 0.08, -0.03, -0.45, -0.04])
+    template = warp_image(image, Affine(), p_true, (64, 64))
+    starts = p_true + np.random.default_rng(3).normal(0.0, 0.02, (10, 6))
+    calls: list[int] = []
+    iteration = ICLK._iteration
+
+    def count(self, level, sampler, p, index):
+        calls.append(len(p))
+        return iteration(self, level, sampler, p, index)
+
+    monkeypatch.setattr(ICLK, "_iteration", count)
+    aligner = ICLK(template, pyramid=2, gradient_sigma=2.0, refine=True, n_iter=40, tol=1e-7)
+    handed = aligner.align(image, starts)
+    n_handed, calls[:] = len(calls), []
+    iterate = GaussNewton._iterate
+
+    def take_every_step(self, *args, hand_on=False, **kw):
+        return iterate(self, *args, hand_on=False, **kw)
+
+    monkeypatch.setattr(GaussNewton, "_iterate", take_every_step)
+    stepped = aligner.align(image, starts)
+    # two stages hand on (the coarse level, the smoothed finest one): a pass fewer each, give
+    # or take one pass of the stage after, which starts a step (below tol) farther
+    assert len(calls) - n_handed in (1, 2, 3)
+    assert handed.converged.all() and stepped.converged.all()
+    np.testing.assert_allclose(handed.p, stepped.p, rtol=0, atol=1e-7)
+
+
 def test_stages_before_the_last_hand_on_at_handoff_tol(monkeypatch):
     """``handoff_tol`` stops the coarse level (and the smoothed finest one, which ``refine``
     follows) sooner; the last stage still converges to ``tol``, at the same alignment."""
@@ -191,9 +227,9 @@ def test_coarse_best_hands_on_the_lowest_cost_point_a_coarser_level_visited(coar
     stages = []  # (history, cost, p at entry) of each stage, as _iterate saw them
     iterate = GaussNewton._iterate
 
-    def record(self, level, sampler, p, index, state, history, cost, *rules):
+    def record(self, level, sampler, p, index, state, history, cost, *rules, **hand_on):
         entry = p.copy()
-        iterate(self, level, sampler, p, index, state, history, cost, *rules)
+        iterate(self, level, sampler, p, index, state, history, cost, *rules, **hand_on)
         stages.append((history.copy(), cost.copy(), entry))
 
     with pytest.MonkeyPatch.context() as mp:
