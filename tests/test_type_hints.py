@@ -113,7 +113,7 @@ def test_the_checker_sees_the_public_api():
         "lkstn.result.AlignmentResult.__init__",  # a dataclass's generated __init__
         "lkstn.result.AlignmentResult.p",  # a property
         "lkstn.learned.stn.ICSTN.__init__",  # a lazy name of lkstn.__all__
-        "lkstn.classical.iclk.ICLK.align",
+        "lkstn.classical.iclk.ICLK.regressor",
     ):
         assert name in functions, name
     assert _is_any("Any") and _is_any(typing.Any) and not _is_any("dict[str, Any]")

@@ -327,13 +327,13 @@ class GaussNewton:
                           hand_on=not last)  # fmt: skip
             if self.coarse_best and j > 0:  # a coarser level hands on its lowest-cost point
                 keep_lowest(p, state, history[rows_i], cost[rows_i])
-        score = self._score(sampler, p, index)  # the finest level's sampler
+        score = self._score(sampler, p, index, state.cost)  # the finest level's sampler
         stopped = state.converged & ~state.failed & np.isfinite(state.cost)
         return history, cost, stopped, score
 
-    def _score(self, sampler: Samples, p: np.ndarray, index: np.ndarray | None) -> np.ndarray:
-        """ZNCC of the template and the image warped at ``p`` under the mask, ``(n,)``
-        (:func:`lkstn.score.zncc`); NaN where ``p`` is not finite."""
+    def _score(self, sampler: Samples, p: np.ndarray, index: np.ndarray | None, cost=None):
+        """ZNCC of template and image warped at ``p`` under the mask (:func:`lkstn.score.zncc`),
+        ``(n,)``, NaN where ``p`` is not finite; ``cost``: the last stage's at ``p`` (ICLK's)."""
         h, w, C = self._T.shape
         finite = np.isfinite(p).all(-1)
         score = np.full(len(p), np.nan)

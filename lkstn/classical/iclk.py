@@ -41,10 +41,10 @@ from lkstn.classical.checks import check_dtype, check_sigma
 from lkstn.classical.photometric import Photometric
 from lkstn.classical.polish import Polishing
 from lkstn.classical.robust import built, clear_built
+from lkstn.classical.single import SinglePrecision
 from lkstn.classical.systems import steepest_descent
 from lkstn.classical.uncertainty import unit_covariance
 from lkstn.filters import gaussian_filter
-from lkstn.result import AlignmentResult
 from lkstn.warps import Warp
 
 __all__ = ["ICLK", "clear_built"]
@@ -63,7 +63,7 @@ class _ICLevel(Level):
     total: float  # the number of (weighted) residuals: cost = sum of squares / total
 
 
-class ICLK(Polishing, GaussNewton):
+class ICLK(Polishing, SinglePrecision, GaussNewton):
     """Inverse compositional Lucas-Kanade: a fixed regressor applied to ``I(p)``, repeatedly.
 
     Objective ``min_dp ||I(p) - T(dp)||^2`` ([LL17] eq. (3)); update
@@ -80,9 +80,8 @@ class ICLK(Polishing, GaussNewton):
     tol : float
         An alignment converges (and stops) when ``||dp||`` (canonical units) falls below ``tol``.
     handoff_tol : float, optional
-        ``tol`` for every stage before the last Gauss-Newton stage (coarser pyramid levels, the
-        ``image_sigma`` stage, and with ``refine`` the smoothed finest level): a stage whose
-        result the next one refines hands on once its step falls below this. Default: ``tol``.
+        ``tol`` of the stages that a later one refines (coarser levels, ``image_sigma``'s, and
+        with ``refine`` the smoothed finest level). Default: ``tol``.
     channel_axis : None or -1
         ``-1`` for a multi-channel template (and images).
     pyramid : int
@@ -292,6 +291,20 @@ class ICLK(Polishing, GaussNewton):
         ssd, dp = level.photometric.finish(proj, sq)  # offsets (and gains) taken out
         return ssd / level.total, dp, np.isfinite(dp).all(-1)
 
+    def _score(self, sampler: Samples, p: np.ndarray, index: np.ndarray | None, cost=None):
+        """The final score, read from the last stage's ``cost`` at ``p`` where the photometric
+        model gives it (float64, no mask: :meth:`Photometric.correlation`), else measured."""
+        finest, rho = self._levels[0], None
+        if cost is not None and self.mask is None and self.dtype == np.float64:
+            rho = finest.photometric.correlation(cost * finest.total)  # None: it cannot
+        again = np.arange(len(p)) if rho is None else np.flatnonzero(~np.isfinite(rho + p.sum(-1)))
+        score = np.full(len(p), np.nan) if rho is None else rho
+        if again.size:  # a flat or non-finite warped image, a non-finite p
+            score[again] = super()._score(
+                sampler, p[again], None if index is None else index[again]
+            )
+        return score
+
     def _update(self, p: np.ndarray, dp: np.ndarray) -> np.ndarray:
         """Update, [BM04] Fig. 4 step (9): ``p <- p o dp^-1``."""
         return compose_inverse(self.warp, p, dp)  # p <- p o dp^-1, [BM04] Fig. 4 step 9
@@ -370,23 +383,6 @@ class ICLK(Polishing, GaussNewton):
         if self.mask is not None:
             R = R * np.repeat(self._levels[0].root_w[:, 0], self._T.shape[-1])
         return R.copy(), -R @ self._T.ravel()  # [LL17] eq. (6)
-
-    def align(self, image: npt.ArrayLike, p_init: npt.ArrayLike, n_iter: int | None = None,
-              *, chunk_size: int | None = None) -> AlignmentResult:  # fmt: skip
-        """See :meth:`GaussNewton.align`; ``dtype="float32"`` samples on one torch thread."""
-        if self.dtype != np.float32:
-            return super().align(image, p_init, n_iter, chunk_size=chunk_size)
-        from lkstn.classical.torch_sampler import one_thread  # imports torch
-
-        with one_thread():
-            return super().align(image, p_init, n_iter, chunk_size=chunk_size)
-
-    def _sampler(self, images: np.ndarray, level: _ICLevel) -> Samples:
-        if self.dtype == np.float32:
-            from lkstn.classical.torch_sampler import SingleSampler  # imports torch
-
-            return SingleSampler(images, self.warp, level.template.shape[:2])
-        return super()._sampler(images, level)
 
 
 def compose_inverse(warp: Warp, p: np.ndarray, dp: np.ndarray) -> np.ndarray:

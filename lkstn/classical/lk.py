@@ -58,9 +58,8 @@ _DOC_PARAMS = """
     tol : float
         An alignment converges (and stops) when ``||dp||`` (canonical units) falls below ``tol``.
     handoff_tol : float, optional
-        ``tol`` for every stage before the last Gauss-Newton stage (coarser pyramid levels, the
-        ``image_sigma`` stage, and with ``refine`` the smoothed finest level): a stage whose
-        result the next one refines hands on once its step falls below this. Default: ``tol``.
+        ``tol`` of the stages that a later one refines (coarser pyramid levels, the
+        ``image_sigma`` stage). Default: ``tol``.
     channel_axis : None or -1
         ``-1`` for a multi-channel template (and images).
     pyramid : int

@@ -95,6 +95,14 @@ class Photometric:
             R = np.concatenate([np.where(channel == c, R, 0.0) for c in range(C)])
         return np.concatenate([R, self.Q])
 
+    def correlation(self, ssd: np.ndarray) -> np.ndarray | None:
+        """The ZNCC of template and image (``rho``, in ``[-1, 1]``) from :meth:`finish`'s sum
+        of squared residuals, ``2 ||t||^2 (1 - rho)`` for one channel with ``"gain-bias"``;
+        None for other models and several channels, whose cost does not give it."""
+        if self.mode != "gain-bias" or len(self.t_norm) != 1:
+            return None
+        return np.clip(1.0 - np.asarray(ssd, dtype=float) / (2.0 * self.t_norm[0] ** 2), -1, 1)
+
     def finish(self, proj: np.ndarray, sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(sum of squared residuals (n,), dp (n, P))`` from ``proj = products(R) @ e``
         ``(n, rows)`` and the per-channel sums of squares of ``e``, ``sq`` ``(n, C)``."""

@@ -111,6 +111,28 @@ def test_score_is_zncc_at_the_final_warp(name):
     np.testing.assert_allclose(result.score, zncc(template, warped, mask), atol=1e-9)
 
 
+@pytest.mark.parametrize("settings", [{}, {"pyramid": 2, "refine": True, "gradient_sigma": 1.5}])
+def test_the_score_read_from_the_last_cost_is_zncc(settings):
+    """With ``photometric="gain-bias"``, one channel and no mask, the last stage's cost is
+    ``2 ||t||^2 (1 - rho) / N`` and ICLK reads the score from it instead of sampling again:
+    the ZNCC at the final warp still, for starts that converge, that stop anywhere after two
+    iterations, and one that leaves the image (measured: a flat, zero warped image)."""
+    image, template, p_init = problem()
+    relit = 1.7 * image + 0.2
+    starts = p_init + np.random.default_rng(4).normal(0.0, 0.05, (12, 6))
+    starts[-1, [2, 5]] = 30.0  # far outside: every sample is the zero border
+    aligner = ICLK(template, Affine(), n_iter=2, photometric="gain-bias", min_score=-1, **settings)
+    for n_iter in (2, 60):
+        result = aligner.align(relit, starts, n_iter=n_iter)
+        warped = warp_image(relit, Affine(), result.p, SHAPE)
+        np.testing.assert_allclose(result.score, zncc(template, warped), rtol=0, atol=1e-9)
+    assert result.score[-1] == 0.0 and result.converged[:-1].mean() > 0.5
+    rho = zncc(template, warped[:3])
+    ssd = 2 * np.sum((template - template.mean()) ** 2) * (1 - rho)
+    photometric = aligner._levels[0].photometric
+    np.testing.assert_allclose(photometric.correlation(ssd), rho, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["LK", "CLK", "ICLK", "ICLK-gb-pyr"])
 def test_converged_is_false_on_a_wrong_alignment_that_stopped(name):
     image, template, _ = problem()
