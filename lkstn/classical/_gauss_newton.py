@@ -32,9 +32,9 @@ non-finite value is handled explicitly instead.
 Coarse to fine: each level starts from the previous level's result, except that an alignment
 the coarser levels left worse (a higher cost at this level) than its own start, or that failed
 there, restarts from its start; with ``coarse_best``, a coarser level hands on the lowest-cost
-point it visited rather than its last. A stage that a later one refines stops where its step
-falls below tolerance, without taking it (the last stage takes it). With a pyramid on one
-image, only the region around the starts is filtered and decimated (``region.crop_around``).
+point it visited rather than its last. A stage that a later one refines (ICLK's ``polish``
+stage too) stops where its step falls below tolerance, without taking it (the last takes it).
+With a pyramid on one image, only the region around the starts is filtered and decimated.
 
 Success: ``converged`` means a small last step with finite parameters and cost AND a final
 ``score`` (ZNCC of template and warped image under the mask, :func:`lkstn.score.zncc`) of at
@@ -324,7 +324,7 @@ class GaussNewton:
             rows_i, last = slice(i * n_iter, (i + 1) * n_iter + 1), i == len(stages) - 1
             self._iterate(level, sampler, p, index, state, history[rows_i], cost[rows_i],
                           backtrack, first, self.tol if last else self.handoff_tol,
-                          hand_on=not last)  # fmt: skip
+                          hand_on=not last or getattr(self, "polish", False))  # fmt: skip
             if self.coarse_best and j > 0:  # a coarser level hands on its lowest-cost point
                 keep_lowest(p, state, history[rows_i], cost[rows_i])
         score = self._score(sampler, p, index, state.cost)  # the finest level's sampler

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lkstn import ICLK, LK, Affine, Homography, Translation, warp_image
+from lkstn import ICLK, LK, Affine, Homography, Translation, corner_error, warp_image
 
 
 def texture(seed=0, shape=(120, 140), sigma=2.0) -> np.ndarray:
@@ -179,6 +179,29 @@ def test_a_stage_that_hands_on_stops_at_the_point_it_measured(monkeypatch):
     assert len(calls) - n_handed in (1, 2, 3)
     assert handed.converged.all() and stepped.converged.all()
     np.testing.assert_allclose(handed.p, stepped.p, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("polish", [False, True])
+def test_the_last_gauss_newton_stage_hands_on_to_the_forwards_stage(polish, monkeypatch):
+    """Every stage but the last hands on; with ``polish`` the forwards stage comes last, so the
+    last Gauss-Newton stage hands on to it (which measures the point again, with gradients)."""
+    from lkstn.classical._gauss_newton import GaussNewton
+
+    image = texture(8, (150, 160), 1.5)
+    p_true = np.array([-0.45, 0.03, 0.08, -0.02, -0.5, -0.05])
+    template = warp_image(image, Affine(), p_true, (48, 48))
+    seen: list[bool] = []
+    iterate = GaussNewton._iterate
+
+    def record(self, *args, hand_on=False, **kw):
+        seen.append(hand_on)
+        return iterate(self, *args, hand_on=hand_on, **kw)
+
+    monkeypatch.setattr(GaussNewton, "_iterate", record)
+    aligner = ICLK(template, pyramid=2, gradient_sigma=1.5, refine=True, polish=polish)
+    result = aligner.align(image, p_true + 0.02)
+    assert seen == [True, True, polish]  # the coarse level, the smoothed finest, the plain one
+    assert result.converged and corner_error(Affine(), result.p, p_true, (48, 48)) < 1e-3
 
 
 def test_stages_before_the_last_hand_on_at_handoff_tol(monkeypatch):
