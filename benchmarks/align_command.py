@@ -6,11 +6,14 @@ photo and repeat, interleaved: ``python -c pass`` (the interpreter and its site 
 ``python -c "import numpy"`` (the floor any NumPy program pays), ``python -m lkstn align
 --no-overlay`` and ``python -m lkstn align`` with its overlay PNG, each in a fresh process with
 the defaults (``ICLK.robust``, affine). Reports median and best wall time and the median CPU
-time (user + system of the child), with the load average and the machine.
+time (user + system of the child), the largest resident memory of any child, with the load
+average and the machine. ``--tile N`` repeats each image N x N times (the template's box stays
+in the first tile): a large photograph, where the overlay has to shrink the image.
 
 Usage::
 
     python benchmarks/align_command.py [--repeats 3] [--out out/align_command.json]
+    python benchmarks/align_command.py --photos camera --tile 12   # a 6144 x 6144 image
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins")
 SIDE = 128
 
 
-def make_pair(name: str, folder: Path, rng) -> list[str]:
+def make_pair(name: str, folder: Path, rng, tile: int = 1) -> list[str]:
     """Template and image files of one photo; the ``--box`` of the template's true corners."""
     rgb = getattr(data, name)()
     grey = color.rgb2gray(rgb) if rgb.ndim == 3 else rgb / 255.0
@@ -46,6 +49,7 @@ def make_pair(name: str, folder: Path, rng) -> list[str]:
     image = np.clip(0.8 * grey + 0.1 + rng.normal(0, 0.01, grey.shape), 0, 1)
     t_path, i_path = folder / f"{name}_t.png", folder / f"{name}_i.png"
     io.imsave(t_path, (template * 255).round().astype(np.uint8), check_contrast=False)
+    image = np.tile(image, (tile, tile))
     io.imsave(i_path, (image * 255).round().astype(np.uint8), check_contrast=False)
     corners = np.array([[0.0, 0.0, 1.0], [SIDE - 1.0, SIDE - 1.0, 1.0]]) @ H.T
     (x0, y0), (x1, y1) = corners[:, :2] / corners[:, 2:]
@@ -68,6 +72,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="runs of each command per photo")
     ap.add_argument("--photos", default=",".join(PHOTOS))
+    ap.add_argument("--tile", type=int, default=1, help="the image repeated N x N times")
     ap.add_argument("--out", type=Path, default=None, help="JSON report")
     args = ap.parse_args(argv)
     py = sys.executable
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rng = np.random.default_rng(0)
-        pairs = [make_pair(name, folder, rng) for name in args.photos.split(",")]
+        pairs = [make_pair(name, folder, rng, args.tile) for name in args.photos.split(",")]
         commands = {
             "python -c pass": [py, "-c", "pass"],
             "python -c 'import numpy'": [py, "-c", "import numpy"],
@@ -112,12 +117,16 @@ def main(argv=None) -> int:
             f"{key:28s} wall median {row['wall_median_s']:.3f} s (best {row['wall_best_s']:.3f},"
             f" worst {row['wall_worst_s']:.3f}), CPU median {row['cpu_median_s']:.3f} s"
         )
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # MiB (Linux: KiB)
+    print(f"largest resident memory of a child: {peak:.0f} MiB")
     converged = sum(c == 0 for c in codes)
     print(f"alignments converged (exit 0): {converged} of {len(codes)}")
     print(f"load average {load[0]} -> {load[1]}")
     report = {
         "rows": rows,
         "converged": [converged, len(codes)],
+        "tile": args.tile,
+        "peak_child_rss_mib": round(peak),
         "load": load,
         "machine": fingerprint(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
