@@ -7,7 +7,9 @@ the template; a checkerboard of template and registered image (edges run on acro
 where the alignment is right). :func:`lkstn.viz.plot_overlay` draws the same panels as a
 matplotlib figure for notebooks; Pillow (which scikit-image already needs) draws this one in a
 few milliseconds, without matplotlib's import and rendering (most of a second), which would be
-more than the alignment itself.
+more than the alignment itself. A picture longer than twice the widest overlay is averaged over
+blocks first (:func:`block_mean`): a large photograph is never stretched and converted at full
+size (``benchmarks/align_command.py --tile 12``).
 
 Glossary: ``H``, ``H_init`` pixel matrices mapping template pixels to image pixels
 (:mod:`lkstn.pixels`), ``panel`` one picture of the row, ``height`` its height in pixels.

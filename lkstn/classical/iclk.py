@@ -293,11 +293,14 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
 
     def _score(self, sampler: Samples, p: np.ndarray, index: np.ndarray | None, cost=None):
         """The final score, read from the last stage's ``cost`` at ``p`` where the photometric
-        model gives it (float64, no mask: :meth:`Photometric.correlation`), else measured."""
+        model gives it (float64, no mask: :meth:`Photometric.correlation`), else measured; also
+        measured where it is within 1e-6 of 0 (a flat warped image: the cost's rounding)."""
         finest, rho = self._levels[0], None
         if cost is not None and self.mask is None and self.dtype == np.float64:
             rho = finest.photometric.correlation(cost * finest.total)  # None: it cannot
-        again = np.arange(len(p)) if rho is None else np.flatnonzero(~np.isfinite(rho + p.sum(-1)))
+        with np.errstate(invalid="ignore"):  # a flat warped image: rho is rounding, or NaN
+            sure = rho is not None and np.isfinite(rho + p.sum(-1)) & (np.abs(rho) > 1e-6)
+        again = np.flatnonzero(~sure) if rho is not None else np.arange(len(p))
         score = np.full(len(p), np.nan) if rho is None else rho
         if again.size:  # a flat or non-finite warped image, a non-finite p
             score[again] = super()._score(
