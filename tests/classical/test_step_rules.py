@@ -20,6 +20,20 @@ def texture(seed=0, shape=(120, 140), sigma=2.0) -> np.ndarray:
     return (image - image.min()) / np.ptp(image)
 
 
+def counted_iterations(monkeypatch) -> list[int]:
+    """From now on, the number of alignments of every ``ICLK._iteration`` call (one sampling
+    pass each), in order."""
+    calls: list[int] = []
+    iteration = ICLK._iteration
+
+    def count(self, level, sampler, p, index):
+        calls.append(len(p))
+        return iteration(self, level, sampler, p, index)
+
+    monkeypatch.setattr(ICLK, "_iteration", count)
+    return calls
+
+
 def test_backtrack_halves_a_step_that_raised_the_cost():
     """With a translation, ``p o dp^-1 = p - dp``: after a rejected step from the accepted
     point ``a`` to ``q``, the next row is ``a + (q - a) / 2`` exactly (up to rounding), and the
@@ -85,14 +99,7 @@ def test_the_refine_stages_guard_uses_the_costs_it_knows(side, monkeypatch):
     template = warp_image(image, Affine(), p_true, (side, side))
     rng = np.random.default_rng(side)
     starts = p_true + rng.normal(0.0, 0.08, (40, 6))  # some walk off: resets happen
-    sampled = []
-    iteration = ICLK._iteration
-
-    def count(self, level, sampler, p, index):
-        sampled.append(len(p))
-        return iteration(self, level, sampler, p, index)
-
-    monkeypatch.setattr(ICLK, "_iteration", count)
+    sampled = counted_iterations(monkeypatch)
     kept = ICLK.robust(template, second_look=-1, polish=False).align(image, starts)
     n_kept, sampled[:] = sum(sampled), []
     from lkstn.classical import _gauss_newton
@@ -126,14 +133,7 @@ def test_a_level_starts_from_the_iteration_its_guard_made(warp, monkeypatch):
     starts = p_true + np.random.default_rng(1).normal(0.0, 0.03, (30, warp_.n_params)) * (
         [1, 1, 1, 1, 1, 1] + [0.1, 0.1] * (warp == "homography")
     )
-    calls: list[int] = []
-    iteration = ICLK._iteration
-
-    def count(self, level, sampler, p, index):
-        calls.append(len(p))
-        return iteration(self, level, sampler, p, index)
-
-    monkeypatch.setattr(ICLK, "_iteration", count)
+    calls = counted_iterations(monkeypatch)
     aligner = ICLK.robust(template, warp=warp_, second_look=-1, polish=False)
     reused = aligner.align(image, starts)
     n_reused, calls[:] = len(calls), []
@@ -156,14 +156,7 @@ def test_a_stage_that_hands_on_stops_at_the_point_it_measured(monkeypatch):
     p_true = np.array([-0.45, 0.02, 0.08, -0.03, -0.45, -0.04])
     template = warp_image(image, Affine(), p_true, (64, 64))
     starts = p_true + np.random.default_rng(3).normal(0.0, 0.02, (10, 6))
-    calls: list[int] = []
-    iteration = ICLK._iteration
-
-    def count(self, level, sampler, p, index):
-        calls.append(len(p))
-        return iteration(self, level, sampler, p, index)
-
-    monkeypatch.setattr(ICLK, "_iteration", count)
+    calls = counted_iterations(monkeypatch)
     aligner = ICLK(template, pyramid=2, gradient_sigma=2.0, refine=True, n_iter=40, tol=1e-7)
     handed = aligner.align(image, starts)
     n_handed, calls[:] = len(calls), []
@@ -211,14 +204,7 @@ def test_stages_before_the_last_hand_on_at_handoff_tol(monkeypatch):
     p_true = np.array([-0.45, 0.03, 0.1, -0.02, -0.45, -0.05])
     template = warp_image(image, Affine(), p_true, (64, 64))
     starts = p_true + np.random.default_rng(2).normal(0.0, 0.02, (20, 6))
-    calls: list[int] = []
-    iteration = ICLK._iteration
-
-    def count(self, level, sampler, p, index):
-        calls.append(len(p))
-        return iteration(self, level, sampler, p, index)
-
-    monkeypatch.setattr(ICLK, "_iteration", count)
+    calls = counted_iterations(monkeypatch)
     settings = dict(pyramid=2, gradient_sigma=2.0, refine=True, n_iter=50, tol=1e-8)
     results, n_calls = [], []
     for handoff_tol in (None, 1e-2):
