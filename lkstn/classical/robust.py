@@ -55,11 +55,12 @@ template size varies from 16 to 256 pixels, so that any setting in pixels suits 
   false positives of ``converged`` from 21.4 % to 13.0 % of the wrong alignments with no more
   false negatives (none of 3194), where 0.3 px would leave none but lose 3.3 % of the right ones.
 * ``n_iter=50`` per stage, ``tol=1e-4`` (canonical units) at every stage. A looser
-  ``handoff_tol=1e-3`` for the stages that a later one refines saved about a tenth of the time
-  per pair, but on a low-contrast photo (``rocket``, 64 px homographies, seed 3) 6-9 of its 12
-  starts per cell then ended 10 px off with a score of 0.91 (at sigma 1: 9, against none with
-  ``tol`` throughout; ``--robust handoff_tol=0.001``; seed 0 gained a little at 16 px
-  homographies): not used.
+  ``handoff_tol=1e-3`` for the stages that a later one refines saved 2-11 % of the time per
+  pair (``--timing`` with and without ``--robust handoff_tol=0.001``, 2026-12-06 18:27 UTC, the
+  2-core AMD EPYC family 26), but on a low-contrast photo (``rocket``, 64 px homographies,
+  seed 3) 6-9 of its 12 starts per cell then ended 10 px off with a score of 0.91 (at sigma
+  1: 9, against none with ``tol`` throughout; ``--robust handoff_tol=0.001``; seed 0 gained a
+  little at 16 px homographies): not used.
 
 The measurements behind each (``benchmarks/registration.py``, per cell against plain IC-LK and
 OpenCV's ECC) are in ``docs/registration.md``.
