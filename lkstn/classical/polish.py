@@ -75,8 +75,10 @@ def polish_stage(
     ``T`` the template ``(h, w, C)``; ``score(sampler, p, index)`` the aligner's final score.
 
     Returns the same four: ``history`` and ``cost`` with ``n_iter`` more rows (the cost of the
-    former last row re-measured by this stage), ``stopped`` a small last step of this stage
-    with finite parameters and cost, ``score`` at the new final ``p``. A step that raised the
+    former last row re-measured by this stage), ``stopped`` where this stage's next step fell
+    below ``tol`` (not taken: the alignment ends at the point it measured) with finite
+    parameters and cost, ``score`` at the new final ``p`` (from its cost where ``score`` can
+    read it so, :meth:`lkstn.ICLK._score`). A step that raised the
     cost is taken back and halved (the stage refines: it never ends worse than it started by
     its own cost; undamped, a step from 1.6 px off on a half-flat template reached 62 px and
     stayed 20 px off). An unusable step (singular system, a warp that is not proper) freezes
@@ -91,6 +93,7 @@ def polish_stage(
     rows[0] = p
     live = np.isfinite(p).all(-1)
     stopped, c_now = np.zeros(n, bool), cost[-1].copy()
+    c_here = c_now.copy()  # the cost at p (c_now: at the last point measured)
     p_from, c_from, dp_from = p.copy(), np.full(n, np.inf), np.zeros((n, P))  # last accepted
     for k in range(n_iter + 1):
         idx = np.flatnonzero(live)
@@ -101,6 +104,7 @@ def polish_stage(
             c_now[idx] = c  # the cost of rows[k]
             back = c > c_from[idx]  # uphill: back to the last accepted p, half its step
             dp[back], ok[back], p[idx[back]] = 0.5 * dp_from[idx[back]], True, p_from[idx[back]]
+            c_here[idx] = np.where(back, c_from[idx], c)
             keep = idx[~back]
             p_from[keep], c_from[keep], dp_from[idx] = p[keep], c[~back], dp
         costs[k] = c_now
@@ -109,17 +113,20 @@ def polish_stage(
         p_new = p[idx] + dp  # p <- p + dp, [BM04] Fig. 1 step 9
         ok &= proper(aligner.warp, p_new) & np.isfinite(c)
         small = ok & (np.linalg.norm(dp, axis=-1) <= aligner.tol)
-        p[idx[ok]] = p_new[ok]
+        move = ok & ~small  # a step below tol is not taken: p stays where its cost is known
+        p[idx[move]] = p_new[move]
         stopped[idx[small]] = True
         live[idx[~ok | small]] = False
         rows[k + 1] = p
     worse = live & (c_now > c_from)  # measured last and uphill: the last accepted p
     p[worse], c_now[worse] = p_from[worse], c_from[worse]
-    rows[k + 1 :], costs[k + 1 :] = p, c_now
-    final = score(region.sampler(p).first(C), p, index)  # I(p) alone: a third of the samples
+    last = min(k + 1, n_iter)  # after the last iteration, its row is the final p too
+    rows[last:], costs[last:] = p, c_here
+    # every p is a point this stage (or the one before) measured: its cost may give the score
+    final = score(region.sampler(p).first(C), p, index, c_here)  # else I(p) alone is sampled
     history = np.concatenate([history, rows[1:]])
     cost = np.concatenate([cost[:-1], costs])
-    return history, cost, stopped & np.isfinite(c_now), final
+    return history, cost, stopped & np.isfinite(c_here), final
 
 
 @lru_cache(maxsize=8)

@@ -231,3 +231,38 @@ def test_the_stage_on_a_window_gives_the_whole_levels_rows(monkeypatch, margin):
         np.testing.assert_array_equal(a, b)
     err = corner_error(warp, outs[0][0][-1], p_true, (24, 24))
     assert (err < 0.05).all()  # the stage converged: these rows are worth comparing
+
+
+@pytest.mark.parametrize("photometric", ["gain-bias", "bias"])
+def test_the_stage_ends_at_a_point_it_measured_and_scores_it(monkeypatch, photometric):
+    """A step below ``tol`` is not taken: each alignment ends at the last point the stage
+    measured, so the last cost row is the cost there (the direct step's cost, to rounding),
+    and with ``"gain-bias"`` (one channel, no mask) the score is read from that cost, with no
+    sampling pass, and equals the ZNCC of template and image warped at the final ``p``."""
+    from lkstn.classical import _gauss_newton
+    from lkstn.score import zncc
+
+    rng = np.random.default_rng(5)
+    image = 0.7 * ndimage.gaussian_filter(rng.normal(size=(90, 120)), 2.0) + 0.3
+    warp = Homography()
+    T, p_true = cut(image, warp, 40, 30, 28)
+    starts = perturb(warp, p_true, 1.5, (28, 28), rng, n=6)
+    measured = []
+    score = _gauss_newton.GaussNewton._score
+
+    def counted(self, sampler, p, index, cost=None):
+        measured.append(len(p))
+        return score(self, sampler, p, index, cost)
+
+    monkeypatch.setattr(_gauss_newton.GaussNewton, "_score", counted)
+    aligner = ICLK(T, warp, photometric=photometric, polish=True, n_iter=30, min_score=-1)
+    result = aligner.align(image, starts)
+    assert result.converged.all() and corner_error(warp, result.p, p_true, (28, 28)).max() < 0.01
+    for p, cost in zip(result.p, result.cost[-1], strict=True):
+        direct_cost = _direct_step(warp, photometric, None, T[..., None], image[..., None], p)[1]
+        np.testing.assert_allclose(cost, direct_cost, rtol=1e-9)  # sums of squares: rounding
+    warped = warp_image(image, warp, result.p, T.shape)
+    np.testing.assert_allclose(result.score, zncc(T, warped), rtol=0, atol=1e-9)
+    # the IC stages' score (which decides the second look) and the final one: read from the
+    # cost with "gain-bias", sampled with "bias"
+    assert measured == ([] if photometric == "gain-bias" else [6, 6])
