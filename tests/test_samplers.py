@@ -192,3 +192,42 @@ def test_a_window_samples_as_the_whole_frame_inside_it_and_zero_outside() -> Non
     p_far = p + np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.3])  # across the window's edge: clamped
     np.testing.assert_array_equal(part(p_far, index), Sampler(zeroed, warp, grid)(p_far, index))
     assert (part(p_far, index) == 0).any()
+
+
+def test_a_call_at_the_same_points_returns_the_last_samples_without_sampling(monkeypatch):
+    """``Sampler`` keeps the samples of its last complete call: the same ``p`` and image index
+    (bit for bit) give the same numbers as sampling again, as fresh arrays (a caller may write
+    into them), without a sampling pass; any other ``p`` or index, an unfinished call, a batch
+    above the memo's size and a ``first(k)`` view sample again."""
+    from lkstn.classical import _sampler
+
+    rng = np.random.default_rng(6)
+    images = rng.random((2, 30, 40, 2))
+    warp, grid = Affine(), canonical_grid((16, 16))  # 256 samples: one block per 64 alignments
+    p = rng.normal(0.0, 0.2, (3, 6))
+    index = np.array([0, 1, 1])
+    passes = []
+    sample = Sampler._sample
+
+    def counted(self, p_, index_):
+        passes.append(len(p_))
+        return sample(self, p_, index_)
+
+    monkeypatch.setattr(Sampler, "_sample", counted)
+    sampler = Sampler(images, warp, grid)
+    first = sampler(p, index).copy()
+    for _, _, values in sampler.blocks(p, index):
+        values[...] = -1.0  # the caller writes into what it is given
+    np.testing.assert_array_equal(sampler(p, index), first)
+    assert passes == [3]
+    np.testing.assert_array_equal(Sampler(images, warp, grid)(p, index), first)  # fresh: equal
+    sampler(p, index[::-1].copy())  # another image per alignment
+    sampler(p + 1e-12, index)  # another point, however close
+    next(sampler.blocks(p, index))  # a call stopped after one block is not kept
+    sampler(p, index)
+    assert passes == [3, 3, 3, 3, 3, 3]
+    np.testing.assert_array_equal(sampler.first(1)(p, index), first[..., :1])
+    monkeypatch.setattr(_sampler, "_MEMO", 2 * 256)  # 3 alignments are too many to keep
+    small = Sampler(images, warp, grid)
+    small(p, index), small(p, index)
+    assert passes == [3, 3, 3, 3, 3, 3, 3, 3, 3]

@@ -20,6 +20,7 @@ from lkstn.warps import Warp
 __all__ = ["CORNERS", "Sampler", "Samples"]
 
 _BLOCK = 1 << 14  # samples per block of the sampler: the temporaries stay in cache
+_MEMO = 1 << 18  # at most this many samples (per channel) of the last call are kept
 CORNERS = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])
 """The template's corners, homogeneous canonical coordinates ``(3, 4)``: TL, TR, BR, BL."""
 
@@ -91,12 +92,14 @@ class Sampler:
         sx, sy = (W - 1) / 2.0, (H - 1) / 2.0  # padded pixel = (x + 1) (W - 1) / 2 + 1
         self._pad_from_canonical = np.array([[sx, 0, sx + 1], [0, sy, sy + 1], [0, 0, 1.0]])
         self._out = np.empty((0, len(grid), K))
+        self._memo: tuple[tuple, list[Block]] | None = None  # the last call's (key, blocks)
 
     def first(self, k: int) -> Sampler:
         """A sampler of the first ``k`` channels, sharing this one's planes."""
         view = copy.copy(self)
         view._neighbours, view._K = self._neighbours[:k], k
         view._out = np.empty((0, self._hw, k))
+        view._memo = None
         return view
 
     def __call__(self, p: np.ndarray, image_index: np.ndarray | None) -> np.ndarray:
@@ -117,7 +120,28 @@ class Sampler:
 
         Blocks hold about ``_BLOCK`` samples (whole alignments when the template is small), so
         that the temporaries stay in cache; the values are ``(na, nq, K)`` fresh arrays.
+
+        The samples of the last call that read every block are kept (up to ``_MEMO`` per
+        channel): a call at the same ``p`` and ``image_index`` (bit for bit) gets copies of
+        them without sampling again, as when a stage on the same level measures the point
+        where the stage before it ended (``ICLK(refine=True)`` after the smoothed stage).
         """
+        key = (p.shape, p.tobytes(), None if image_index is None else image_index.tobytes())
+        memo, self._memo = self._memo, None
+        if memo is not None and memo[0] == key:
+            for s, t, values in memo[1]:
+                yield s, t, values.copy()
+            self._memo = memo
+            return
+        keep: list[Block] | None = [] if p.shape[0] * self._hw <= _MEMO else None
+        for s, t, values in self._sample(p, image_index):
+            if keep is not None:
+                keep.append((s, t, values.copy()))
+            yield s, t, values
+        if keep is not None:  # every block was read: the call is complete
+            self._memo = (key, keep)
+
+    def _sample(self, p: np.ndarray, image_index: np.ndarray | None) -> Iterator[Block]:
         n = p.shape[0]
         # (n, 3, 3): padded pixel from canonical
         A = self._pad_from_canonical @ self._warp.matrix(p, check=False)

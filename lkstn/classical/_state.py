@@ -51,8 +51,11 @@ def keep_better(iteration, p, p_start, index, state: State, memo) -> tuple | Non
             at_start[j] = iteration(p_start, index)[0]
         c_now, c_start = state.cost.copy(), at_start[j]
     else:
-        both = None if index is None else np.concatenate([index, index])
-        pair = iteration(np.vstack([p, p_start]), both)
+        if np.array_equal(p, p_start):  # nothing moved on the coarser levels: one point
+            pair = tuple(np.concatenate([part, part]) for part in iteration(p, index))
+        else:
+            both = None if index is None else np.concatenate([index, index])
+            pair = iteration(np.vstack([p, p_start]), both)
         c_now, c_start = np.split(pair[0], 2)
         at_start[j] = c_start
     reset = state.failed | (c_start < c_now) | (np.isnan(c_now) & ~np.isnan(c_start))

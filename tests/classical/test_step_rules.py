@@ -256,3 +256,20 @@ def test_coarse_best_hands_on_the_lowest_cost_point_a_coarser_level_visited(coar
     restarted = np.all(fine_start == starts, axis=1)
     np.testing.assert_array_equal(fine_start[~restarted], handed[~restarted])
     assert (~restarted & walked).any()  # the walks that the guard did not undo
+
+
+def test_the_guard_measures_once_where_the_coarser_levels_did_not_move(monkeypatch):
+    """Where every alignment is still at its start when a finer level begins (the coarser ones
+    stopped at once: here ``handoff_tol`` is huge), the guard's iteration at point and start is
+    one measurement, and the level goes on from it: the same alignment as with both sampled."""
+    image = texture(2, (120, 140), 2.0)
+    p_true = np.array([-0.5, 0.0, 0.05, 0.0, -0.5, -0.1])
+    template = warp_image(image, Affine(), p_true, (48, 48))
+    starts = p_true + np.random.default_rng(3).normal(0.0, 0.02, (5, 6))
+    calls = counted_iterations(monkeypatch)
+    aligner = ICLK(template, Affine(), pyramid=2, handoff_tol=1e9, second_look=-1, n_iter=30)
+    result = aligner.align(image, starts)
+    assert calls[:2] == [5, 5]  # the coarse level's one iteration, then the guard's: not 10
+    assert (corner_error(Affine(), result.p, p_true, (48, 48)) < 1e-3).all()
+    coarse = result.history[1:31]  # the coarse level's rows: it did not move
+    assert (coarse == starts).all()
