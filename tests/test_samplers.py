@@ -196,9 +196,10 @@ def test_a_window_samples_as_the_whole_frame_inside_it_and_zero_outside() -> Non
 
 def test_a_call_at_the_same_points_returns_the_last_samples_without_sampling(monkeypatch):
     """``Sampler`` keeps the samples of its last complete call: the same ``p`` and image index
-    (bit for bit) give the same numbers as sampling again, as fresh arrays (a caller may write
-    into them), without a sampling pass; any other ``p`` or index, an unfinished call, a batch
-    above the memo's size and a ``first(k)`` view sample again."""
+    (bit for bit), or some of its alignments, give the same numbers as sampling again, as fresh
+    arrays (a caller may write into them), without a sampling pass; any other ``p`` or index,
+    an unfinished call, more alignments or samples than the memo keeps and a ``first(k)`` view
+    sample again."""
     from lkstn.classical import _sampler
 
     rng = np.random.default_rng(6)
@@ -219,6 +220,7 @@ def test_a_call_at_the_same_points_returns_the_last_samples_without_sampling(mon
     for _, _, values in sampler.blocks(p, index):
         values[...] = -1.0  # the caller writes into what it is given
     np.testing.assert_array_equal(sampler(p, index), first)
+    np.testing.assert_array_equal(sampler(p[[2, 0]], index[[2, 0]]), first[[2, 0]])  # its rows
     assert passes == [3]
     np.testing.assert_array_equal(Sampler(images, warp, grid)(p, index), first)  # fresh: equal
     sampler(p, index[::-1].copy())  # another image per alignment
@@ -227,7 +229,9 @@ def test_a_call_at_the_same_points_returns_the_last_samples_without_sampling(mon
     sampler(p, index)
     assert passes == [3, 3, 3, 3, 3, 3]
     np.testing.assert_array_equal(sampler.first(1)(p, index), first[..., :1])
-    monkeypatch.setattr(_sampler, "_MEMO", 2 * 256)  # 3 alignments are too many to keep
+    many = np.repeat(p, 3, axis=0)  # 9 alignments: more than a pair at a time keeps
+    sampler(many, None), sampler(many, None)
+    monkeypatch.setattr(_sampler, "_MEMO", 2 * 256)  # 3 alignments of 256 samples: too many
     small = Sampler(images, warp, grid)
     small(p, index), small(p, index)
-    assert passes == [3, 3, 3, 3, 3, 3, 3, 3, 3]
+    assert passes == [3, 3, 3, 3, 3, 3, 3, 9, 9, 3, 3]
