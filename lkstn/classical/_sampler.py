@@ -20,8 +20,6 @@ from lkstn.warps import Warp
 __all__ = ["CORNERS", "Sampler", "Samples"]
 
 _BLOCK = 1 << 14  # samples per block of the sampler: the temporaries stay in cache
-_MEMO = 1 << 18  # the last call's samples are kept up to this many per channel
-_MEMO_ROWS = 8  # and up to this many alignments (one pair at a time, the guard's pairs)
 CORNERS = np.array([[-1.0, 1, 1, -1], [-1, -1, 1, 1], [1, 1, 1, 1]])
 """The template's corners, homogeneous canonical coordinates ``(3, 4)``: TL, TR, BR, BL."""
 
@@ -93,14 +91,12 @@ class Sampler:
         sx, sy = (W - 1) / 2.0, (H - 1) / 2.0  # padded pixel = (x + 1) (W - 1) / 2 + 1
         self._pad_from_canonical = np.array([[sx, 0, sx + 1], [0, sy, sy + 1], [0, 0, 1.0]])
         self._out = np.empty((0, len(grid), K))
-        self._memo: tuple[dict, np.ndarray] | None = None  # last call: row of each key, samples
 
     def first(self, k: int) -> Sampler:
         """A sampler of the first ``k`` channels, sharing this one's planes."""
         view = copy.copy(self)
         view._neighbours, view._K = self._neighbours[:k], k
         view._out = np.empty((0, self._hw, k))
-        view._memo = None
         return view
 
     def __call__(self, p: np.ndarray, image_index: np.ndarray | None) -> np.ndarray:
@@ -121,36 +117,7 @@ class Sampler:
 
         Blocks hold about ``_BLOCK`` samples (whole alignments when the template is small), so
         that the temporaries stay in cache; the values are ``(na, nq, K)`` fresh arrays.
-
-        The samples of the last call that read every block are kept when it had at most
-        ``_MEMO_ROWS`` alignments and ``_MEMO`` samples per channel (one pair at a time): a call
-        whose every alignment was in it (the same ``p`` row and image, bit for bit) gets copies
-        of those rows without sampling, as when a stage measures the point where the stage
-        before it on the same level ended, or where the coarse-to-fine guard measured it.
         """
-        n = p.shape[0]
-        keys = None
-        if n <= _MEMO_ROWS and n * self._hw <= _MEMO:
-            at = [b""] * n if image_index is None else [i.tobytes() for i in image_index]
-            keys = [row.tobytes() + i for row, i in zip(p, at, strict=True)]
-        memo, self._memo = self._memo, None
-        if keys is not None and memo is not None and all(k in memo[0] for k in keys):
-            rows = np.array([memo[0][k] for k in keys])
-            for a in range(0, n, self._na):
-                s = slice(a, a + self._na)
-                for t, _ in self._grid_blocks:
-                    yield s, t, memo[1][rows[s], t]  # a fresh array (advanced indexing)
-            self._memo = memo
-            return
-        kept = None if keys is None else np.empty((n, self._hw, self._K))
-        for s, t, values in self._sample(p, image_index):
-            if kept is not None:
-                kept[s, t] = values
-            yield s, t, values
-        if keys is not None:  # every block was read: the call is complete
-            self._memo = (dict(zip(keys, range(n), strict=True)), kept)
-
-    def _sample(self, p: np.ndarray, image_index: np.ndarray | None) -> Iterator[Block]:
         n = p.shape[0]
         # (n, 3, 3): padded pixel from canonical
         A = self._pad_from_canonical @ self._warp.matrix(p, check=False)
