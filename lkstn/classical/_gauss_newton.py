@@ -32,8 +32,8 @@ non-finite value is handled explicitly instead.
 Coarse to fine: each level starts from the previous level's result, except that an alignment
 the coarser levels left worse (a higher cost at this level) than its own start, or that failed
 there, restarts from its start; with ``coarse_best``, a coarser level hands on the lowest-cost
-point it visited rather than its last. A stage that a later one refines (ICLK's ``polish``
-stage too) stops where its step falls below tolerance, without taking it (the last takes it).
+point it visited rather than its last. A stage stops where its step falls below tolerance
+without taking it, except the last one when no ICLK ``polish`` stage follows (which takes it).
 With a pyramid on one image, only the region around the starts is filtered and decimated.
 
 Success: ``converged`` means a small last step with finite parameters and cost AND a final
