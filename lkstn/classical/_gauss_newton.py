@@ -33,7 +33,7 @@ Coarse to fine: each level starts from the previous level's result, except that 
 the coarser levels left worse (a higher cost at this level) than its own start, or that failed
 there, restarts from its start; with ``coarse_best``, a coarser level hands on the lowest-cost
 point it visited rather than its last. A stage stops where its step falls below tolerance
-without taking it, except the last one when no ICLK ``polish`` stage follows (which takes it).
+without taking it; the last one takes it, unless an ICLK ``polish`` stage follows it.
 With a pyramid on one image, only the region around the starts is filtered and decimated.
 
 Success: ``converged`` means a small last step with finite parameters and cost AND a final
