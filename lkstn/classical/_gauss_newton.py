@@ -51,7 +51,7 @@ References: [LL17] Lin & Lucey, CVPR 2017. [BM04] Baker & Matthews, IJCV 2004.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import numpy.typing as npt
@@ -77,7 +77,7 @@ from lkstn.classical.systems import (  # noqa: F401 (RCOND, singular, solve impo
 from lkstn.classical.uncertainty import corner_gain, corner_sigma, unit_covariance
 from lkstn.filters import gaussian_filter, kernel_radius
 from lkstn.result import AlignmentResult
-from lkstn.sampling import canonical_grid
+from lkstn.sampling import canonical_grid, homogeneous_grid
 from lkstn.score import zncc
 from lkstn.warps import Warp, warp_from_name
 
@@ -93,9 +93,12 @@ class Level:
 
     template: np.ndarray  # (h, w, C)
     grid: np.ndarray  # (h*w, 2) canonical pixel centres of the template frame
-    # square roots of the mask's weights at this level, (h*w, 1), or None (no mask): every
-    # residual and steepest-descent row is multiplied by them (weighted least squares)
+    # sqrt of the mask's weights at this level (h*w, 1), or None: weights every residual row
     root_w: np.ndarray | None = field(default=None, kw_only=True)
+
+    @cached_property
+    def grid_h(self) -> np.ndarray:  # (3, h*w) homogeneous, formed once: what the sampler reads
+        return homogeneous_grid(self.template.shape[:2])
 
 
 class GaussNewton:
@@ -210,7 +213,7 @@ class GaussNewton:
 
     def _sampler(self, images: np.ndarray, level: Level) -> Samples:
         """What samples ``I(p)`` at this level (ICLK may sample in single precision)."""
-        return Sampler(images, self.warp, level.grid)
+        return Sampler(images, self.warp, level.grid, homogeneous=level.grid_h)
 
     def _iteration(self, level: Level, sampler: Samples, p: np.ndarray, index: np.ndarray | None,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
@@ -257,7 +260,9 @@ class GaussNewton:
         if chunk_size is not None:  # align_in_chunks calls back here without chunk_size
             return align_in_chunks(self, image, p_init, chunk_size=chunk_size, n_iter=n_iter)
         n_iter = self.n_iter if n_iter is None else check_int(n_iter, "n_iter", 0)
-        images, p, index, batch_shape = self._parse(image, p_init)
+        images, p, index, batch_shape = parse_images(  # (B, H, W, C), (n, P), index per start
+            image, p_init, self._T, self.channel_axis, self.pyramid, self.warp
+        )
         p_given = p.copy()
         s = self.image_sigma
         reach = kernel_radius(s)  # the smoothing reads this far beyond the region
@@ -393,8 +398,3 @@ class GaussNewton:
                 state.converged[live[small]] = True
                 state.done[live[~ok | small]] = True
             history[k + 1] = p
-
-    def _parse(self, image: npt.ArrayLike, p_init: npt.ArrayLike,
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, ...]]:  # fmt: skip
-        """Images ``(B, H, W, C)``, starts ``(n, P)``, image index per start, batch shape."""
-        return parse_images(image, p_init, self._T, self.channel_axis, self.pyramid, self.warp)

@@ -53,9 +53,13 @@ class Sampler:
 
     def __init__(self, images: np.ndarray | tuple[np.ndarray, ...], warp: Warp, grid: np.ndarray,
                  *, frame: tuple[int, int] | None = None, offset: tuple[int, int] = (0, 0),
-                 ) -> None:  # fmt: skip
+                 homogeneous: np.ndarray | None = None) -> None:  # fmt: skip
         """``images`` ``(B, H, W, K)``, or a tuple of such arrays whose channels follow one
         another (sampled as their concatenation, without forming it).
+
+        ``homogeneous``: the points of ``grid`` as ``(3, h*w)`` homogeneous columns, where the
+        caller keeps them (:attr:`Level.grid_h <lkstn.classical._gauss_newton.Level>`): read,
+        never copied (forming them costs more than building the rest of a sampler).
 
         ``frame`` ``(H, W)`` and ``offset`` ``(x0, y0)``: the images are a window of a larger
         frame, whose pixel ``(x0, y0)`` is the window's first, zero everywhere else; ``p`` maps
@@ -77,13 +81,12 @@ class Sampler:
         self._size = (H + 2, W + 2)  # padded frame
         self._K = K
         self._warp = warp
-        grid_h = np.concatenate([grid, np.ones((len(grid), 1))], 1).T  # (3, h*w) homogeneous
+        grid_h = homogeneous
+        if grid_h is None:  # (3, h*w) homogeneous
+            grid_h = np.concatenate([grid, np.ones((len(grid), 1))], 1).T
         hw = grid_h.shape[1]
         self._na, nq = max(1, _BLOCK // hw), min(hw, _BLOCK)  # block: na alignments x nq pixels
-        self._grid_blocks = [
-            (slice(q, q + nq), np.ascontiguousarray(grid_h[:, q : q + nq]))
-            for q in range(0, hw, nq)
-        ]
+        self._grid_blocks = [(slice(q, q + nq), grid_h[:, q : q + nq]) for q in range(0, hw, nq)]
         self._hw = hw
         self._offset = (float(offset[0]), float(offset[1]))
         if frame is not None:  # canonical coordinates of the whole frame

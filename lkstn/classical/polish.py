@@ -86,7 +86,7 @@ def polish_stage(
     history, cost, _, _ = run
     h, w, C = T.shape
     grid, xt = _grids(h, w)  # (m, 2) canonical and (3, m) homogeneous template points
-    region = _Region(aligner.warp, images, grid, margin=max(2, min(h, w) // 8))
+    region = _Region(aligner.warp, images, (grid, xt), margin=max(2, min(h, w) // 8))
     p = history[-1].copy()
     n, P = p.shape
     rows, costs = np.empty((n_iter + 1, n, P)), np.empty((n_iter + 1, n))
@@ -145,8 +145,10 @@ class _Region:
     same central differences, read only where both neighbours lie in the window (or at an edge
     of the level, where the window's edge is the level's)."""
 
-    def __init__(self, warp, images: np.ndarray, grid: np.ndarray, margin: int) -> None:
-        self.warp, self.images, self.grid, self.margin = warp, images, grid, margin
+    def __init__(self, warp, images: np.ndarray, grids: tuple, margin: int) -> None:
+        """``grids``: the template's canonical points ``(m, 2)`` and homogeneous ``(3, m)``."""
+        self.warp, self.images, self.margin = warp, images, margin
+        self.grid, self.xt = grids
         self.box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1; None: whole
         self._sampler: Sampler | None = None
 
@@ -159,14 +161,16 @@ class _Region:
         small = box is not None and min(box[2] - box[0], box[3] - box[1]) >= 3
         if not small or (box[2] - box[0]) * (box[3] - box[1]) > 0.5 * H * W:
             gx, gy = image_gradients(self.images, channel_axis=-1)  # per canonical unit
-            self.box, self._sampler = None, Sampler((self.images, gx, gy), self.warp, self.grid)
+            whole = Sampler((self.images, gx, gy), self.warp, self.grid, homogeneous=self.xt)
+            self.box, self._sampler = None, whole
             return self._sampler
         x0, y0, x1, y1 = box
         window = self.images[:, y0:y1, x0:x1]
         gy, gx = np.gradient(window, axis=(1, 2))  # image_gradients' arithmetic, whole frame's
         gx *= (W - 1) / 2.0  # scale: per canonical unit of the level
         gy *= (H - 1) / 2.0
-        sampler = Sampler((window, gx, gy), self.warp, self.grid, frame=(H, W), offset=(x0, y0))
+        sampler = Sampler((window, gx, gy), self.warp, self.grid, frame=(H, W), offset=(x0, y0),
+                          homogeneous=self.xt)  # fmt: skip
         self.box, self._sampler = box, sampler
         return sampler
 
