@@ -192,3 +192,21 @@ def test_a_window_samples_as_the_whole_frame_inside_it_and_zero_outside() -> Non
     p_far = p + np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.3])  # across the window's edge: clamped
     np.testing.assert_array_equal(part(p_far, index), Sampler(zeroed, warp, grid)(p_far, index))
     assert (part(p_far, index) == 0).any()
+
+
+@pytest.mark.parametrize("warp", [Affine(), Homography()], ids=repr)
+def test_the_homogeneous_grid_a_caller_keeps_samples_as_the_grid_itself(warp) -> None:
+    """``Sampler(..., homogeneous=homogeneous_grid(shape))`` reads the caller's ``(3, h*w)``
+    points (views of it, block by block: 130 x 130 points are two blocks) and samples what
+    the ``(h*w, 2)`` grid alone gives, bit for bit, samples outside the image included."""
+    rng = np.random.default_rng(6)
+    imgs = rng.random((2, 200, 220, 1))
+    shape = (130, 130)
+    p = params(warp, "outside", 7)[:4] * 0.3
+    index = np.array([0, 1, 0, 1])
+    kept = homogeneous_grid(shape)
+    kept.flags.writeable = False  # read, never written or copied into
+    alone = Sampler(imgs, warp, canonical_grid(shape))(p, index).copy()
+    given = Sampler(imgs, warp, canonical_grid(shape), homogeneous=kept)(p, index)
+    np.testing.assert_array_equal(given, alone)
+    assert (alone == 0).any() and (alone != 0).any()

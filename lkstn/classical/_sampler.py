@@ -69,7 +69,9 @@ class Sampler:
         parts = images if isinstance(images, tuple) else (images,)
         B, H, W, _ = parts[0].shape
         K = sum(part.shape[-1] for part in parts)
-        padded = np.zeros((K, B, H + 2, W + 2))  # a one-pixel zero border: exact zero padding
+        padded = np.empty((K, B, H + 2, W + 2))  # a one-pixel zero border: exact zero padding
+        padded[:, :, [0, -1]] = 0.0  # the border only: the inside is overwritten below
+        padded[:, :, :, [0, -1]] = 0.0
         k = 0
         for part in parts:  # channel planes: 1-D gathers
             padded[k : k + part.shape[-1], :, 1:-1, 1:-1] = np.moveaxis(part, -1, 0)
