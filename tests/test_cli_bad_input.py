@@ -39,6 +39,7 @@ CASES = [
     (["--method", "sdm", "--pyramid", "2"], "--pyramid"),
     (["--method", "sdm", "--photometric", "bias"], "--photometric"),
     (["--method", "sdm", "--gradient-sigma", "2"], "--gradient-sigma"),
+    (["--method", "iclk", "--no-polish"], "--no-polish"),  # iclk has no forwards stage to skip
     (["--sdm-samples", "100"], "--sdm-samples"),  # ignored by iclk: refused
     (["--pyramid", "0"], "--pyramid"),
     (["--pyramid", "9"], "pyramid"),  # shrinks the 32 px template below the minimum

@@ -102,6 +102,24 @@ def test_image_sigma_option(files, tmp_path, sigma):
     assert code == 0 and corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1
 
 
+def test_no_polish_option(files, tmp_path, monkeypatch):
+    """``--no-polish``: ``ICLK.robust`` without its forwards stage, still on the known warp."""
+    import lkstn
+
+    built = []
+    robust = lkstn.ICLK.robust.__func__
+
+    def spy(cls, *args, **kwargs):
+        built.append(robust(cls, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(lkstn.ICLK, "robust", classmethod(spy))
+    code, rec = align(files, "t8.png", "image16.png", tmp_path, "--box", *BOX, "--no-polish",
+                      "--no-overlay")  # fmt: skip
+    assert code == 0 and corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1
+    assert [a.polish for a in built] == [False]
+
+
 def test_rgba_alpha_masks_out_garbage(files, tmp_path):
     code, rec = align(files, "t_rgba.png", "image8.png", tmp_path, "--box", *BOX, "--no-overlay")
     assert code == 0 and corner_rms(rec["pixel_matrix"], H_TRUE) < 0.1

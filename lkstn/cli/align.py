@@ -89,6 +89,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="iclk/robust: invariant to an offset (and gain), as ECC",
     )
+    parser.add_argument(
+        "--no-polish",
+        action="store_true",
+        help="robust: without the last, forwards stage (less time per pair, fewer far starts "
+        "converge: docs/registration.md)",
+    )
     parser.add_argument("--n-iter", type=int, default=None, help="iterations (sdm: stages)")
     parser.add_argument("--sdm-samples", type=int, default=None, help="sdm: training starts")
     parser.add_argument(
@@ -153,6 +159,7 @@ def check_options(args: argparse.Namespace, template_shape: tuple[int, int]) -> 
         for name in ("gradient_sigma", "photometric"):
             flag = f"--{name.replace('_', '-')}"
             _check(not given(name), f"{flag} applies to --method iclk only (or robust)")
+    _check(args.method == "robust" or not args.no_polish, "--no-polish applies to --method robust")
     _check(args.n_iter is None or args.n_iter >= 1, f"--n-iter must be >= 1, got {args.n_iter}")
     _check(
         args.n_iter is None or args.n_iter <= 10_000, f"--n-iter at most 10000, got {args.n_iter}"
@@ -208,6 +215,8 @@ def build_aligner(args: argparse.Namespace, template: np.ndarray, mask: np.ndarr
         kwargs["photometric"] = args.photometric
     if args.method == "robust":
         factory = cls.robust
+        if args.no_polish:
+            kwargs["polish"] = False
     else:
         kwargs.setdefault("n_iter", 50)
         factory = cls
