@@ -53,9 +53,11 @@ def test_proper_rejects_horizons_through_the_template_mirrors_and_nan():
     h[4, 4] = -2.0  # y -> -y: a mirror
     h[5, 0] = np.nan
     assert proper(Homography(), h).tolist() == [True, True, False, False, False, False]
-    a = np.zeros((2, 6))
+    a = np.zeros((4, 6))
     a[1, 0] = -1.5  # x -> -x / 2: a mirror
-    assert proper(Affine(), a).tolist() == [True, False]
+    a[2, 0] = -1.0  # x -> 0: singular
+    a[3, 5] = np.nan
+    assert proper(Affine(), a).tolist() == [True, False, False, False]  # w = 1: det and NaN
     starts = perturb(Homography(), np.zeros(8), 5.0, (50, 50), np.random.default_rng(0), n=50)
     assert proper(Homography(), starts).all()  # the paper's noise at sigma 5: all proper
 
