@@ -33,9 +33,9 @@ template size varies from 16 to 256 pixels, so that any setting in pixels suits 
   on 16 px homographies every start of a photo ended 1.06 px off on a clean image where ECC
   ended 0.01-0.04 px off; on a low-contrast 128 px patch the IC iterates walked uphill to 9 px off.
   The forwards step stops only where the cost is stationary (tuning seed: 6 cells more).
-  It is also 15-28 % of the time per pair at 64-256 px, mostly confirming a minimum already
-  reached; ``polish=False`` (``lkstn align --no-polish``) gives that time back for 1-8 points
-  fewer far starts converged at 64-128 px, every cell still at or above ECC on four seeds.
+  It is also 19-28 % of the time per pair at 64-256 px, mostly confirming a minimum already
+  reached; ``polish=False`` (``lkstn align --no-polish``) gives that time back for up to 8.4
+  points fewer far starts converged at 64-128 px, every cell still at or above ECC on four seeds.
 * ``coarse_best=True``: each level coarser than the finest hands on the lowest-cost point it
   visited, not its last; the smoothed step is not a descent step, and on a 128 px noisy patch
   the coarsest level walked uphill from 6 to 45 px off at every step (seed 3: one cell more,
