@@ -111,6 +111,9 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         templates; much wider smoothing stops converging on small templates).
         Still computed once, one fixed linear map per level: :meth:`regressor` and
         ``ICSTN.from_iclk`` apply.
+    gradient_sigma_max : float, optional
+        Largest smoothing of any level, in its pixels: a level whose share of ``gradient_sigma``
+        is more is smoothed by this (``ICLK.robust``, templates over 128 px).
     mask : ndarray (h, w), optional
         Template weights (0 ignores a pixel): weighted least squares, ``H = sd^T W sd`` and
         ``sd^T W e``, also through the photometric projection and at every pyramid level.
@@ -196,6 +199,7 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         channel_axis: int | None = None,
         pyramid: int = 1,
         gradient_sigma: float = 0.0,
+        gradient_sigma_max: float | None = None,
         photometric: str | None = None,
         dtype: npt.DTypeLike = np.float64,
         mask: npt.ArrayLike | None = None,
@@ -212,6 +216,8 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         self.dtype = check_dtype(dtype)  # float64 or float32
         self.photometric = photometric  # checked by Photometric.of, in _prepare_level
         self.gradient_sigma = check_sigma(gradient_sigma, "gradient_sigma")  # for _prepare_level
+        cap = gradient_sigma_max  # None: no limit
+        self.gradient_sigma_max = None if cap is None else check_sigma(cap, "gradient_sigma_max")
         self.refine, self.polish = bool(refine) and self.gradient_sigma > 0, bool(polish)
         super().__init__(
             template, warp, n_iter, tol, channel_axis=channel_axis, pyramid=pyramid, mask=mask,
@@ -242,6 +248,7 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         sd_G = sd  # the images the error is projected on
         if J is not None and self.gradient_sigma > 0:  # template pixels: narrower when coarser
             s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
+            s = s if self.gradient_sigma_max is None else min(s, self.gradient_sigma_max)
             T_G = gaussian_filter(T, (s, s, 0), mode="reflect")
             sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
         hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
@@ -347,11 +354,10 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
 
     def __repr__(self) -> str:
         extra = [f"gradient_sigma={self.gradient_sigma}"] if self.gradient_sigma else []
+        extra += [f"gradient_sigma_max={m}" for m in [self.gradient_sigma_max] if m is not None]
         extra += [f"photometric={self.photometric!r}"] if self.photometric else []
         extra += ["dtype='float32'"] if self.dtype == np.float32 else []
-        extra += ["refine=True"] if self.refine else []
-        extra += ["polish=True"] if self.polish else []
-        extra += ["coarse_best=True"] if self.coarse_best else []
+        extra += [f"{k}=True" for k in ("refine", "polish", "coarse_best") if getattr(self, k)]
         extra += [f"handoff_tol={self.handoff_tol}"] if self.handoff_tol != self.tol else []
         extra += ["mask=..."] if self.mask is not None else []
         return super().__repr__()[:-1] + "".join(", " + e for e in extra) + ")"
