@@ -9,11 +9,14 @@ the defaults (``ICLK.robust``, affine). Reports median and best wall time and th
 time (user + system of the child), the largest resident memory of any child, with the load
 average and the machine. ``--tile N`` repeats each image N x N times (the template's box stays
 in the first tile): a large photograph, where the overlay has to shrink the image.
+``--upscale F`` enlarges each photo F times (bilinear) before the template is cut, and
+``--side`` sets the template's side: a large box drawn on a camera's photograph.
 
 Usage::
 
     python benchmarks/align_command.py [--repeats 3] [--out out/align_command.json]
     python benchmarks/align_command.py --photos camera --tile 12   # a 6144 x 6144 image
+    python benchmarks/align_command.py --photos camera,astronaut --upscale 6 --side 1024
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from skimage import color, data, io
+from skimage import color, data, io, transform
 
 from lkstn.machine import fingerprint
 from lkstn.pixels import warp_image_pixels
@@ -38,20 +41,23 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins")
 SIDE = 128
 
 
-def make_pair(name: str, folder: Path, rng, tile: int = 1) -> list[str]:
+def make_pair(name: str, folder: Path, rng, tile: int = 1, side: int = SIDE,
+              upscale: float = 1.0) -> list[str]:  # fmt: skip
     """Template and image files of one photo; the ``--box`` of the template's true corners."""
     rgb = getattr(data, name)()
     grey = color.rgb2gray(rgb) if rgb.ndim == 3 else rgb / 255.0
+    if upscale != 1.0:
+        grey = transform.rescale(grey, upscale, order=1)
     H_img, W_img = grey.shape
-    x0, y0 = (W_img - SIDE) / 2 + rng.uniform(-20, 20), (H_img - SIDE) / 2 + rng.uniform(-20, 20)
+    x0, y0 = (W_img - side) / 2 + rng.uniform(-20, 20), (H_img - side) / 2 + rng.uniform(-20, 20)
     H = np.array([[1.02, 0.03, x0], [-0.02, 0.99, y0], [1e-5, -2e-5, 1.0]])
-    template = warp_image_pixels(grey, H, (SIDE, SIDE))
+    template = warp_image_pixels(grey, H, (side, side))
     image = np.clip(0.8 * grey + 0.1 + rng.normal(0, 0.01, grey.shape), 0, 1)
     t_path, i_path = folder / f"{name}_t.png", folder / f"{name}_i.png"
     io.imsave(t_path, (template * 255).round().astype(np.uint8), check_contrast=False)
     image = np.tile(image, (tile, tile))
     io.imsave(i_path, (image * 255).round().astype(np.uint8), check_contrast=False)
-    corners = np.array([[0.0, 0.0, 1.0], [SIDE - 1.0, SIDE - 1.0, 1.0]]) @ H.T
+    corners = np.array([[0.0, 0.0, 1.0], [side - 1.0, side - 1.0, 1.0]]) @ H.T
     (x0, y0), (x1, y1) = corners[:, :2] / corners[:, 2:]
     box = [f"{v + 3.0:.1f}" for v in (x0, y0, x1, y1)]  # a start 3 px off
     return [str(t_path), str(i_path), "--box", *box]
@@ -73,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each command per photo")
     ap.add_argument("--photos", default=",".join(PHOTOS))
     ap.add_argument("--tile", type=int, default=1, help="the image repeated N x N times")
+    ap.add_argument("--side", type=int, default=SIDE, help="template side (pixels)")
+    ap.add_argument("--upscale", type=float, default=1.0, help="each photo enlarged F times")
     ap.add_argument("--out", type=Path, default=None, help="JSON report")
     args = ap.parse_args(argv)
     py = sys.executable
@@ -82,7 +90,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rng = np.random.default_rng(0)
-        pairs = [make_pair(name, folder, rng, args.tile) for name in args.photos.split(",")]
+        pairs = [
+            make_pair(name, folder, rng, args.tile, args.side, args.upscale)
+            for name in args.photos.split(",")
+        ]
         commands = {
             "python -c pass": [py, "-c", "pass"],
             "python -c 'import numpy'": [py, "-c", "import numpy"],
@@ -126,6 +137,8 @@ def main(argv=None) -> int:
         "rows": rows,
         "converged": [converged, len(codes)],
         "tile": args.tile,
+        "side": args.side,
+        "upscale": args.upscale,
         "peak_child_rss_mib": round(peak),
         "load": load,
         "machine": fingerprint(),

@@ -7,9 +7,10 @@ the template; a checkerboard of template and registered image (edges run on acro
 where the alignment is right). :func:`lkstn.viz.plot_overlay` draws the same panels as a
 matplotlib figure for notebooks; Pillow (which scikit-image already needs) draws this one in a
 few milliseconds, without matplotlib's import and rendering (most of a second), which would be
-more than the alignment itself. A picture longer than twice the widest overlay is averaged over
-blocks first (:func:`block_mean`): a large photograph is never stretched and converted at full
-size (``benchmarks/align_command.py --tile 12``).
+more than the alignment itself. A picture longer than twice its panel is averaged over blocks
+first (:func:`block_mean`), and the image is registered onto the centres of the template's
+blocks only: a large photograph or template is never warped, stretched and converted at full
+size (``benchmarks/align_command.py --tile 12``, ``--upscale 6 --side 1024``).
 
 Glossary: ``H``, ``H_init`` pixel matrices mapping template pixels to image pixels
 (:mod:`lkstn.pixels`), ``panel`` one picture of the row, ``height`` its height in pixels.
@@ -80,25 +81,25 @@ def panels(
     onto the template at ``H`` (black where ``H`` is not a usable matrix), checkerboard of the
     two (grey). With ``most``, a picture longer than that is first averaged over blocks of
     ``shrink_factor(shape, most)`` pixels a side (a 6000 px photograph shown 400 px wide need
-    not be stretched and converted at full size)."""
+    not be stretched and converted at full size), and the image is registered onto the
+    centres of the template's blocks only (sampled from the whole image)."""
     from lkstn.pixels import warp_image_pixels
 
-    image, template = np.asarray(image, dtype=float), np.asarray(template, dtype=float)
+    whole, template = np.asarray(image, dtype=float), np.asarray(template, dtype=float)
+    k = 1 if most is None else shrink_factor(template.shape, most)
+    image = whole if most is None else block_mean(whole, shrink_factor(whole.shape, most))
+    template = block_mean(template, k)  # block centres at k u + (k - 1) / 2 template pixels
+    to_blocks = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2], [0.0, 0.0, 1.0]])
     grey = template if template.ndim == 2 else template.mean(-1)
     try:
-        registered = warp_image_pixels(image, H, grey.shape)
+        registered = warp_image_pixels(whole, np.asarray(H, dtype=float) @ to_blocks, grey.shape)
     except ValueError:  # a failed alignment's matrix (not finite, or singular): a black panel
-        registered = np.zeros((*grey.shape, *image.shape[2:]))
+        registered = np.zeros((*grey.shape, *whole.shape[2:]))
     reg_grey = registered if registered.ndim == 2 else registered.mean(-1)
-
-    def small(picture: np.ndarray) -> np.ndarray:  # block means of a picture longer than most
-        return picture if most is None else block_mean(picture, shrink_factor(picture.shape, most))
-
-    grey, reg_grey = small(grey), small(reg_grey)
     return [
-        (display(small(image)), "image"),
-        (display(small(template)), "template"),
-        (display(small(registered)), "image registered"),
+        (display(image), "image"),
+        (display(template), "template"),
+        (display(registered), "image registered"),
         (checkerboard(display(grey), display(reg_grey)), "checkerboard"),
     ]
 
@@ -151,12 +152,14 @@ def overlay_image(
     """
     from PIL import Image, ImageDraw
 
-    most = 2 * MAX_WIDTH  # more than any panel shows
+    (ih, iw), (th, tw) = np.shape(image)[:2], np.shape(template)[:2]
+    ratios = [iw / ih] + [tw / th] * 3
+    gap, top = 8, 20
+    height = int(max(32, min(height, (MAX_WIDTH - gap * 5) / sum(ratios))))
+    most = 2 * max(height, round(height * max(ratios)))  # twice the longest side of a panel
     shown = panels(image, template, H, most=most)
     k = shrink_factor(np.shape(image), most)  # image pixels per pixel of the first panel
     ratios = [p.shape[1] / p.shape[0] for p, _ in shown]
-    gap, top = 8, 20
-    height = int(max(32, min(height, (MAX_WIDTH - gap * 5) / sum(ratios))))
     font = _font(13)
     head = top + (top if title else 0)
     widths = [max(1, round(height * r)) for r in ratios]
@@ -178,7 +181,6 @@ def overlay_image(
             return None
         return [(float(u), float(v)) for u, v in xy]
 
-    th, tw = np.asarray(template).shape[:2]
     start = None if H_init is None else to_panel(outline(H_init, (th, tw)))
     if start is not None:
         _dashed(draw, start, START_COLOUR, width=2)

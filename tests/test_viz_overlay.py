@@ -95,9 +95,9 @@ def test_block_mean_and_shrink_factor():
 
 
 def test_a_large_image_is_shown_from_block_means_with_the_box_in_place():
-    """An image longer than twice the widest overlay is averaged over blocks before it is
-    stretched and drawn (a 6000 px photograph shown 300 px high), and the result box lands
-    where the pixel matrix puts it, as on a small image."""
+    """An image longer than twice its panel is averaged over blocks before it is stretched and
+    drawn (a 4000 px photograph shown 200 px high), and the result box lands where the pixel
+    matrix puts it, as on a small image."""
     from lkstn.overlay import MAX_WIDTH, RESULT_COLOUR, overlay_image, panels
 
     side = 2 * MAX_WIDTH + 800  # a factor of 2
@@ -116,3 +116,23 @@ def test_a_large_image_is_shown_from_block_means_with_the_box_in_place():
 
     assert pixel(2400, 1040) == RESULT_COLOUR  # the middle of the box's left edge
     assert pixel(2400, 1400) != RESULT_COLOUR
+
+
+def test_a_large_template_is_registered_onto_the_centres_of_its_blocks():
+    """A template longer than ``most`` is shown from block means, and the image is registered
+    onto the centres of those blocks only (not at full size, then averaged): the registered
+    panel is the template's panel where ``H`` is where the template was cut."""
+    from scipy import ndimage
+
+    from lkstn.overlay import panels
+
+    rng = np.random.default_rng(3)
+    image = ndimage.gaussian_filter(rng.random((2400, 2400)), 3.0)
+    template = image[300:1500, 400:1600]  # 1200 px, cut at (400, 300)
+    H = np.array([[1.0, 0.0, 400.0], [0.0, 1.0, 300.0], [0.0, 0.0, 1.0]])
+    shown = {name: picture for picture, name in panels(image, template, H, most=600)}
+    assert shown["image"].shape == (600, 600) and shown["template"].shape == (600, 600)
+    assert shown["image registered"].shape == (600, 600)
+    # block means against samples at the blocks' centres: the same picture, a little smoother
+    r = np.corrcoef(shown["image registered"].ravel(), shown["template"].ravel())[0, 1]
+    assert r > 0.98, r

@@ -197,7 +197,7 @@ class GaussNewton:
         """Covariance of the final ``p`` per unit residual variance: ``(sd^T W sd)^-1`` of the
         template at the identity, finest level (:mod:`lkstn.classical.uncertainty`)."""
         level = self._levels[0]
-        sd = steepest_descent(level.template, self.warp.jacobian(level.grid))
+        sd = steepest_descent(level.template, self.warp, level.grid)
         if level.root_w is not None:
             sd = sd * level.root_w[:, :, None]
         sd = sd.reshape(-1, self.warp.n_params)

@@ -112,8 +112,7 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         Still computed once, one fixed linear map per level: :meth:`regressor` and
         ``ICSTN.from_iclk`` apply.
     gradient_sigma_max : float, optional
-        Largest smoothing of any level, in its pixels: a level whose share of ``gradient_sigma``
-        is more is smoothed by this (``ICLK.robust``, templates over 128 px).
+        Most smoothing of any level (its pixels), not its share (``ICLK.robust``: over 128 px).
     mask : ndarray (h, w), optional
         Template weights (0 ignores a pixel): weighted least squares, ``H = sd^T W sd`` and
         ``sd^T W e``, also through the photometric projection and at every pyramid level.
@@ -237,20 +236,20 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         """Precompute, [BM04] Fig. 4 steps (3)-(6): the steepest-descent images and Hessian
         of the template at this level, and the fixed linear map ``R`` of [LL17] eq. (5).
         Given ``sd`` (the finest level's, for the refining stage): plain, no smoothing."""
-        J = self.warp.jacobian(level.grid) if sd is None else None  # [BM04] Fig. 4 step 4
+        J = (self.warp, level.grid) if sd is None else None  # [BM04] Fig. 4 steps 4, 5
         T = level.template
         C = T.shape[-1]
         # weighted least squares: rows scaled by sqrt(w), so that H = sd^T W sd, sd^T W e
         r = 1.0 if level.root_w is None else np.repeat(level.root_w, C, axis=0)  # (h*w*C, 1)
         photometric = Photometric.of(T, self.photometric, level.root_w)
         if J is not None:  # blind to offsets (and gains); unchanged for None
-            sd = photometric.project(r * steepest_descent(T, J).reshape(-1, self.warp.n_params))
+            sd = photometric.project(r * steepest_descent(T, *J).reshape(-1, self.warp.n_params))
         sd_G = sd  # the images the error is projected on
         if J is not None and self.gradient_sigma > 0:  # template pixels: narrower when coarser
             s = self.gradient_sigma * (T.shape[1] - 1) / max(self.template_shape[1] - 1, 1)
             s = s if self.gradient_sigma_max is None else min(s, self.gradient_sigma_max)
             T_G = gaussian_filter(T, (s, s, 0), mode="reflect")
-            sd_G = photometric.project(r * steepest_descent(T_G, J).reshape(sd.shape))
+            sd_G = photometric.project(r * steepest_descent(T_G, *J).reshape(sd.shape))
         hessian = sd_G.T @ sd  # [BM04] Fig. 4 step 6; d(sd_G^T (I(p) - T(dp)))/d dp
         if singular(sd.T @ sd) or singular(sd_G.T @ sd_G) or np.linalg.cond(hessian) > 1 / RCOND:
             raise ValueError(
@@ -264,7 +263,8 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         total = h * w * C if r is None else float((r.astype(np.float64) ** 2).sum()) * C
         return _ICLevel(
             level.template, level.grid, sd, hessian, R, photometric,
-            photometric.products(R).astype(self.dtype), T.reshape(1, h * w, C).astype(self.dtype),
+            photometric.products(R).astype(self.dtype, copy=False),
+            T.reshape(1, h * w, C).astype(self.dtype),
             r, total, root_w=level.root_w,
         )  # fmt: skip
 

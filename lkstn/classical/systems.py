@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from lkstn.sampling import image_gradients
+from lkstn.warps import Warp
 
 __all__ = ["RCOND", "singular", "solve", "steepest_descent"]
 
 RCOND = 1e-10  # smallest eigenvalue / largest eigenvalue of a usable Hessian
+_ROWS = 1 << 14  # template pixels per block of the Jacobian: its temporaries stay in cache
 
 
 def singular(hessian: np.ndarray) -> np.ndarray:
@@ -38,12 +40,21 @@ def solve(hessian: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return dp, ~bad
 
 
-def steepest_descent(template: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
-    """``grad T . dW/dp`` for ``template`` ``(h, w, C)`` and ``jacobian`` ``(h*w, 2, P)``.
+def steepest_descent(template: np.ndarray, warp: Warp, grid: np.ndarray) -> np.ndarray:
+    """``grad T . dW/dp`` at the identity warp for ``template`` ``(h, w, C)`` at its canonical
+    pixel centres ``grid`` ``(h*w, 2)``.
 
-    Returns ``(h*w, C, P)``; rows follow ``template.ravel()`` order.
+    Returns ``(h*w, C, P)``; rows follow ``template.ravel()`` order. The Jacobian
+    ``dW/dp(x; 0)`` ([BM04] Fig. 4 step 4) is formed for ``_ROWS`` pixels at a time (a 1024 px
+    template's whole Jacobian and its temporaries would be half a gigabyte), each row the same
+    numbers as from the whole grid.
     """
     h, w, C = template.shape
     gx, gy = image_gradients(template, channel_axis=-1)  # (h, w, C), per canonical unit
     gx, gy = gx.reshape(h * w, C, 1), gy.reshape(h * w, C, 1)
-    return gx * jacobian[:, None, 0, :] + gy * jacobian[:, None, 1, :]  # [BM04] Fig. 4 step 5
+    sd = np.empty((h * w, C, warp.n_params))
+    for a in range(0, h * w, _ROWS):
+        rows = slice(a, a + _ROWS)
+        J = warp.jacobian(grid[rows])  # (rows, 2, P)
+        np.add(gx[rows] * J[:, None, 0, :], gy[rows] * J[:, None, 1, :], out=sd[rows])  # step 5
+    return sd
