@@ -44,7 +44,18 @@ from skimage.util import img_as_float
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from registration import METHODS, SIGMAS, ecc, iclk, machine, tolerance, verdict  # noqa: E402
+from registration import (  # noqa: E402
+    METHODS,
+    SIGMAS,
+    add,
+    confusion,
+    ecc,
+    iclk,
+    machine,
+    signal_rates,
+    tolerance,
+    verdict,
+)  # fmt: skip
 
 from lkstn.experiments.convergence import fixed_starts, safe_corner_error  # noqa: E402
 from lkstn.pixels import params_from_pixel_matrix  # noqa: E402
@@ -109,6 +120,7 @@ def run(args) -> list[dict]:
             for sigma in SIGMAS:
                 t0 = time.perf_counter()
                 hits, n, truth = dict.fromkeys(METHODS, 0), 0, 0
+                signal: dict = {"ICLK.robust": {}, "ICLK": {}}
                 for k, (x, y, (a, b, c)) in enumerate(found):
                     template = left[y : y + side, x : x + side]
                     M = np.array([[1.0 - b, -c, x - a], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
@@ -116,9 +128,11 @@ def run(args) -> list[dict]:
                     seed = 1000 * args.seed + 10 * side + k
                     starts = fixed_starts(warp, p_true, sigma * side / 50, (side, side),
                                           args.n_trials, seed)  # fmt: skip
+                    robust = iclk(template, right, warp, starts, True, {})
+                    plain = iclk(template, right, warp, starts, False, {})
                     finals = {
-                        "ICLK.robust": iclk(template, right, warp, starts, True, {})[0],
-                        "ICLK": iclk(template, right, warp, starts, False, {})[0],
+                        "ICLK.robust": robust[0],
+                        "ICLK": plain[0],
                         "ECC": ecc(template, right, warp, starts, 5),
                         "ECC-g1": ecc(template, right, warp, starts, 1),
                     }
@@ -126,6 +140,10 @@ def run(args) -> list[dict]:
                     for method, p in finals.items():
                         err = safe_corner_error(warp, p, target, (side, side))
                         hits[method] += int((err < tolerance(side)).sum())
+                        if method in signal:  # its converged against the truth
+                            _, stopped, score, spread = robust if method == "ICLK.robust" else plain
+                            right_ = err < tolerance(side)
+                            add(signal[method], confusion(right_, stopped, score, spread))
                     n += len(starts)
                     from_truth = iclk(template, right, warp, p_true[None], True, {})[0]
                     err = safe_corner_error(warp, from_truth, p_true[None], (side, side))
@@ -135,6 +153,7 @@ def run(args) -> list[dict]:
                     "size": side, "warp": warp_name, "sigma": sigma, "variant": "stereo",
                     "boxes": len(found), "n": n, "percent_converged": pct,
                     "percent_truth_within": round(100.0 * truth / max(len(found), 1), 1),
+                    "signal": signal,
                 })  # fmt: skip
                 print(f"{side:4d}px {warp_name:10s} sigma {sigma:<4g} boxes {len(found)} n={n:4d} "
                       + " ".join(f"{m} {v:5.1f}" for m, v in pct.items())
@@ -154,6 +173,11 @@ def markdown(report: dict) -> str:
     v = report["verdict"]
     lines.append(f"\nCells meeting the target: {v['cells_meeting_target']} of {v['cells']}.")
     lines += [f"- miss: {f}" for f in v["fails"]]
+    for method, key in (("ICLK.robust", "0.8, u<=0.5"), ("ICLK", "0.5")):
+        r = report["signal"][method][key]
+        lines.append(f"\n{method} `converged` (min_score {key}): false positives "
+                     f"{r['false_positive']} of {r['wrong']} wrong alignments, false negatives "
+                     f"{r['false_negative']} of {r['right']} right ones.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -179,7 +203,8 @@ def main(argv=None) -> int:
     report["machine"] = machine()
     with threadpool_limits(1):
         cells = run(args)
-    report.update(seed=args.seed, n_trials=args.n_trials, cells=cells, verdict=verdict(cells))
+    report.update(seed=args.seed, n_trials=args.n_trials, cells=cells, verdict=verdict(cells),
+                  signal=signal_rates(cells))  # fmt: skip
     report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print(markdown(report))
     if args.out:
