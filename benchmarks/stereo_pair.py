@@ -20,7 +20,9 @@ noise with sigma 1, 2.5 and 5 template pixels of a 50 px template, scaled to the
 ``ICLK.robust``, plain ``ICLK`` (50 iterations), OpenCV's ECC with its defaults and with
 ``gaussFiltSize=1``; converged when the corner error is under 2 % of the side + 0.5 px. A
 column ``truth`` gives the percentage of boxes where ``ICLK.robust`` started at the true warp
-ends within the tolerance: the disparity's own accuracy and the cost's minimum together.
+ends within the tolerance: the disparity's own accuracy and the cost's minimum together. The
+false positive and negative counts of each ICLK's ``converged`` are reported as in
+``registration.py``; ``--accepted-wrong`` prints every wrong alignment ``ICLK.robust`` accepts.
 
 Usage::
 
@@ -144,6 +146,13 @@ def run(args) -> list[dict]:
                             _, stopped, score, spread = robust if method == "ICLK.robust" else plain
                             right_ = err < tolerance(side)
                             add(signal[method], confusion(right_, stopped, score, spread))
+                        if method == "ICLK.robust" and args.accepted_wrong:
+                            _, stopped, score, spread = robust
+                            bad = ~(err < tolerance(side)) & stopped & (score >= 0.8)
+                            bad &= spread <= 0.5
+                            for e, c_, u in zip(err[bad], score[bad], spread[bad], strict=True):
+                                print(f"    box {k} ({x}, {y}): accepted {e:.1f} px off, "
+                                      f"score {c_:.3f}, uncertainty {u:.2f} px")  # fmt: skip
                     n += len(starts)
                     from_truth = iclk(template, right, warp, p_true[None], True, {})[0]
                     err = safe_corner_error(warp, from_truth, p_true[None], (side, side))
@@ -190,6 +199,11 @@ def main(argv=None) -> int:
                     help="disparity off its plane, a fraction of the tolerance")  # fmt: skip
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--warps", default="affine,homography")
+    ap.add_argument(
+        "--accepted-wrong",
+        action="store_true",
+        help="print each wrong alignment that ICLK.robust's converged accepts",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", type=Path, help="print the markdown table of a report, only")
     args = ap.parse_args(argv)
