@@ -236,7 +236,7 @@ class ICLK(Polishing, SinglePrecision, GaussNewton):
         """Precompute, [BM04] Fig. 4 steps (3)-(6): the steepest-descent images and Hessian
         of the template at this level, and the fixed linear map ``R`` of [LL17] eq. (5).
         Given ``sd`` (the finest level's, for the refining stage): plain, no smoothing."""
-        J = (self.warp, level.grid) if sd is None else None  # [BM04] Fig. 4 steps 4, 5
+        J = (self.warp, level.grid) if sd is None else None  # the Jacobian dW/dp(x; 0) of step 4
         T = level.template
         C = T.shape[-1]
         # weighted least squares: rows scaled by sqrt(w), so that H = sd^T W sd, sd^T W e
