@@ -22,10 +22,10 @@ and, at ``min_score`` 0.8, for a range of ``max_uncertainty`` (the predicted cor
 :mod:`lkstn.classical.uncertainty`).
 
 ``--timing`` aligns one pair at a time (one image, one start: what the CLI and a tracker do) at
-64, 128 and 256 px, ICLK.robust (built for a new template + alignment; called again for the same
-template, which returns the aligner it kept + alignment; alignment alone; alignment started at
-the true warp, which moves nothing: the cost of the stages in themselves) and ECC interleaved in
-one process, one thread each.
+64, 128 and 256 px (``--timing-sizes``), ICLK.robust (built for a new template + alignment;
+called again for the same template, which returns the aligner it kept + alignment; alignment
+alone; alignment started at the true warp, which moves nothing: the cost of the stages in
+themselves) and ECC interleaved in one process, one thread each.
 
 ECC conventions: ``warpMatrix`` maps template pixels to image pixels
 (``lkstn.pixels.pixel_matrix``); an ECC call that raises leaves the start.
@@ -316,7 +316,7 @@ def signal_rates(cells: list[dict]) -> dict:
 def timing(args, overrides: dict) -> list[dict]:
     """One pair at a time, ICLK.robust and ECC interleaved, median over repeats."""
     rows = []
-    for side in (64, 128, 256):
+    for side in args.timing_sizes:
         for warp_name in args.warps:
             warp = warp_from_name(warp_name)
             times = {"ICLK.robust (build + align)": [], "ICLK.robust (again + align)": [],
@@ -426,6 +426,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warps", default="affine,homography")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--repeats", type=int, default=5, help="--timing: repeats per pair")
+    ap.add_argument("--timing-sizes", default="64,128,256", help="--timing: template sides")
     ap.add_argument("--robust", nargs="*", default=[], help="ICLK.robust overrides KEY=VALUE")
     ap.add_argument(
         "--per-photo",
@@ -440,6 +441,7 @@ def main(argv=None) -> int:
         return 0
     args.photos = args.photos.split(",")
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.timing_sizes = [int(s) for s in args.timing_sizes.split(",")]
     args.warps = args.warps.split(",")
     args.variants = args.variants.split(",")
     args.sigmas = SIGMAS
