@@ -63,7 +63,7 @@ def test_a_256_px_photo_patch_reaches_the_truth_where_full_smoothing_stopped_7_p
     p_true = params_from_pixel_matrix(warp, box, (side, side), image.shape)
     template = warp_image(image, warp, p_true, (side, side))
     rng = np.random.default_rng(0)
-    starts = perturb(warp, p_true, side / 50, (side, side), rng, n=6)  # about 5 px off
+    starts = perturb(warp, p_true, side / 50, (side, side), rng, n=12)  # about 5 px off
     err0 = corner_error(warp, starts, p_true, (side, side))
     assert err0.min() > 2.0, err0
 
