@@ -93,7 +93,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-polish",
         action="store_true",
         help="robust: without the last, forwards stage (less time per pair, fewer far starts "
-        "converge: docs/registration.md)",
+        "converge: docs/registration.md; templates over 128 px go without it anyway)",
     )
     parser.add_argument("--n-iter", type=int, default=None, help="iterations (sdm: stages)")
     parser.add_argument("--sdm-samples", type=int, default=None, help="sdm: training starts")

@@ -32,6 +32,7 @@ def texture(seed: int, shape) -> np.ndarray:
 
 
 def test_the_smoothing_grows_with_the_template_and_no_level_exceeds_128_pxs():
+    """And the forwards stage is for templates up to 128 px (``POLISH_SIDE``)."""
     settings = {s: robust_settings((s, s)) for s in (16, 64, 128, 129, 256)}
     sigma = [settings[s]["gradient_sigma"] for s in settings]
     assert sigma == sorted(sigma) and len(set(sigma)) == len(sigma)
@@ -43,6 +44,9 @@ def test_the_smoothing_grows_with_the_template_and_no_level_exceeds_128_pxs():
     T = texture(0, (140, 140))
     assert ICLK.robust(T).gradient_sigma_max == limit
     assert ICLK.robust(T, gradient_sigma=8.0).gradient_sigma_max is None
+    # the forwards stage: up to 128 px by default, on request above
+    assert ICLK.robust(T[:128, :128]).polish and not ICLK.robust(T).polish
+    assert ICLK.robust(T, polish=True).polish
 
 
 def test_the_limit_changes_only_the_levels_whose_share_exceeds_it():
