@@ -25,7 +25,10 @@ and, at ``min_score`` 0.8, for a range of ``max_uncertainty`` (the predicted cor
 64, 128 and 256 px (``--timing-sizes``), ICLK.robust (built for a new template + alignment;
 called again for the same template, which returns the aligner it kept + alignment; alignment
 alone; alignment started at the true warp, which moves nothing: the cost of the stages in
-themselves) and ECC interleaved in one process, one thread each.
+themselves) and ECC interleaved in one process, one thread each. Beside the medians in ms it
+reports each alignment's time over that of the ECC calls made just after it (``ratio``: median
+and quartiles over pairs and repeats), which a machine whose speed drifts over seconds moves
+less than a ratio of medians.
 
 ECC conventions: ``warpMatrix`` maps template pixels to image pixels
 (``lkstn.pixels.pixel_matrix``); an ECC call that raises leaves the start.
@@ -349,8 +352,20 @@ def timing(args, overrides: dict) -> list[dict]:
                     for key, dt in zip(times, np.diff(t), strict=True):
                         times[key].append(dt)
             ms = {k: round(1e3 * float(np.median(v)), 2) for k, v in times.items()}
-            rows.append({"size": side, "warp": warp_name, "pairs": len(times["ECC"]), "ms": ms})
-            print(f"{side:4d}px {warp_name:10s} " + ", ".join(f"{k} {v} ms" for k, v in ms.items()))
+            # each alignment against the ECC calls beside it: robust to a machine whose speed
+            # drifts over seconds, which moves both sides of a pair together
+            align = np.array(times["ICLK.robust (align)"])
+            paired = {f"align / {k}": np.array(times[k]) for k in ("ECC", "ECC-g1")}
+            ratio = {k: [round(float(q), 2) for q in np.quantile(align / v, [0.25, 0.5, 0.75])]
+                     for k, v in paired.items()}  # fmt: skip
+            rows.append({"size": side, "warp": warp_name, "pairs": len(times["ECC"]), "ms": ms,
+                         "ratio": ratio})  # fmt: skip
+            print(
+                f"{side:4d}px {warp_name:10s} "
+                + ", ".join(f"{k} {v} ms" for k, v in ms.items())
+                + "; "
+                + ", ".join(f"{k} {v[1]} ({v[0]}-{v[2]})" for k, v in ratio.items())
+            )
     return rows
 
 
@@ -387,12 +402,15 @@ def markdown(report: dict) -> str:
                 )
     if "timing" in report:
         keys = list(report["timing"][0]["ms"])
-        lines += ["| size | warp | pairs | " + " | ".join(keys) + " |",
-                  "|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+        ratios = list(report["timing"][0].get("ratio", {}))  # paired: median (quartiles)
+        lines += ["| size | warp | pairs | " + " | ".join(keys + ratios) + " |",
+                  "|---|---|---|" + "---|" * len(keys + ratios)]  # fmt: skip
         for r in report["timing"]:
+            q = [r["ratio"][k] for k in ratios]
             lines.append(
                 f"| {r['size']} | {r['warp']} | {r['pairs']} | "
-                + " | ".join(f"{r['ms'][k]:.1f}" for k in keys) + " |"
+                + " | ".join([f"{r['ms'][k]:.1f}" for k in keys]
+                             + [f"{m:.2f} ({a:.2f}-{b:.2f})" for a, m, b in q]) + " |"
             )  # fmt: skip
     return "\n".join(lines)
 

@@ -74,3 +74,7 @@ def test_registration_timing_quick(tmp_path):
     rows = json.loads(out.read_text())["timing"]
     assert [r["size"] for r in rows] == [64, 128, 256]
     assert all(r["pairs"] == 1 and all(v > 0 for v in r["ms"].values()) for r in rows)
+    for r in rows:  # the paired ratio, and its quartiles in order
+        assert set(r["ratio"]) == {"align / ECC", "align / ECC-g1"}
+        assert all(0 < a <= m <= b for a, m, b in r["ratio"].values())
+    assert "align / ECC" in bench.markdown({"timing": rows})
