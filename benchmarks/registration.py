@@ -341,16 +341,25 @@ def timing(args, overrides: dict) -> list[dict]:
                     t.append(time.perf_counter())
                     ICLK.robust(T, warp=warp, **overrides).align(image, start[0])  # kept: again
                     t.append(time.perf_counter())
-                    built.align(image, start[0])
+                    result = built.align(image, start[0])
                     t.append(time.perf_counter())
                     built.align(image, p_true)  # no motion: what the stages cost in themselves
                     t.append(time.perf_counter())
-                    ecc(T, image, warp, start, 5)
+                    p_ecc = ecc(T, image, warp, start, 5)
                     t.append(time.perf_counter())
                     ecc(T, image, warp, start, 1)
                     t.append(time.perf_counter())
                     for key, dt in zip(times, np.diff(t), strict=True):
                         times[key].append(dt)
+                if args.per_photo:  # this pair's medians, and where each method ended
+                    last = {k: 1e3 * np.median(v[-args.repeats :]) for k, v in times.items()}
+                    raised = np.allclose(p_ecc, start, rtol=0, atol=1e-9)  # ECC gave up
+                    err = [safe_corner_error(warp, q, p_true, (side, side)).item()
+                           for q in (result.p[None], p_ecc)]  # fmt: skip
+                    print(f"  {name:22s} ICLK.robust {last['ICLK.robust (align)']:.1f} ms, "
+                          f"{err[0]:.3f} px off, score {result.score.item():.3f}; ECC "
+                          f"{last['ECC']:.1f} ms, {err[1]:.3f} px off"
+                          + (" (raised: left the start)" if raised else ""))  # fmt: skip
             ms = {k: round(1e3 * float(np.median(v)), 2) for k, v in times.items()}
             # each alignment against the ECC calls beside it: robust to a machine whose speed
             # drifts over seconds, which moves both sides of a pair together
@@ -449,7 +458,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--per-photo",
         action="store_true",
-        help="before each cell's line, ICLK.robust per photo (error/score of misses)",
+        help="before each cell's line, ICLK.robust per photo (error/score of misses); with "
+        "--timing, each pair's times and where ICLK.robust and ECC ended",
     )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", type=Path, help="print the markdown tables of a report, only")

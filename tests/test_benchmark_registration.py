@@ -65,13 +65,17 @@ def test_registration_truth_is_the_crop():
         )
 
 
-def test_registration_timing_quick(tmp_path):
+def test_registration_timing_quick(tmp_path, capsys):
     pytest.importorskip("cv2")
     bench = _load()
     out = tmp_path / "t.json"
-    argv = ["--timing", "--quick", "--photos", "camera", "--out", str(out)]
+    argv = ["--timing", "--quick", "--photos", "camera", "--per-photo", "--out", str(out)]
     assert bench.main(argv) == 0
+    pairs = [
+        line for line in capsys.readouterr().out.splitlines() if "ECC" in line and "off" in line
+    ]
     rows = json.loads(out.read_text())["timing"]
+    assert len(pairs) == len(rows) and all(line.split()[0] == "camera" for line in pairs)
     assert [r["size"] for r in rows] == [64, 128, 256]
     assert all(r["pairs"] == 1 and all(v > 0 for v in r["ms"].values()) for r in rows)
     for r in rows:  # the paired ratio, and its quartiles in order
