@@ -1,8 +1,9 @@
 """``lkstn align`` as a whole: wall and CPU time of the command, beside Python's own floor.
 
 For each of six scikit-image photos, a 128 px template cut at a known homography (8-bit PNG)
-and the photo relit and noisy (8-bit PNG), as in ``examples/register_pair.py``; then, per
-photo and repeat, interleaved: ``python -c pass`` (the interpreter and its site packages),
+and the photo relit and noisy (8-bit PNG), as in ``examples/register_pair.py``; one untimed
+run that writes the modules' bytecode, as an installation does (even where the environment sets
+``PYTHONDONTWRITEBYTECODE``, which the report records); then, per photo and repeat, interleaved: ``python -c pass`` (the interpreter and its site packages),
 ``python -c "import numpy"`` (the floor any NumPy program pays), ``python -m lkstn align
 --no-overlay`` and ``python -m lkstn align`` with its overlay PNG, each in a fresh process with
 the defaults (``ICLK.robust``, affine). Reports median and best wall time and the median CPU
@@ -63,11 +64,12 @@ def make_pair(name: str, folder: Path, rng, tile: int = 1, side: int = SIDE,
     return [str(t_path), str(i_path), "--box", *box]
 
 
-def timed(command: list[str]) -> tuple[float, float, int]:
+def timed(command: list[str], env: dict | None = None) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds (user + system of the child) and exit code of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    code = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
+    out = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    code = out.returncode
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -100,7 +102,11 @@ def main(argv=None) -> int:
             "lkstn align --no-overlay": None,
             "lkstn align": None,
         }
-        timed([py, "-m", "lkstn", "align", *pairs[0], "--out", str(folder / "warm")])  # caches
+        # the caches warm, the modules' bytecode included: pip compiles it at install, and a
+        # first import writes it, unless PYTHONDONTWRITEBYTECODE is set (then every run would
+        # compile from source what has no bytecode yet, some 0.07 s of a run)
+        writes = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        timed([py, "-m", "lkstn", "align", *pairs[0], "--out", str(folder / "warm")], writes)
         for _ in range(args.repeats):
             for pair in pairs:
                 for key, command in commands.items():
@@ -140,6 +146,7 @@ def main(argv=None) -> int:
         "side": args.side,
         "upscale": args.upscale,
         "peak_child_rss_mib": round(peak),
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),  # warm-up aside
         "load": load,
         "machine": fingerprint(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
