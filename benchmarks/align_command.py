@@ -1,17 +1,18 @@
 """``lkstn align`` as a whole: wall and CPU time of the command, beside Python's own floor.
 
-For each of six scikit-image photos, a 128 px template cut at a known homography (8-bit PNG)
-and the photo relit and noisy (8-bit PNG), as in ``examples/register_pair.py``; one untimed
-run that writes the modules' bytecode, as an installation does (even where the environment sets
-``PYTHONDONTWRITEBYTECODE``, which the report records); then, per photo and repeat, interleaved: ``python -c pass`` (the interpreter and its site packages),
-``python -c "import numpy"`` (the floor any NumPy program pays), ``python -m lkstn align
---no-overlay`` and ``python -m lkstn align`` with its overlay PNG, each in a fresh process with
-the defaults (``ICLK.robust``, affine). Reports median and best wall time and the median CPU
-time (user + system of the child), the largest resident memory of any child, with the load
-average and the machine. ``--tile N`` repeats each image N x N times (the template's box stays
-in the first tile): a large photograph, where the overlay has to shrink the image.
-``--upscale F`` enlarges each photo F times (bilinear) before the template is cut, and
-``--side`` sets the template's side: a large box drawn on a camera's photograph.
+For each of six scikit-image photos, a 128 px template cut at a known homography (8-bit PNG) and
+the photo relit and noisy (8-bit PNG), as in ``examples/register_pair.py``; one untimed run that
+writes the modules' bytecode, as an installation does (even where the environment sets
+``PYTHONDONTWRITEBYTECODE``, which the report records); then, per photo and repeat, interleaved:
+``python -c pass`` (the interpreter and its site packages), ``python -c "import numpy"`` (the
+floor any NumPy program pays), ``python -m lkstn align --no-overlay`` and ``python -m lkstn
+align`` with its overlay PNG, each in a fresh process with the defaults (``ICLK.robust``,
+affine). Reports median and best wall time and the median CPU time (user + system of the child),
+the largest resident memory of any child, with the load average and the machine. ``--tile N``
+repeats each image N x N times (the template's box stays in the first tile): a large photograph,
+where the overlay has to shrink the image. ``--upscale F`` enlarges each photo F times
+(bilinear) before the template is cut, and ``--side`` sets the template's side: a large box
+drawn on a camera's photograph.
 
 Usage::
 
