@@ -57,8 +57,8 @@ def test_overfitting_one_batch_drives_the_loss_down() -> None:
     data = ClassificationData(images, labels, images, labels)  # sigma=0: the same 8 images
     aligner = ICSTN(mnist_predictor("b", generator=gen), n_warps=2, template_shape=(28, 28))
     model = AlignThenClassify(aligner, mnist_classifier(generator=gen))
-    # 80 steps: at 40 the loss is 2-6 % of its start and one image of the eight may still be
-    # misclassified, depending on which float32 kernels torch picks for the CPU (AVX2 or not)
+    # 80 steps: after 40, one image of the eight could still be misclassified, depending on
+    # which float32 kernels torch picks for the CPU (AVX2 or not; docs/reliability.md)
     config = TrainConfig(n_steps=80, sigma=0.0, batch_size=8, optimizer="adam",
                          lr_classifier=1e-2, eval_every=80, progress=False)  # fmt: skip
     with torch.no_grad():
