@@ -1,5 +1,6 @@
 """Shared fixtures."""
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -23,3 +24,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def load_benchmark():
+    """A script of ``benchmarks/`` loaded as a module: ``load_benchmark("registration")``."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        path = folder / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

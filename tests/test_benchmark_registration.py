@@ -4,26 +4,14 @@ false positive / negative counts, and its timing mode times every method on the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load():
-    path = ROOT / "benchmarks" / "registration.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_registration_quick_run(tmp_path):
+def test_registration_quick_run(tmp_path, load_benchmark):
     pytest.importorskip("cv2")
-    bench = _load()
+    bench = load_benchmark("registration")
     out = tmp_path / "reg.json"
     assert bench.main(["--quick", "--n-trials", "4", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -48,8 +36,8 @@ def test_registration_quick_run(tmp_path):
     assert rates["right"] + rates["wrong"] == 16
 
 
-def test_registration_truth_is_the_crop():
-    bench = _load()
+def test_registration_truth_is_the_crop(load_benchmark):
+    bench = load_benchmark("registration")
     import numpy as np
 
     from lkstn import warp_image
@@ -65,9 +53,9 @@ def test_registration_truth_is_the_crop():
         )
 
 
-def test_registration_timing_quick(tmp_path, capsys):
+def test_registration_timing_quick(tmp_path, capsys, load_benchmark):
     pytest.importorskip("cv2")
-    bench = _load()
+    bench = load_benchmark("registration")
     out = tmp_path / "t.json"
     argv = ["--timing", "--quick", "--photos", "camera", "--per-photo", "--out", str(out)]
     assert bench.main(argv) == 0

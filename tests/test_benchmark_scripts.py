@@ -7,25 +7,14 @@ numbers, and that the table tool counts cells against ECC and ECC multiscale.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_classical_vs_ecc_quick_run_and_its_table(tmp_path, capsys, monkeypatch):
+def test_classical_vs_ecc_quick_run_and_its_table(tmp_path, capsys, monkeypatch, load_benchmark):
     pytest.importorskip("cv2")
-    bench = _load(ROOT / "benchmarks" / "classical_vs_ecc.py")
+    bench = load_benchmark("classical_vs_ecc")
     out = tmp_path / "ecc.json"
     methods = "ICLK,ECC,ICLK-g-gb,ICLK-g-gb-pyr,ECC-ms"
     argv = ["--quick", "--skip-speed", "--n-trials", "6", "--methods", methods, "--out", str(out)]
@@ -40,7 +29,7 @@ def test_classical_vs_ecc_quick_run_and_its_table(tmp_path, capsys, monkeypatch)
     sigma1 = first["results"][0]
     assert sigma1["sigma"] == 1.0 and sigma1["percent_converged"]["ICLK-g3-gb"] == 100.0
 
-    table = _load(ROOT / "benchmarks" / "convergence_table.py")
+    table = load_benchmark("convergence_table")
     capsys.readouterr()
     monkeypatch.setattr("sys.argv", ["convergence_table.py", str(out)])
     table.main()
@@ -51,17 +40,17 @@ def test_classical_vs_ecc_quick_run_and_its_table(tmp_path, capsys, monkeypatch)
         assert "cells at sigma >= 5 above ECC-ms (of 6): ICLK-g3-gb-pyr " in text
 
 
-def test_family_names_drop_their_numbers():
+def test_family_names_drop_their_numbers(load_benchmark):
     pytest.importorskip("cv2")
-    bench = _load(ROOT / "benchmarks" / "classical_vs_ecc.py")
+    bench = load_benchmark("classical_vs_ecc")
     assert bench._family("ICLK-g3-gb-pyr2") == "ICLK-g-gb-pyr"
     assert bench._family("ICLK-g1.5") == "ICLK-g"
     assert bench._family("ECC-ms3") == "ECC-ms"
 
 
-def test_paired_counts_add_up(capsys):
+def test_paired_counts_add_up(capsys, load_benchmark):
     pytest.importorskip("cv2")
-    tool = _load(ROOT / "benchmarks" / "paired_vs_ecc.py")
+    tool = load_benchmark("paired_vs_ecc")
     tool.main(["--size", "50", "--sigmas", "1", "6", "--n-trials", "8"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed")]
     assert len(rows) == 2
@@ -72,8 +61,8 @@ def test_paired_counts_add_up(capsys):
     assert "sigma 1: ICLK 8, ECC 8, both 8" in rows[0]  # 1 px starts: everyone converges
 
 
-def test_align_command_times_every_command_and_the_alignments_converge(tmp_path):
-    bench = _load(ROOT / "benchmarks" / "align_command.py")
+def test_align_command_times_every_command_and_the_alignments_converge(tmp_path, load_benchmark):
+    bench = load_benchmark("align_command")
     out = tmp_path / "align.json"
     assert bench.main(["--repeats", "1", "--photos", "coins", "--out", str(out)]) == 0
     report = json.loads(out.read_text())

@@ -4,27 +4,15 @@ matches the right view), and its JSON holds the cells, the ``truth`` column and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load():
-    path = ROOT / "benchmarks" / "stereo_pair.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_disparity_plane_moves_a_left_patch_onto_the_right_view():
+def test_the_disparity_plane_moves_a_left_patch_onto_the_right_view(load_benchmark):
     pytest.importorskip("cv2")
-    bench = _load()
+    bench = load_benchmark("stereo_pair")
     from lkstn.pixels import warp_image_pixels
     from lkstn.score import zncc
 
@@ -43,9 +31,9 @@ def test_the_disparity_plane_moves_a_left_patch_onto_the_right_view():
         assert scores[0] > 0.95 and max(scores[1:]) < scores[0], np.round(scores, 4)
 
 
-def test_stereo_quick_run(tmp_path):
+def test_stereo_quick_run(tmp_path, load_benchmark):
     pytest.importorskip("cv2")
-    bench = _load()
+    bench = load_benchmark("stereo_pair")
     out = tmp_path / "stereo.json"
     argv = ["--sizes", "32", "--warps", "affine", "--boxes", "2", "--n-trials", "3"]
     assert bench.main([*argv, "--out", str(out)]) == 0

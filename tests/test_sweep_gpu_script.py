@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,19 +11,11 @@ from lkstn.experiments import classification as cl
 from lkstn.experiments.mnist import MNIST
 from lkstn.learned.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_stacked_seeds_of_two_rows_follow_separate_training() -> None:
-    bench = _load(ROOT / "benchmarks" / "sweep_gpu.py")
+def test_stacked_seeds_of_two_rows_follow_separate_training(load_benchmark) -> None:
+    bench = load_benchmark("sweep_gpu")
     data = bench.synthetic(200, torch.device("cpu"))
     seeds = [0, 1]
     cpu = torch.device("cpu")
@@ -51,8 +41,8 @@ def test_stacked_seeds_of_two_rows_follow_separate_training() -> None:
                     assert moved > 1e-5  # the classifier trained: the check is not vacuous
 
 
-def test_the_script_runs_end_to_end_on_a_cpu(tmp_path) -> None:
-    bench = _load(ROOT / "benchmarks" / "sweep_gpu.py")
+def test_the_script_runs_end_to_end_on_a_cpu(tmp_path, load_benchmark) -> None:
+    bench = load_benchmark("sweep_gpu")
     argv = ["--device", "cpu", "--synthetic", "120", "--steps", "2", "--seeds", "2",
             "--rows", "c-STN-2(a)", "--out", str(tmp_path / "r.json")]  # fmt: skip
     result = bench.main(argv)

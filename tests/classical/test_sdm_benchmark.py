@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sdm_template_benchmark_runs_and_records_its_machine(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "sdm_template.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_sdm_template_benchmark_runs_and_records_its_machine(tmp_path, capsys, load_benchmark):
+    bench = load_benchmark("sdm_template")
     out = tmp_path / "sdm.json"
     argv = ["--size", "32", "--photos", "camera", "--n-test", "20", "--n-samples", "200"]
     report = bench.main([*argv, "--out", str(out)])
